@@ -1,0 +1,82 @@
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::Query;
+use poem_openapi::payload::Json;
+
+use super::ApiTags;
+use super::error::ApiError;
+use super::models::{MessageSent, MessageView, SendMessageBody};
+use super::security::AuthUser;
+use crate::domain::{MessageId, MessagePage, UserId, ValidationError};
+use crate::messaging::{SendRequest, send_message};
+use crate::state::AppState;
+
+pub struct ChatApi;
+
+fn parse_optional<T>(
+    name: &str,
+    raw: Option<String>,
+    parse: impl Fn(&str) -> Result<T, ValidationError>,
+) -> Result<Option<T>, ValidationError> {
+    raw.map(|raw| parse(&raw).map_err(|problem| ValidationError::new(format!("{name} {problem}"))))
+        .transpose()
+}
+
+#[OpenApi(tag = "ApiTags::Chat")]
+impl ChatApi {
+    /// Messages the caller sent or received, oldest first within the page.
+    ///
+    /// Without `after`, the page holds the newest `limit` matching messages (older than `before`
+    /// when given: scrolling back). With `after`, it holds the oldest `limit` messages newer than
+    /// `after`: catching up after a reconnect.
+    #[oai(path = "/api/chat/messages", method = "get")]
+    async fn messages(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        /// Only the conversation with this user id.
+        with: Query<Option<String>>,
+        /// Only messages older than this message id.
+        before: Query<Option<String>>,
+        /// Only messages newer than this message id.
+        after: Query<Option<String>>,
+        /// Page size, 1 to 200 (default 50).
+        limit: Query<Option<u32>>,
+    ) -> Result<Json<Vec<MessageView>>, ApiError> {
+        let with = parse_optional("with", with.0, UserId::parse)?;
+        let page = MessagePage::new(
+            with,
+            parse_optional("before", before.0, MessageId::parse)?,
+            parse_optional("after", after.0, MessageId::parse)?,
+            limit.0,
+        )?;
+        if let Some(peer) = with
+            && state.store.user_by_id(peer).await?.is_none()
+        {
+            return Err(ApiError::not_found("User not found"));
+        }
+        let messages = state.store.list_messages(user, &page).await?;
+        Ok(Json(messages.into_iter().map(MessageView::from).collect()))
+    }
+
+    /// Send a message. It is stored before this answers.
+    #[oai(path = "/api/chat/send", method = "post")]
+    async fn send(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        body: Json<SendMessageBody>,
+    ) -> Result<Json<MessageSent>, ApiError> {
+        let Json(body) = body;
+        let request = SendRequest {
+            claimed_sender: body.sender,
+            recipient: body.recipient,
+            content: body.content,
+        };
+        let message = send_message(&state, user, request).await?;
+        Ok(Json(MessageSent {
+            message: "Message sent successfully".to_owned(),
+            id: message.id.to_string(),
+        }))
+    }
+}

@@ -1,0 +1,184 @@
+//! The one place where failures become HTTP answers. Every error body is
+//! `{"message": "..."}`, written for a person; details of real faults go to the log only.
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::error::{
+    AuthorizationError, ContentTypeError, ParseParamError, ParseRequestPayloadError,
+};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+use crate::domain::ValidationError;
+use crate::messaging::SendError;
+use crate::store::StoreError;
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Object)]
+pub struct ErrorBody {
+    /// What went wrong, for a person to read.
+    pub message: String,
+}
+
+#[derive(Debug, ApiResponse)]
+#[oai(bad_request_handler = "bad_request_from_poem")]
+pub enum ApiError {
+    /// The request is malformed or a value is invalid.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No token, or the token is invalid or expired; or wrong login credentials.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// The token is valid but does not allow this.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// The user or recipient does not exist.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The email is already registered.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The request body is larger than the limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// A fault on our side; the details are in the server log.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// The database cannot be reached right now; try again shortly.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn body(message: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        message: message.into(),
+    })
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest(body(message))
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::Unauthorized(body(message))
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::Forbidden(body(message))
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(body(message))
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::Conflict(body(message))
+    }
+    /// Logs the cause; the client only learns that something failed on our side.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::Internal(body("Internal server error"))
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(err: ValidationError) -> Self {
+        Self::bad_request(capitalize(&err.0))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::EmailTaken => Self::conflict("Email is already registered"),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                Self::Unavailable(body(
+                    "The database is unavailable; please try again shortly",
+                ))
+            }
+            StoreError::Internal(cause) => Self::internal(format!("{cause:#}")),
+        }
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(err: SendError) -> Self {
+        match err {
+            SendError::SenderMismatch => Self::forbidden("You can only send messages as yourself"),
+            SendError::Invalid(problem) => problem.into(),
+            SendError::RecipientNotFound => Self::not_found("Recipient not found"),
+            SendError::Store(err) => err.into(),
+        }
+    }
+}
+
+fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// poem-openapi calls this when it cannot parse a request for an operation.
+fn bad_request_from_poem(err: poem::Error) -> ApiError {
+    let status = err.status();
+    let message = describe(&err);
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(body(message)),
+        StatusCode::UNAUTHORIZED => ApiError::unauthorized(message),
+        _ => ApiError::bad_request(message),
+    }
+}
+
+/// A sentence for any error poem or poem-openapi produces on its own.
+fn describe(err: &poem::Error) -> String {
+    if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
+        return format!("Invalid request body: {}", e.reason);
+    }
+    if let Some(e) = err.downcast_ref::<ParseParamError>() {
+        return format!("Invalid parameter `{}`: {}", e.name, e.reason);
+    }
+    if let Some(e) = err.downcast_ref::<ContentTypeError>() {
+        return match e {
+            ContentTypeError::ExpectContentType => {
+                "Missing Content-Type: send the body as application/json".to_owned()
+            }
+            ContentTypeError::NotSupported { content_type } => format!(
+                "Unsupported Content-Type {content_type:?}: send the body as application/json"
+            ),
+        };
+    }
+    if err.is::<AuthorizationError>() {
+        return "Authentication required".to_owned();
+    }
+    match err.status() {
+        StatusCode::NOT_FOUND => "Not found".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "Method not allowed".to_owned(),
+        StatusCode::PAYLOAD_TOO_LARGE => payload_too_large_message(),
+        status if status.is_server_error() => "Internal server error".to_owned(),
+        _ => capitalize(&err.to_string()),
+    }
+}
+
+pub fn payload_too_large_message() -> String {
+    format!(
+        "Request body is too large (the limit is {} KiB)",
+        super::MAX_BODY_BYTES / 1024
+    )
+}
+
+/// The last line of defence: whatever error reaches the edge of the app leaves as JSON.
+pub async fn error_to_response(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let status = err.status();
+    if status.is_server_error() {
+        tracing::error!(error = %err, "unhandled error");
+    }
+    let mut response = Json(ErrorBody {
+        message: describe(&err),
+    })
+    .into_response();
+    response.set_status(status);
+    response
+}

@@ -1,0 +1,47 @@
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::ApiTags;
+use super::error::ErrorBody;
+use super::models::HealthView;
+use crate::state::AppState;
+
+pub struct HealthApi;
+
+#[derive(ApiResponse)]
+enum ReadyResponse {
+    /// The store answers.
+    #[oai(status = 200)]
+    Ready(Json<HealthView>),
+    /// The store does not answer.
+    #[oai(status = 503)]
+    NotReady(Json<ErrorBody>),
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Liveness: the process serves requests.
+    #[oai(path = "/healthz", method = "get")]
+    async fn healthz(&self) -> Json<HealthView> {
+        Json(HealthView {
+            status: "ok".to_owned(),
+        })
+    }
+
+    /// Readiness: the store answers.
+    #[oai(path = "/readyz", method = "get")]
+    async fn readyz(&self, state: Data<&AppState>) -> ReadyResponse {
+        match state.store.ping().await {
+            Ok(()) => ReadyResponse::Ready(Json(HealthView {
+                status: "ready".to_owned(),
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                ReadyResponse::NotReady(Json(ErrorBody {
+                    message: "The database is unavailable".to_owned(),
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The JSON shapes of the API. Field names and the seed's texts are part of the contract.
+
+use chrono::SecondsFormat;
+use poem_openapi::Object;
+
+use crate::domain::{Message, MessageKind, Status};
+use crate::store::User;
+
+/// Email and password, for registering and for logging in.
+#[derive(Object)]
+pub struct CredentialsBody {
+    /// Trimmed and compared case-insensitively.
+    #[oai(validator(max_length = 1024))]
+    pub email: String,
+    /// 8 to 128 characters.
+    #[oai(validator(max_length = 1024))]
+    pub password: String,
+}
+
+#[derive(Object)]
+pub struct Registered {
+    /// Always "User registered successfully".
+    pub message: String,
+    /// The new user's id.
+    pub id: String,
+}
+
+#[derive(Object)]
+pub struct LoginToken {
+    /// Send as `Authorization: Bearer <token>` (or `x-auth-token: <token>`).
+    pub token: String,
+    /// The id of the user the token belongs to.
+    pub user_id: String,
+    /// When the token stops working (RFC 3339).
+    pub expires_at: String,
+}
+
+#[derive(Object)]
+pub struct SendMessageBody {
+    /// Optional; when present it must be the caller's own id.
+    pub sender: Option<String>,
+    /// The recipient's user id.
+    pub recipient: String,
+    /// 1 to 4,000 characters, not blank.
+    pub content: String,
+}
+
+#[derive(Object)]
+pub struct MessageSent {
+    /// Always "Message sent successfully".
+    pub message: String,
+    /// The stored message's id.
+    pub id: String,
+}
+
+#[derive(Object)]
+pub struct StatusBody {
+    pub status: Status,
+}
+
+#[derive(Object)]
+pub struct StatusUpdated {
+    /// Always "User status updated".
+    pub message: String,
+    pub status: Status,
+}
+
+#[derive(Object)]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub status: Status,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id.to_string(),
+            email: user.email.to_string(),
+            status: user.status,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct MessageView {
+    /// Time-ordered (UUIDv7): usable as a `before`/`after` cursor.
+    pub id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub content: String,
+    /// RFC 3339, UTC, millisecond precision.
+    pub sent_at: String,
+    /// "user", or "auto_reply" when the responder answered for a BUSY user.
+    pub kind: MessageKind,
+}
+
+impl From<Message> for MessageView {
+    fn from(message: Message) -> Self {
+        Self {
+            id: message.id.to_string(),
+            sender: message.sender.to_string(),
+            recipient: message.recipient.to_string(),
+            content: message.content,
+            sent_at: message.sent_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            kind: message.kind,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct HealthView {
+    /// "ok" when alive, "ready" when the store answers.
+    pub status: String,
+}

@@ -1,0 +1,106 @@
+//! Who is calling: a bearer token in `Authorization`, or in `x-auth-token` (which many existing
+//! clients of this API send). Both are declared in the OpenAPI spec, so Swagger UI's
+//! "Authorize" button works with either.
+
+use poem::Request;
+use poem::http::HeaderMap;
+use poem::web::RequestBody;
+use poem_openapi::registry::{MetaSecurityScheme, Registry};
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
+
+use super::error::ApiError;
+use crate::auth::TokenError;
+use crate::domain::UserId;
+use crate::state::AppState;
+
+const BEARER_SCHEME: &str = "BearerAuth";
+const HEADER_SCHEME: &str = "AuthTokenHeader";
+pub const AUTH_TOKEN_HEADER: &str = "x-auth-token";
+
+/// The authenticated caller of an operation.
+pub struct AuthUser(pub UserId);
+
+/// The token a request carries, if any: `Authorization: Bearer` first, then `x-auth-token`.
+pub fn token_from_headers(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    bearer
+        .or_else(|| {
+            headers
+                .get(AUTH_TOKEN_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .map(str::trim)
+        })
+        .filter(|token| !token.is_empty())
+}
+
+/// Checks a token and names its user, with the answer a client should see when it fails.
+pub fn authenticate(state: &AppState, token: Option<&str>) -> Result<UserId, ApiError> {
+    let token = token.ok_or_else(|| {
+        ApiError::unauthorized("Authentication required: send Authorization: Bearer <token>")
+    })?;
+    state.tokens.verify(token).map_err(|e| match e {
+        TokenError::Expired => ApiError::unauthorized("Token has expired; please log in again"),
+        TokenError::Invalid => ApiError::unauthorized("Invalid token"),
+    })
+}
+
+impl<'a> ApiExtractor<'a> for AuthUser {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        registry.create_security_scheme(
+            BEARER_SCHEME,
+            MetaSecurityScheme {
+                ty: "http",
+                description: Some(
+                    "The token from POST /api/auth/login, as `Authorization: Bearer <token>`.",
+                ),
+                name: None,
+                key_in: None,
+                scheme: Some("bearer"),
+                bearer_format: Some("JWT"),
+                flows: None,
+                openid_connect_url: None,
+            },
+        );
+        registry.create_security_scheme(
+            HEADER_SCHEME,
+            MetaSecurityScheme {
+                ty: "apiKey",
+                description: Some("The same token in an `x-auth-token` header, for older clients."),
+                name: Some(AUTH_TOKEN_HEADER),
+                key_in: Some("header"),
+                scheme: None,
+                bearer_format: None,
+                flows: None,
+                openid_connect_url: None,
+            },
+        );
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec![BEARER_SCHEME, HEADER_SCHEME]
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        _body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let state = req
+            .data::<AppState>()
+            .ok_or_else(|| ApiError::internal("AppState is missing from the request"))?;
+        Ok(AuthUser(authenticate(
+            state,
+            token_from_headers(req.headers()),
+        )?))
+    }
+}

@@ -1,0 +1,81 @@
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+
+use super::ApiTags;
+use super::error::ApiError;
+use super::models::{StatusBody, StatusUpdated, UserView};
+use super::security::AuthUser;
+use crate::domain::{Email, UserId};
+use crate::state::AppState;
+
+pub struct UsersApi;
+
+const USER_NOT_FOUND: &str = "User not found";
+
+#[OpenApi(tag = "ApiTags::Users")]
+impl UsersApi {
+    /// Set the caller's status. While BUSY, the responder answers messages for them.
+    #[oai(path = "/api/user/status", method = "put")]
+    async fn set_status(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        body: Json<StatusBody>,
+    ) -> Result<Json<StatusUpdated>, ApiError> {
+        let status = body.0.status;
+        if !state.store.set_status(user, status).await? {
+            return Err(ApiError::not_found(USER_NOT_FOUND));
+        }
+        Ok(Json(StatusUpdated {
+            message: "User status updated".to_owned(),
+            status,
+        }))
+    }
+
+    /// The caller's own profile.
+    #[oai(path = "/api/users/me", method = "get")]
+    async fn me(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+    ) -> Result<Json<UserView>, ApiError> {
+        let user = state.store.user_by_id(user).await?;
+        user.map(|u| Json(u.into()))
+            .ok_or_else(|| ApiError::not_found(USER_NOT_FOUND))
+    }
+
+    /// Find a user by email, e.g. to get a recipient's id.
+    #[oai(path = "/api/users", method = "get")]
+    async fn by_email(
+        &self,
+        state: Data<&AppState>,
+        _caller: AuthUser,
+        /// The email to look up (case-insensitive).
+        email: Query<String>,
+    ) -> Result<Json<UserView>, ApiError> {
+        let email = Email::parse(&email.0)?;
+        let user = state.store.user_by_email(&email).await?;
+        user.map(|u| Json(u.into()))
+            .ok_or_else(|| ApiError::not_found(USER_NOT_FOUND))
+    }
+
+    /// A user's id, email and status.
+    #[oai(path = "/api/users/:id", method = "get")]
+    async fn by_id(
+        &self,
+        state: Data<&AppState>,
+        _caller: AuthUser,
+        /// The user's id.
+        id: Path<String>,
+    ) -> Result<Json<UserView>, ApiError> {
+        // An id that cannot exist is simply not found.
+        let Ok(id) = UserId::parse(&id.0) else {
+            return Err(ApiError::not_found(USER_NOT_FOUND));
+        };
+        let user = state.store.user_by_id(id).await?;
+        user.map(|u| Json(u.into()))
+            .ok_or_else(|| ApiError::not_found(USER_NOT_FOUND))
+    }
+}

@@ -1,0 +1,11 @@
+//! Palaver: a real-time chat backend. See DESIGN.md for how the parts fit.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod messaging;
+pub mod state;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,61 @@
+use std::process::ExitCode;
+
+use palaver::app::{Application, shutdown_signal};
+use palaver::config::Config;
+
+const USAGE: &str = "usage: palaver [openapi]
+
+  (no argument)  run the server, configured from the environment and .env
+  openapi        print the OpenAPI spec the server serves, then exit";
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => serve(),
+        Some("openapi") => {
+            println!("{}", palaver::api::spec_json());
+            ExitCode::SUCCESS
+        }
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("palaver: unknown command {other:?}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("palaver: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    palaver::telemetry::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("palaver: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let app = Application::build(config).await?;
+        app.run_until(shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("palaver stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("start-up failed: {e:#}");
+            eprintln!("palaver: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,12 @@
+use std::sync::Arc;
+
+use crate::auth::{PasswordHasher, TokenService};
+use crate::store::Store;
+
+/// What every request handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub passwords: Arc<PasswordHasher>,
+    pub tokens: Arc<TokenService>,
+}

@@ -1,0 +1,82 @@
+//! Persistence behind one trait, so handlers never know which database they talk to.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+use crate::domain::{Email, Message, MessagePage, Status, UserId};
+
+/// A registered user as the API shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub email: Email,
+    pub status: Status,
+}
+
+/// What registration writes. The hash is a PHC string (`$argon2id$...`), never the password.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: UserId,
+    pub email: Email,
+    pub password_hash: String,
+}
+
+/// A user together with their password hash; only the login path asks for this.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("email is already registered")]
+    EmailTaken,
+    /// The database cannot be reached right now; the request may succeed later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Fails with [`StoreError::EmailTaken`] when the (normalised) email exists.
+    async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+    async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError>;
+    /// Returns false when no such user exists.
+    async fn set_status(&self, id: UserId, status: Status) -> Result<bool, StoreError>;
+    /// Returns once the message is durable.
+    async fn insert_message(&self, message: &Message) -> Result<(), StoreError>;
+    /// Messages `user` sent or received, selected by `page`, oldest first.
+    async fn list_messages(
+        &self,
+        user: UserId,
+        page: &MessagePage,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// Answers when the database is reachable; used by `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The key both directions of a conversation share, whichever way a message went.
+pub(crate) fn conversation_key(a: UserId, b: UserId) -> String {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    format!("{low}:{high}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_key_ignores_direction() {
+        let (a, b) = (UserId::new(), UserId::new());
+        assert_eq!(conversation_key(a, b), conversation_key(b, a));
+        assert_ne!(conversation_key(a, b), conversation_key(a, a));
+    }
+}

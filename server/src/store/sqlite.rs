@@ -1,0 +1,324 @@
+//! The embedded default: one SQLite file in WAL mode, reached through a small connection pool
+//! whose calls run on tokio's blocking threads, never on the async workers.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params_from_iter};
+use deadpool_sqlite::{Config, Hook, HookError, Pool, Runtime};
+
+use super::{Credentials, NewUser, Store, StoreError, User, conversation_key};
+use crate::domain::{Email, Message, MessageId, MessageKind, MessagePage, Status, UserId};
+
+/// Applied in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE users (
+        id            TEXT PRIMARY KEY,
+        email         TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT NOT NULL,
+        status        TEXT NOT NULL DEFAULT 'AVAILABLE' CHECK (status IN ('AVAILABLE', 'BUSY')),
+        created_at    TEXT NOT NULL
+    );
+    CREATE TABLE messages (
+        id           TEXT PRIMARY KEY,
+        sender       TEXT NOT NULL REFERENCES users(id),
+        recipient    TEXT NOT NULL REFERENCES users(id),
+        conversation TEXT NOT NULL,
+        content      TEXT NOT NULL,
+        sent_at      TEXT NOT NULL,
+        kind         TEXT NOT NULL
+    );
+    CREATE INDEX messages_by_sender ON messages (sender, id);
+    CREATE INDEX messages_by_recipient ON messages (recipient, id);
+    CREATE INDEX messages_by_conversation ON messages (conversation, id);
+"#];
+
+/// `synchronous = FULL`: a message is on disk before the API says it was sent.
+const CONNECTION_PRAGMAS: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = FULL;
+    PRAGMA foreign_keys = ON;
+    PRAGMA busy_timeout = 5000;
+";
+
+pub struct SqliteStore {
+    pool: Pool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        let pool_size = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
+        let pool = Config::new(path)
+            .builder(Runtime::Tokio1)
+            .context("configuring the SQLite pool")?
+            .max_size(pool_size)
+            .post_create(Hook::async_fn(|conn, _| {
+                Box::pin(async move {
+                    conn.interact(|conn| conn.execute_batch(CONNECTION_PRAGMAS))
+                        .await
+                        .map_err(|e| HookError::message(e.to_string()))?
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()
+            .context("creating the SQLite pool")?;
+        let store = Self { pool };
+        store
+            .with_conn(migrate)
+            .await
+            .with_context(|| format!("opening the database {}", path.display()))?;
+        Ok(store)
+    }
+
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        conn.interact(f)
+            .await
+            .map_err(|e| StoreError::Internal(anyhow!("SQLite task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(internal)?;
+    if applied < 0 || applied as usize > MIGRATIONS.len() {
+        return Err(StoreError::Internal(anyhow!(
+            "the database schema (version {applied}) is newer than this server understands"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let tx = conn.transaction().map_err(internal)?;
+        tx.execute_batch(sql).map_err(internal)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)
+            .map_err(internal)?;
+        tx.commit().map_err(internal)?;
+    }
+    Ok(())
+}
+
+fn internal(err: rusqlite::Error) -> StoreError {
+    StoreError::Internal(err.into())
+}
+
+fn is_unique_violation(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::ConstraintViolation)
+}
+
+/// Converts a column that only this store writes; a bad value means a corrupted row.
+fn decode<T, E: std::fmt::Display>(
+    index: usize,
+    parsed: Result<T, E>,
+) -> Result<T, rusqlite::Error> {
+    parsed.map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            anyhow!("{e}").into(),
+        )
+    })
+}
+
+fn user_from_row(row: &rusqlite::Row<'_>) -> Result<User, rusqlite::Error> {
+    Ok(User {
+        id: decode(0, UserId::parse(&row.get::<_, String>(0)?))?,
+        email: decode(1, Email::parse(&row.get::<_, String>(1)?))?,
+        status: decode(2, Status::parse(&row.get::<_, String>(2)?))?,
+    })
+}
+
+fn message_from_row(row: &rusqlite::Row<'_>) -> Result<Message, rusqlite::Error> {
+    Ok(Message {
+        id: decode(0, MessageId::parse(&row.get::<_, String>(0)?))?,
+        sender: decode(1, UserId::parse(&row.get::<_, String>(1)?))?,
+        recipient: decode(2, UserId::parse(&row.get::<_, String>(2)?))?,
+        content: row.get(3)?,
+        sent_at: decode(
+            4,
+            DateTime::parse_from_rfc3339(&row.get::<_, String>(4)?).map(|t| t.with_timezone(&Utc)),
+        )?,
+        kind: decode(5, MessageKind::parse(&row.get::<_, String>(5)?))?,
+    })
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
+        self.with_conn(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO users (id, email, password_hash, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                (
+                    user.id.to_string(),
+                    user.email.as_str(),
+                    &user.password_hash,
+                    Status::default().as_str(),
+                    rfc3339(Utc::now()),
+                ),
+            );
+            match inserted {
+                Ok(_) => Ok(User {
+                    id: user.id,
+                    email: user.email,
+                    status: Status::default(),
+                }),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::EmailTaken),
+                Err(e) => Err(internal(e)),
+            }
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT id, email, status FROM users WHERE id = ?1",
+                [id.to_string()],
+                user_from_row,
+            )
+            .optional()
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        let email = email.clone();
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT id, email, status FROM users WHERE email = ?1",
+                [email.as_str()],
+                user_from_row,
+            )
+            .optional()
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError> {
+        let email = email.clone();
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT id, email, status, password_hash FROM users WHERE email = ?1",
+                [email.as_str()],
+                |row| {
+                    Ok(Credentials {
+                        user: user_from_row(row)?,
+                        password_hash: row.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn set_status(&self, id: UserId, status: Status) -> Result<bool, StoreError> {
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE users SET status = ?1 WHERE id = ?2",
+                (status.as_str(), id.to_string()),
+            )
+            .map(|changed| changed > 0)
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn insert_message(&self, message: &Message) -> Result<(), StoreError> {
+        let message = message.clone();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO messages (id, sender, recipient, conversation, content, sent_at, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                (
+                    message.id.to_string(),
+                    message.sender.to_string(),
+                    message.recipient.to_string(),
+                    conversation_key(message.sender, message.recipient),
+                    &message.content,
+                    rfc3339(message.sent_at),
+                    message.kind.as_str(),
+                ),
+            )
+            .map(drop)
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        user: UserId,
+        page: &MessagePage,
+    ) -> Result<Vec<Message>, StoreError> {
+        let page = page.clone();
+        self.with_conn(move |conn| {
+            let mut sql = String::from(
+                "SELECT id, sender, recipient, content, sent_at, kind FROM messages WHERE ",
+            );
+            let mut args: Vec<String> = Vec::new();
+            match page.with {
+                Some(peer) => {
+                    sql.push_str("conversation = ?");
+                    args.push(conversation_key(user, peer));
+                }
+                None => {
+                    sql.push_str("(sender = ? OR recipient = ?)");
+                    args.push(user.to_string());
+                    args.push(user.to_string());
+                }
+            }
+            if let Some(before) = page.before {
+                sql.push_str(" AND id < ?");
+                args.push(before.to_string());
+            }
+            if let Some(after) = page.after {
+                sql.push_str(" AND id > ?");
+                args.push(after.to_string());
+            }
+            // Catch-up reads forward from the cursor; everything else reads back from the newest.
+            let newest_first = page.after.is_none();
+            sql.push_str(if newest_first {
+                " ORDER BY id DESC"
+            } else {
+                " ORDER BY id ASC"
+            });
+            sql.push_str(&format!(" LIMIT {}", page.limit));
+
+            let mut statement = conn.prepare_cached(&sql).map_err(internal)?;
+            let mut messages = statement
+                .query_map(params_from_iter(args), message_from_row)
+                .map_err(internal)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(internal)?;
+            if newest_first {
+                messages.reverse();
+            }
+            Ok(messages)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
+            .await
+    }
+}

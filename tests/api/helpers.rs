@@ -1,0 +1,211 @@
+//! `TestApp`: the real server on a free port with its own temporary data directory.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use palaver::app::Application;
+use palaver::config::{Config, JwtSecret};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The secret test servers sign with, so tests can forge tokens the way an attacker would.
+pub const TEST_JWT_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub data_dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub token: String,
+}
+
+/// A parsed answer: status and JSON body (Null when the body is not JSON).
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn message(&self) -> &str {
+        self.body["message"].as_str().unwrap_or_else(|| {
+            panic!(
+                "expected a JSON {{\"message\"}} body, got {} {}",
+                self.status, self.body
+            )
+        })
+    }
+}
+
+pub fn test_config(data_dir: &Path) -> Config {
+    Config {
+        host: [127, 0, 0, 1].into(),
+        port: 0,
+        jwt_secret: Some(JwtSecret::new(TEST_JWT_SECRET.as_bytes().to_vec()).expect("secret")),
+        token_ttl: Duration::from_secs(3600),
+        data_dir: data_dir.to_path_buf(),
+    }
+}
+
+pub fn unique_email(label: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{label}-{}-{}@example.com",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let data_dir = tempfile::tempdir().expect("temp data dir");
+        let config = test_config(data_dir.path());
+        Self::spawn_with(config, data_dir).await
+    }
+
+    pub async fn spawn_with(config: Config, data_dir: TempDir) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            palaver::telemetry::init();
+        }
+        let app = Application::build(config).await.expect("server starts");
+        let address = format!("http://{}", app.address());
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = signal.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        Self {
+            address,
+            client: reqwest::Client::new(),
+            data_dir,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server gracefully and hands back its data directory, e.g. to restart on it.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task");
+        }
+        std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Self::answer(request.send().await.expect("request reaches the server")).await
+    }
+
+    pub async fn answer(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer { status, body }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Answer {
+        self.post(
+            "/api/auth/register",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Answer {
+        self.post(
+            "/api/auth/login",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// A freshly registered, logged-in user.
+    pub async fn user(&self, label: &str) -> TestUser {
+        let email = unique_email(label);
+        let registered = self.register(&email, PASSWORD).await;
+        assert_eq!(
+            registered.status,
+            StatusCode::CREATED,
+            "{}",
+            registered.body
+        );
+        let login = self.login(&email, PASSWORD).await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+        TestUser {
+            id: registered.body["id"].as_str().expect("id").to_owned(),
+            email,
+            token: login.body["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    pub async fn send(&self, from: &TestUser, to: &TestUser, content: &str) -> Answer {
+        self.post(
+            "/api/chat/send",
+            Some(&from.token),
+            json!({"recipient": to.id, "content": content}),
+        )
+        .await
+    }
+
+    /// Sends and returns the new message's id, asserting success.
+    pub async fn send_ok(&self, from: &TestUser, to: &TestUser, content: &str) -> String {
+        let sent = self.send(from, to, content).await;
+        assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
+        sent.body["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn messages(&self, user: &TestUser, query: &str) -> Answer {
+        self.get(&format!("/api/chat/messages{query}"), &user.token)
+            .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
