@@ -1,30 +1,50 @@
 //! Start-up: open the store, prepare credentials, assemble the routes, bind, serve, drain.
+//!
+//! We own the accept loop (hyper-util) instead of using poem's server: socketioxide has to sit
+//! as a tower layer *in front of* the poem app to keep its WebSocket transport working
+//! (mounted inside a poem `Route`, its upgrade is lost). poem's own `/ws` upgrade survives the
+//! conversion from the hyper request.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use poem::endpoint::BoxEndpoint;
 use poem::middleware::{CatchPanic, PanicHandler};
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use poem::web::{LocalAddr, RemoteAddr};
+use poem::{Addr, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get};
+use tokio::net::TcpListener;
+use tower::Layer;
 
 use crate::api::error::{ApiError, error_to_response, payload_too_large_message};
 use crate::api::{self, MAX_BODY_BYTES};
 use crate::auth::{PasswordHasher, TokenService, load_or_create_secret};
-use crate::config::Config;
+use crate::config::{Config, RealtimeSettings};
+use crate::messaging::Messenger;
+use crate::realtime::{Eviction, Hub, socketio, ws};
 use crate::state::AppState;
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, Store};
 use crate::telemetry;
 
 /// In-flight requests get this long to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send its request headers within this time (slowloris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Application {
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
     address: SocketAddr,
     state: AppState,
+    realtime: RealtimeSettings,
 }
 
 impl Application {
@@ -33,28 +53,29 @@ impl Application {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
-        let store = SqliteStore::open(&config.data_dir.join("palaver.db")).await?;
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&config.data_dir.join("palaver.db")).await?);
         let secret = load_or_create_secret(config.jwt_secret.clone(), &config.data_dir)?;
         let hashing_concurrency = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hub = Hub::new(config.realtime.queue_capacity);
         let state = AppState {
-            store: Arc::new(store),
+            messenger: Arc::new(Messenger::start(store.clone(), hub.clone())),
+            store,
             passwords: Arc::new(PasswordHasher::new(hashing_concurrency)?),
             tokens: Arc::new(TokenService::new(&secret, config.token_ttl)),
+            hub,
         };
 
-        let acceptor = TcpListener::bind(SocketAddr::new(config.host, config.port))
-            .into_acceptor()
+        let address = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(address)
             .await
-            .with_context(|| format!("binding {}:{}", config.host, config.port))?;
-        let address = acceptor
-            .local_addr()
-            .first()
-            .and_then(|addr| addr.as_socket_addr().copied())
-            .context("the listener has no TCP address")?;
+            .with_context(|| format!("binding {address}"))?;
+        let address = listener.local_addr().context("reading the bound address")?;
         Ok(Self {
-            acceptor,
+            listener,
             address,
             state,
+            realtime: config.realtime,
         })
     }
 
@@ -67,27 +88,102 @@ impl Application {
         self.address.port()
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    /// Serves until `shutdown` completes, then closes live connections and lets in-flight
+    /// requests finish (up to [`DRAIN_TIMEOUT`]).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        tracing::info!(address = %self.address, "palaver is listening");
-        Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(routes(self.state), shutdown, Some(DRAIN_TIMEOUT))
+        let Self {
+            listener,
+            address,
+            state,
+            realtime,
+        } = self;
+        let (socketio_layer, socketio) = socketio::layer(state.clone(), &realtime);
+        let endpoint: Arc<BoxEndpoint<'static, Response>> =
+            Arc::new(routes(state.clone(), realtime).boxed());
+        let mut connections = auto::Builder::new(TokioExecutor::new());
+        connections
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let graceful = GracefulShutdown::new();
+        tracing::info!(%address, "palaver is listening");
+
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let endpoint = endpoint.clone();
+            let service = tower::service_fn(move |req: http::Request<Incoming>| {
+                let endpoint = endpoint.clone();
+                async move {
+                    let req = Request::from((
+                        req,
+                        LocalAddr(Addr::SocketAddr(address)),
+                        RemoteAddr(Addr::SocketAddr(remote)),
+                        http::uri::Scheme::HTTP,
+                    ));
+                    let response = endpoint.get_response(req).await;
+                    Ok::<_, Infallible>(
+                        http::Response::<BoxBody<bytes::Bytes, std::io::Error>>::from(response),
+                    )
+                }
+            });
+            let service = TowerToHyperService::new(socketio_layer.layer(service));
+            let connection =
+                connections.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+
+        drop(listener);
+        tracing::info!("draining connections");
+        state.hub.evict_all(Eviction::Shutdown);
+        socketio.close().await;
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not finish in time");
+        }
+        // Upgraded connections are no longer hyper's: give their close frames a moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while state.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 }
 
 /// All HTTP routes with their middleware, outermost last.
-pub fn routes(state: AppState) -> impl Endpoint {
+pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Output = Response> {
     let api = api::service();
     Route::new()
+        .at("/ws", get(ws::websocket))
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
         .nest("/", api)
         .around(limit_body)
         .with(CatchPanic::new().with_handler(JsonPanicHandler))
         .data(state)
+        .data(realtime)
         .catch_all_error(error_to_response)
         .around(telemetry::access_log)
+        .map_to_response()
 }
 
 /// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether or not they declare a length.

@@ -16,6 +16,29 @@ pub struct Config {
     pub jwt_secret: Option<JwtSecret>,
     pub token_ttl: Duration,
     pub data_dir: PathBuf,
+    pub realtime: RealtimeSettings,
+}
+
+/// Live-connection limits. Not read from the environment: the defaults suit production, and
+/// tests shorten them.
+#[derive(Debug, Clone)]
+pub struct RealtimeSettings {
+    /// Pushes waiting for one connection; when full, that connection is closed.
+    pub queue_capacity: usize,
+    /// How often the server pings each connection.
+    pub ping_interval: Duration,
+    /// A connection that has sent nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 256,
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The HMAC key for tokens. Its `Debug` is redacted so a logged `Config` never leaks it.
@@ -106,6 +129,7 @@ impl Config {
             jwt_secret,
             token_ttl,
             data_dir,
+            realtime: RealtimeSettings::default(),
         })
     }
 }

@@ -6,6 +6,8 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod messaging;
+pub mod presence;
+pub mod realtime;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -1,6 +1,8 @@
 use std::sync::Arc;
 
 use crate::auth::{PasswordHasher, TokenService};
+use crate::messaging::Messenger;
+use crate::realtime::Hub;
 use crate::store::Store;
 
 /// What every request handler can reach. Cheap to clone.
@@ -9,4 +11,6 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub passwords: Arc<PasswordHasher>,
     pub tokens: Arc<TokenService>,
+    pub hub: Arc<Hub>,
+    pub messenger: Arc<Messenger>,
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palaver::app::Application;
-use palaver::config::{Config, JwtSecret};
+use palaver::config::{Config, JwtSecret, RealtimeSettings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -54,6 +54,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         jwt_secret: Some(JwtSecret::new(TEST_JWT_SECRET.as_bytes().to_vec()).expect("secret")),
         token_ttl: Duration::from_secs(3600),
         data_dir: data_dir.to_path_buf(),
+        realtime: RealtimeSettings::default(),
     }
 }
 
@@ -68,8 +69,14 @@ pub fn unique_email(label: &str) -> String {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_configured(|_| {}).await
+    }
+
+    /// A server whose configuration `adjust` changes first (e.g. shorter timeouts).
+    pub async fn spawn_configured(adjust: impl FnOnce(&mut Config)) -> Self {
         let data_dir = tempfile::tempdir().expect("temp data dir");
-        let config = test_config(data_dir.path());
+        let mut config = test_config(data_dir.path());
+        adjust(&mut config);
         Self::spawn_with(config, data_dir).await
     }
 
@@ -105,6 +112,10 @@ impl TestApp {
             server.await.expect("server task");
         }
         std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("{}/ws{query}", self.address.replacen("http://", "ws://", 1))
     }
 
     pub fn url(&self, path: &str) -> String {

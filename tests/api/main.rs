@@ -7,5 +7,7 @@ mod errors;
 mod health;
 mod helpers;
 mod persistence;
+mod realtime;
 mod tokens;
 mod users;
+mod ws_client;

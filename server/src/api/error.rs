@@ -78,6 +78,23 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The status code and message, for transports that are not HTTP responses.
+    pub fn status_and_message(&self) -> (u16, String) {
+        let (status, Json(body)) = match self {
+            Self::BadRequest(b) => (400, b),
+            Self::Unauthorized(b) => (401, b),
+            Self::Forbidden(b) => (403, b),
+            Self::NotFound(b) => (404, b),
+            Self::Conflict(b) => (409, b),
+            Self::PayloadTooLarge(b) => (413, b),
+            Self::Internal(b) => (500, b),
+            Self::Unavailable(b) => (503, b),
+        };
+        (status, body.message.clone())
+    }
+}
+
 impl From<ValidationError> for ApiError {
     fn from(err: ValidationError) -> Self {
         Self::bad_request(capitalize(&err.0))

@@ -5,7 +5,7 @@ mod auth;
 mod chat;
 pub mod error;
 mod health;
-mod models;
+pub(crate) mod models;
 pub mod security;
 mod users;
 

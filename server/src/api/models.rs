@@ -2,6 +2,7 @@
 
 use chrono::SecondsFormat;
 use poem_openapi::Object;
+use poem_openapi::types::ToJSON;
 
 use crate::domain::{Message, MessageKind, Status};
 use crate::store::User;
@@ -106,6 +107,13 @@ impl From<Message> for MessageView {
             kind: message.kind,
         }
     }
+}
+
+/// A message as every transport shows it (HTTP lists, WebSocket and Socket.IO pushes).
+pub fn message_json(message: &Message) -> serde_json::Value {
+    MessageView::from(message.clone())
+        .to_json()
+        .unwrap_or(serde_json::Value::Null)
 }
 
 #[derive(Object)]

@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::models::{StatusBody, StatusUpdated, UserView};
 use super::security::AuthUser;
 use crate::domain::{Email, UserId};
+use crate::presence::update_status;
 use crate::state::AppState;
 
 pub struct UsersApi;
@@ -25,7 +26,7 @@ impl UsersApi {
         body: Json<StatusBody>,
     ) -> Result<Json<StatusUpdated>, ApiError> {
         let status = body.0.status;
-        if !state.store.set_status(user, status).await? {
+        if !update_status(&state, user, status).await? {
             return Err(ApiError::not_found(USER_NOT_FOUND));
         }
         Ok(Json(StatusUpdated {

@@ -42,6 +42,17 @@ pub enum StoreError {
     Internal(#[from] anyhow::Error),
 }
 
+impl StoreError {
+    /// A copy for each of several waiters on one failed operation (anyhow is not `Clone`).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            StoreError::EmailTaken => StoreError::EmailTaken,
+            StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
+            StoreError::Internal(cause) => StoreError::Internal(anyhow::anyhow!("{cause:#}")),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Fails with [`StoreError::EmailTaken`] when the (normalised) email exists.
@@ -49,10 +60,12 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError>;
-    /// Returns false when no such user exists.
-    async fn set_status(&self, id: UserId, status: Status) -> Result<bool, StoreError>;
-    /// Returns once the message is durable.
-    async fn insert_message(&self, message: &Message) -> Result<(), StoreError>;
+    /// Sets the status and returns the previous one; `None` when no such user exists.
+    async fn set_status(&self, id: UserId, status: Status) -> Result<Option<Status>, StoreError>;
+    /// Stores the messages atomically, in order; returns once they are durable.
+    async fn insert_messages(&self, messages: &[Message]) -> Result<(), StoreError>;
+    /// Everyone `user` has exchanged at least one message with (not `user` itself).
+    async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
     /// Messages `user` sent or received, selected by `page`, oldest first.
     async fn list_messages(
         &self,

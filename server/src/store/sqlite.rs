@@ -230,36 +230,78 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_status(&self, id: UserId, status: Status) -> Result<bool, StoreError> {
+    async fn set_status(&self, id: UserId, status: Status) -> Result<Option<Status>, StoreError> {
         self.with_conn(move |conn| {
-            conn.execute(
-                "UPDATE users SET status = ?1 WHERE id = ?2",
-                (status.as_str(), id.to_string()),
-            )
-            .map(|changed| changed > 0)
-            .map_err(internal)
+            let tx = conn.transaction().map_err(internal)?;
+            let previous = tx
+                .query_row(
+                    "SELECT status FROM users WHERE id = ?1",
+                    [id.to_string()],
+                    |row| decode(0, Status::parse(&row.get::<_, String>(0)?)),
+                )
+                .optional()
+                .map_err(internal)?;
+            if previous.is_some() {
+                tx.execute(
+                    "UPDATE users SET status = ?1 WHERE id = ?2",
+                    (status.as_str(), id.to_string()),
+                )
+                .map_err(internal)?;
+            }
+            tx.commit().map_err(internal)?;
+            Ok(previous)
         })
         .await
     }
 
-    async fn insert_message(&self, message: &Message) -> Result<(), StoreError> {
-        let message = message.clone();
+    async fn insert_messages(&self, messages: &[Message]) -> Result<(), StoreError> {
+        let messages = messages.to_vec();
         self.with_conn(move |conn| {
-            conn.execute(
-                "INSERT INTO messages (id, sender, recipient, conversation, content, sent_at, kind)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                (
-                    message.id.to_string(),
-                    message.sender.to_string(),
-                    message.recipient.to_string(),
-                    conversation_key(message.sender, message.recipient),
-                    &message.content,
-                    rfc3339(message.sent_at),
-                    message.kind.as_str(),
-                ),
-            )
-            .map(drop)
-            .map_err(internal)
+            // One transaction, so a batch costs one fsync however many messages it holds.
+            let tx = conn.transaction().map_err(internal)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO messages
+                           (id, sender, recipient, conversation, content, sent_at, kind)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .map_err(internal)?;
+                for message in &messages {
+                    insert
+                        .execute((
+                            message.id.to_string(),
+                            message.sender.to_string(),
+                            message.recipient.to_string(),
+                            conversation_key(message.sender, message.recipient),
+                            &message.content,
+                            rfc3339(message.sent_at),
+                            message.kind.as_str(),
+                        ))
+                        .map_err(internal)?;
+                }
+            }
+            tx.commit().map_err(internal)
+        })
+        .await
+    }
+
+    async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut query = conn
+                .prepare_cached(
+                    "SELECT recipient FROM messages WHERE sender = ?1 AND recipient != ?1
+                     UNION
+                     SELECT sender FROM messages WHERE recipient = ?1 AND sender != ?1",
+                )
+                .map_err(internal)?;
+            query
+                .query_map([user.to_string()], |row| {
+                    decode(0, UserId::parse(&row.get::<_, String>(0)?))
+                })
+                .map_err(internal)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(internal)
         })
         .await
     }
