@@ -23,7 +23,7 @@ use poem::middleware::{CatchPanic, PanicHandler};
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Addr, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get};
 use tokio::net::TcpListener;
-use tower::Layer;
+use tower::{Layer, ServiceExt};
 
 use crate::api::error::{ApiError, error_to_response, payload_too_large_message};
 use crate::api::{self, MAX_BODY_BYTES};
@@ -34,6 +34,10 @@ use crate::realtime::{Eviction, Hub, socketio, ws};
 use crate::state::AppState;
 use crate::store::{SqliteStore, Store};
 use crate::telemetry;
+
+/// The client's address, carried from the accept loop to the shared service.
+#[derive(Clone, Copy)]
+struct PeerAddress(SocketAddr);
 
 /// In-flight requests get this long to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,6 +104,27 @@ impl Application {
         let (socketio_layer, socketio) = socketio::layer(state.clone(), &realtime);
         let endpoint: Arc<BoxEndpoint<'static, Response>> =
             Arc::new(routes(state.clone(), realtime).boxed());
+        // One service for all connections: socketioxide keeps its sessions in it, so a
+        // long-polling client's requests on different connections find each other.
+        let app = socketio_layer.layer(tower::service_fn(move |req: http::Request<Incoming>| {
+            let endpoint = endpoint.clone();
+            async move {
+                let remote = req
+                    .extensions()
+                    .get::<PeerAddress>()
+                    .map_or(address, |peer| peer.0);
+                let req = Request::from((
+                    req,
+                    LocalAddr(Addr::SocketAddr(address)),
+                    RemoteAddr(Addr::SocketAddr(remote)),
+                    http::uri::Scheme::HTTP,
+                ));
+                let response = endpoint.get_response(req).await;
+                Ok::<_, Infallible>(
+                    http::Response::<BoxBody<bytes::Bytes, std::io::Error>>::from(response),
+                )
+            }
+        }));
         let mut connections = auto::Builder::new(TokioExecutor::new());
         connections
             .http1()
@@ -123,23 +148,12 @@ impl Application {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let endpoint = endpoint.clone();
-            let service = tower::service_fn(move |req: http::Request<Incoming>| {
-                let endpoint = endpoint.clone();
-                async move {
-                    let req = Request::from((
-                        req,
-                        LocalAddr(Addr::SocketAddr(address)),
-                        RemoteAddr(Addr::SocketAddr(remote)),
-                        http::uri::Scheme::HTTP,
-                    ));
-                    let response = endpoint.get_response(req).await;
-                    Ok::<_, Infallible>(
-                        http::Response::<BoxBody<bytes::Bytes, std::io::Error>>::from(response),
-                    )
-                }
+            let app = app.clone();
+            let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddress(remote));
+                app.clone().oneshot(req)
             });
-            let service = TowerToHyperService::new(socketio_layer.layer(service));
+            let service = TowerToHyperService::new(service);
             let connection =
                 connections.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let connection = graceful.watch(connection.into_owned());

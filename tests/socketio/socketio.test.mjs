@@ -1,0 +1,136 @@
+// Socket.IO with the real npm socket.io-client against a live server.
+// Run: PALAVER_URL=http://127.0.0.1:3000 node --test tests/socketio/
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { io } from "socket.io-client";
+
+const BASE = process.env.PALAVER_URL ?? "http://127.0.0.1:3000";
+const PASSWORD = "correct horse battery";
+const DEADLINE_MS = 10_000;
+
+async function api(method, path, { token, body } = {}) {
+  const headers = { "content-type": "application/json" };
+  if (token) headers.authorization = `Bearer ${token}`;
+  const response = await fetch(BASE + path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: response.status, body: await response.json() };
+}
+
+async function newUser(label) {
+  const email = `${label}-${Date.now()}-${Math.floor(Math.random() * 1e9)}@example.com`;
+  const registered = await api("POST", "/api/auth/register", { body: { email, password: PASSWORD } });
+  assert.equal(registered.status, 201);
+  const login = await api("POST", "/api/auth/login", { body: { email, password: PASSWORD } });
+  assert.equal(login.status, 200);
+  return { id: registered.body.id, email, token: login.body.token };
+}
+
+/** Resolves with the first `event` the socket gets; rejects after the deadline. */
+function nextEvent(socket, event) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${DEADLINE_MS} ms`)), DEADLINE_MS);
+    socket.once(event, (payload) => {
+      clearTimeout(timer);
+      resolve(payload);
+    });
+  });
+}
+
+function connect(user, transports) {
+  const options = { auth: { token: user.token }, reconnection: false, forceNew: true };
+  if (transports) options.transports = transports;
+  const socket = io(BASE, options);
+  return new Promise((resolve, reject) => {
+    socket.once("connect", () => resolve(socket));
+    socket.once("connect_error", (err) => reject(err));
+  });
+}
+
+function refusal(auth) {
+  const socket = io(BASE, { auth, reconnection: false, forceNew: true, transports: ["websocket"] });
+  return new Promise((resolve, reject) => {
+    socket.once("connect", () => {
+      socket.close();
+      reject(new Error("connected without a valid token"));
+    });
+    socket.once("connect_error", (err) => {
+      socket.close();
+      resolve(err);
+    });
+  });
+}
+
+for (const [name, transports] of [["websocket transport", ["websocket"]], ["default transports", undefined]]) {
+  describe(`Socket.IO over the ${name}`, () => {
+    let alice, bob, aliceSocket, bobSocket;
+
+    before(async () => {
+      [alice, bob] = await Promise.all([newUser("alice"), newUser("bob")]);
+      [aliceSocket, bobSocket] = await Promise.all([connect(alice, transports), connect(bob, transports)]);
+    });
+
+    after(() => {
+      aliceSocket?.close();
+      bobSocket?.close();
+    });
+
+    test("receives a message sent over HTTP", async () => {
+      const arriving = nextEvent(bobSocket, "message");
+      const sent = await api("POST", "/api/chat/send", {
+        token: alice.token,
+        body: { recipient: bob.id, content: "hello over http" },
+      });
+      assert.equal(sent.status, 200);
+      assert.equal(sent.body.message, "Message sent successfully");
+      const message = await arriving;
+      assert.equal(message.id, sent.body.id);
+      assert.equal(message.sender, alice.id);
+      assert.equal(message.recipient, bob.id);
+      assert.equal(message.content, "hello over http");
+      assert.equal(message.kind, "user");
+    });
+
+    test("sends with an acknowledgement carrying the new id", async () => {
+      const arriving = nextEvent(bobSocket, "message");
+      const ack = await aliceSocket.timeout(DEADLINE_MS).emitWithAck("send", { recipient: bob.id, content: "hello over socket.io" });
+      assert.equal(typeof ack.id, "string");
+      const message = await arriving;
+      assert.equal(message.id, ack.id);
+      assert.equal(message.content, "hello over socket.io");
+      const history = await api("GET", `/api/chat/messages?with=${alice.id}&after=${ack.id}`, { token: bob.token });
+      assert.deepEqual(history.body, []);
+    });
+
+    test("a refused send is acknowledged with the error", async () => {
+      const ack = await aliceSocket.timeout(DEADLINE_MS).emitWithAck("send", {
+        recipient: "01a21ad6-1116-770e-912c-0b82997c7500",
+        content: "anyone?",
+      });
+      assert.deepEqual(ack, { error: "Recipient not found", code: 404 });
+      const blank = await aliceSocket.timeout(DEADLINE_MS).emitWithAck("send", { recipient: bob.id, content: " " });
+      assert.deepEqual(blank, { error: "Content must not be empty", code: 400 });
+    });
+
+    test("status changes are pushed to conversation partners", async () => {
+      const arriving = nextEvent(bobSocket, "status");
+      const updated = await api("PUT", "/api/user/status", { token: alice.token, body: { status: "BUSY" } });
+      assert.equal(updated.status, 200);
+      assert.deepEqual(await arriving, { user: alice.id, status: "BUSY" });
+    });
+  });
+}
+
+describe("Socket.IO handshake", () => {
+  test("is refused without a token", async () => {
+    const err = await refusal({});
+    assert.equal(err.message, "Authentication required: send Authorization: Bearer <token>");
+  });
+
+  test("is refused with a forged token", async () => {
+    const err = await refusal({ token: "forged.token.value" });
+    assert.equal(err.message, "Invalid token");
+  });
+});
