@@ -1,0 +1,657 @@
+//! palaver-bench: measures a Palaver server and prints tables. It asserts nothing.
+//!
+//! 1. Send → push latency (p50/p95/p99/max) with N users each holding a WebSocket, at a fixed
+//!    offered rate and then at the most the server sustains, sending over HTTP and over WebSocket.
+//!    Latency runs from the moment a send was *scheduled* to the moment the recipient's socket
+//!    got the push, so a stalled server cannot hide its queueing (no coordinated omission).
+//! 2. Idle connections: the server's RSS with 0 / 1k / 5k / 10k open authenticated WebSockets.
+//!
+//! By default it starts `palaver` (next to this binary, so `cargo build --release` first) on a
+//! free port with a temporary data directory, and a fresh one for the idle phase. `--url`
+//! targets a running server instead (`--pid` adds its RSS).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Clone)]
+#[command(about = "Latency, throughput and connection-memory benchmark for Palaver")]
+struct Args {
+    /// Target a running server (e.g. http://127.0.0.1:3000) instead of starting one.
+    #[arg(long)]
+    url: Option<String>,
+    /// PID of the targeted server, to report its memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The server binary to start (default: `palaver` next to this binary).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Users, each holding one WebSocket, for the latency runs.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Offered rate for the fixed-rate runs, messages per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Length of each latency run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent senders in the maximum-throughput runs.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Open-connection counts at which to read the server's memory.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,5000,10000")]
+    idle: Vec<usize>,
+    #[arg(long)]
+    skip_latency: bool,
+    #[arg(long)]
+    skip_idle: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    println!("palaver-bench: open-file limit {limit}");
+
+    if !args.skip_latency {
+        let server = Server::start_or_target(&args).await?;
+        latency_runs(&args, &server).await?;
+        server.stop().await;
+    }
+    if !args.skip_idle {
+        let server = Server::start_or_target(&args).await?;
+        idle_runs(&args, &server).await?;
+        server.stop().await;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server under test
+
+struct Server {
+    url: String,
+    pid: Option<u32>,
+    child: Option<tokio::process::Child>,
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    async fn start_or_target(args: &Args) -> anyhow::Result<Self> {
+        if let Some(url) = &args.url {
+            return Ok(Self {
+                url: url.trim_end_matches('/').to_owned(),
+                pid: args.pid,
+                child: None,
+                _data_dir: None,
+            });
+        }
+        let binary = match &args.server_bin {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("palaver"),
+        };
+        if !binary.exists() {
+            bail!(
+                "{} not found: run `cargo build --release` first or pass --server-bin",
+                binary.display()
+            );
+        }
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?.port()
+        };
+        let data_dir = tempfile::tempdir()?;
+        let child = tokio::process::Command::new(&binary)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("DATA_DIR", data_dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let server = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            pid: child.id(),
+            child: Some(child),
+            _data_dir: Some(data_dir),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", server.url)).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "palaver-bench: started {} (pid {:?})",
+            binary.display(),
+            server.pid
+        );
+        Ok(server)
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    fn ws_url(&self, token: &str) -> String {
+        format!("{}/ws?token={token}", self.url.replacen("http", "ws", 1))
+    }
+
+    async fn stop(mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct User {
+    id: String,
+    token: String,
+}
+
+async fn create_users(server: &Server, count: usize) -> anyhow::Result<Vec<User>> {
+    let client = reqwest::Client::new();
+    let tag = std::process::id();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let mut users = Vec::with_capacity(count);
+    // Password hashing is deliberately slow; a few at a time is what the server allows anyway.
+    for chunk in (0..count).collect::<Vec<_>>().chunks(8) {
+        let batch = chunk.iter().map(|i| {
+            let client = client.clone();
+            let base = server.url.clone();
+            let email = format!("bench-{tag}-{stamp}-{i}@example.com");
+            async move {
+                let credentials = json!({"email": email, "password": "bench password"});
+                let registered: Value = client
+                    .post(format!("{base}/api/auth/register"))
+                    .json(&credentials)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let login: Value = client
+                    .post(format!("{base}/api/auth/login"))
+                    .json(&credentials)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                anyhow::Ok(User {
+                    id: registered["id"]
+                        .as_str()
+                        .context("register answered no id")?
+                        .to_owned(),
+                    token: login["token"]
+                        .as_str()
+                        .context("login answered no token")?
+                        .to_owned(),
+                })
+            }
+        });
+        for user in futures_util::future::join_all(batch).await {
+            users.push(user?);
+        }
+    }
+    Ok(users)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency and throughput
+
+/// Shared by every connection's reader: when sends started, and what arrived when.
+struct Recorder {
+    epoch: Instant,
+    latencies: Mutex<Histogram<u64>>,
+    delivered: AtomicU64,
+    last_delivery_us: AtomicU64,
+}
+
+impl Recorder {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            latencies: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            ),
+            delivered: AtomicU64::new(0),
+            last_delivery_us: AtomicU64::new(0),
+        })
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn reset(&self) {
+        if let Ok(mut h) = self.latencies.lock() {
+            h.reset();
+        }
+        self.delivered.store(0, Ordering::SeqCst);
+    }
+
+    /// A push arrived whose content says when its send was scheduled.
+    fn record(&self, content: &str) {
+        let Some(sent_us) = content
+            .strip_prefix("bench ")
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let now = self.now_us();
+        if let Ok(mut h) = self.latencies.lock() {
+            let _ = h.record(now.saturating_sub(sent_us).max(1));
+        }
+        self.delivered.fetch_add(1, Ordering::SeqCst);
+        self.last_delivery_us.fetch_max(now, Ordering::SeqCst);
+    }
+}
+
+/// One user's WebSocket: frames to send go through `outgoing`; `sent` acks come out of `acks`.
+struct Connection {
+    outgoing: mpsc::UnboundedSender<Message>,
+    acks: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
+}
+
+async fn connect(
+    server: &Server,
+    user: &User,
+    recorder: Arc<Recorder>,
+) -> anyhow::Result<Connection> {
+    // Nagle off, like the server: small frames must not wait for the previous one's ACK.
+    let (stream, _) =
+        tokio_tungstenite::connect_async_with_config(server.ws_url(&user.token), None, true)
+            .await?;
+    let (mut sink, mut stream) = stream.split();
+    let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
+    let (ack_tx, acks) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(frame) = to_send.recv().await {
+            if sink.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let me = user.id.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = stream.next().await {
+            let Message::Text(text) = frame else { continue };
+            let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            match frame["type"].as_str() {
+                Some("message")
+                    if frame["message"]["recipient"] == me.as_str()
+                        && frame["message"]["sender"] != me.as_str() =>
+                {
+                    recorder.record(frame["message"]["content"].as_str().unwrap_or_default());
+                }
+                Some("sent") => {
+                    let _ = ack_tx.send(());
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(Connection {
+        outgoing,
+        acks: tokio::sync::Mutex::new(acks),
+    })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Http,
+    WebSocket,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Http => "HTTP",
+            Transport::WebSocket => "WebSocket",
+        }
+    }
+}
+
+struct Run {
+    label: String,
+    sent: u64,
+    delivered: u64,
+    failed: u64,
+    throughput: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Who sends to whom for the k-th message: spread over all pairs, never to oneself.
+fn pair(k: u64, users: usize) -> (usize, usize) {
+    let from = (k as usize) % users;
+    let step = 1 + (k as usize / users) % (users - 1);
+    (from, (from + step) % users)
+}
+
+struct Bench<'a> {
+    server: &'a Server,
+    users: Vec<User>,
+    connections: Vec<Arc<Connection>>,
+    recorder: Arc<Recorder>,
+    http: reqwest::Client,
+}
+
+impl Bench<'_> {
+    fn send(
+        &self,
+        k: u64,
+        transport: Transport,
+        failed: &Arc<AtomicU64>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (from, to) = pair(k, self.users.len());
+        let content = format!("bench {}", self.recorder.now_us());
+        match transport {
+            Transport::WebSocket => {
+                let frame =
+                    json!({"type": "send", "recipient": self.users[to].id, "content": content});
+                if self.connections[from]
+                    .outgoing
+                    .send(Message::text(frame.to_string()))
+                    .is_err()
+                {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                None
+            }
+            Transport::Http => {
+                let request = self
+                    .http
+                    .post(format!("{}/api/chat/send", self.server.url))
+                    .bearer_auth(&self.users[from].token)
+                    .json(&json!({"recipient": self.users[to].id, "content": content}));
+                let failed = failed.clone();
+                Some(tokio::spawn(async move {
+                    match request.send().await {
+                        Ok(r) if r.status().is_success() => {}
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }))
+            }
+        }
+    }
+
+    /// Open loop: one send every 1/rate s, whatever the server does.
+    async fn fixed_rate(&self, transport: Transport, rate: u64, seconds: u64) -> Run {
+        self.recorder.reset();
+        let failed = Arc::new(AtomicU64::new(0));
+        let total = rate * seconds;
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = tokio::time::Instant::now();
+        let start_us = self.recorder.now_us();
+        let mut in_flight = Vec::new();
+        for k in 0..total {
+            tokio::time::sleep_until(start + interval * k as u32).await;
+            in_flight.extend(self.send(k, transport, &failed));
+        }
+        for task in in_flight {
+            let _ = task.await;
+        }
+        self.finish(
+            format!("{} at {rate}/s", transport.name()),
+            total,
+            &failed,
+            start_us,
+        )
+        .await
+    }
+
+    /// Closed loop: `concurrency` senders, each sending again as soon as its last send is acknowledged.
+    async fn max_rate(&self, transport: Transport, concurrency: usize, seconds: u64) -> Run {
+        self.recorder.reset();
+        let failed = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let start_us = self.recorder.now_us();
+        let stop = Instant::now() + Duration::from_secs(seconds);
+        let workers = concurrency.min(self.users.len());
+        // Acks left over from a fixed-rate run would let a worker run ahead of the server.
+        for connection in &self.connections {
+            let mut acks = connection.acks.lock().await;
+            while acks.try_recv().is_ok() {}
+        }
+        let mut tasks = Vec::new();
+        for worker in 0..workers {
+            let (http, url, users, recorder, failed, sent) = (
+                self.http.clone(),
+                self.server.url.clone(),
+                self.users.clone(),
+                self.recorder.clone(),
+                failed.clone(),
+                sent.clone(),
+            );
+            let connection = self.connections[worker].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut k = worker as u64;
+                while Instant::now() < stop {
+                    let to = (worker + 1 + (k as usize % (users.len() - 1))) % users.len();
+                    let content = format!("bench {}", recorder.now_us());
+                    let ok = match transport {
+                        Transport::Http => http
+                            .post(format!("{url}/api/chat/send"))
+                            .bearer_auth(&users[worker].token)
+                            .json(&json!({"recipient": users[to].id, "content": content}))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success()),
+                        Transport::WebSocket => {
+                            let frame = json!({"type": "send", "recipient": users[to].id, "content": content});
+                            let mut acks = connection.acks.lock().await;
+                            connection.outgoing.send(Message::text(frame.to_string())).is_ok()
+                                && tokio::time::timeout(Duration::from_secs(10), acks.recv()).await.is_ok()
+                        }
+                    };
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if !ok {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    k += workers as u64;
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        let total = sent.load(Ordering::Relaxed);
+        self.finish(
+            format!("{} max, {workers} senders", transport.name()),
+            total,
+            &failed,
+            start_us,
+        )
+        .await
+    }
+
+    /// Waits (bounded) for the last pushes, then summarises.
+    async fn finish(&self, label: String, sent: u64, failed: &AtomicU64, start_us: u64) -> Run {
+        let failed = failed.load(Ordering::Relaxed);
+        let expected = sent.saturating_sub(failed);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.recorder.delivered.load(Ordering::SeqCst) < expected && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let delivered = self.recorder.delivered.load(Ordering::SeqCst);
+        let elapsed_s = (self
+            .recorder
+            .last_delivery_us
+            .load(Ordering::SeqCst)
+            .saturating_sub(start_us)) as f64
+            / 1e6;
+        let h = self
+            .recorder
+            .latencies
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        let ms = |v: u64| v as f64 / 1000.0;
+        Run {
+            label,
+            sent,
+            delivered,
+            failed,
+            throughput: if elapsed_s > 0.0 {
+                delivered as f64 / elapsed_s
+            } else {
+                0.0
+            },
+            p50: ms(h.value_at_quantile(0.50)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+async fn latency_runs(args: &Args, server: &Server) -> anyhow::Result<()> {
+    if args.users < 2 {
+        bail!("--users must be at least 2");
+    }
+    println!("palaver-bench: registering {} users", args.users);
+    let users = create_users(server, args.users).await?;
+    let recorder = Recorder::new();
+    let mut connections = Vec::new();
+    for user in &users {
+        connections.push(Arc::new(connect(server, user, recorder.clone()).await?));
+    }
+    let bench = Bench {
+        server,
+        users,
+        connections,
+        recorder,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?,
+    };
+    println!(
+        "palaver-bench: {} users online; {} s per run; latency = scheduled send -> recipient's push",
+        args.users, args.seconds
+    );
+    let mut runs = Vec::new();
+    for transport in [Transport::Http, Transport::WebSocket] {
+        runs.push(bench.fixed_rate(transport, args.rate, args.seconds).await);
+    }
+    for transport in [Transport::Http, Transport::WebSocket] {
+        runs.push(
+            bench
+                .max_rate(transport, args.concurrency, args.seconds)
+                .await,
+        );
+    }
+
+    println!();
+    println!(
+        "{:<28} {:>8} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "run", "sent", "delivered", "failed", "msg/s", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
+    for r in &runs {
+        println!(
+            "{:<28} {:>8} {:>9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            r.label, r.sent, r.delivered, r.failed, r.throughput, r.p50, r.p95, r.p99, r.max
+        );
+    }
+    if let Some(rss) = server.rss_kib() {
+        println!("server RSS after the runs: {:.1} MiB", rss as f64 / 1024.0);
+    }
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle connections
+
+async fn idle_runs(args: &Args, server: &Server) -> anyhow::Result<()> {
+    let mut targets = args.idle.clone();
+    targets.sort_unstable();
+    let users = create_users(server, 10).await?;
+    let mut open: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut rows = Vec::new();
+    let baseline = {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        server.rss_kib()
+    };
+    for target in targets {
+        let opened = Arc::new(AtomicU64::new(0));
+        while open.len() < target {
+            let batch = (target - open.len()).min(250);
+            let mut handshakes = Vec::new();
+            for i in 0..batch {
+                let url = server.ws_url(&users[(open.len() + i) % users.len()].token);
+                handshakes.push(tokio::spawn(async move {
+                    tokio_tungstenite::connect_async(url).await
+                }));
+            }
+            for handshake in handshakes {
+                let (stream, _) = handshake.await?.context("opening an idle connection")?;
+                opened.fetch_add(1, Ordering::Relaxed);
+                // Keep the connection open, answering pings, until the bench ends.
+                open.push(tokio::spawn(async move {
+                    let (_sink, mut stream) = stream.split();
+                    while let Some(Ok(_)) = stream.next().await {}
+                }));
+            }
+        }
+        // Let the allocator and the kernel settle before reading.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rows.push((target, server.rss_kib()));
+    }
+
+    println!();
+    println!(
+        "{:>12} {:>12} {:>16}",
+        "open sockets", "server RSS", "RSS per socket"
+    );
+    for (count, rss) in &rows {
+        let rss_text = rss.map_or("n/a".to_owned(), |r| {
+            format!("{:.1} MiB", r as f64 / 1024.0)
+        });
+        let per = match (rss, baseline, *count) {
+            (Some(r), Some(b), c) if c > 0 => {
+                format!("{:.1} KiB", (*r as f64 - b as f64) / c as f64)
+            }
+            _ => "-".to_owned(),
+        };
+        println!("{count:>12} {rss_text:>12} {per:>16}");
+    }
+    println!("(per socket = (RSS - RSS at 0) / open sockets)");
+    for task in open {
+        task.abort();
+    }
+    Ok(())
+}
