@@ -207,6 +207,17 @@ impl TestApp {
         sent.body["id"].as_str().expect("id").to_owned()
     }
 
+    /// `PUT /api/user/status` as `user`.
+    pub async fn set_status(&self, user: &TestUser, status: &str) -> Answer {
+        self.request(
+            Method::PUT,
+            "/api/user/status",
+            Some(&user.token),
+            Some(json!({"status": status})),
+        )
+        .await
+    }
+
     pub async fn messages(&self, user: &TestUser, query: &str) -> Answer {
         self.get(&format!("/api/chat/messages{query}"), &user.token)
             .await

@@ -1,5 +1,4 @@
-use reqwest::{Method, StatusCode};
-use serde_json::json;
+use reqwest::StatusCode;
 
 use crate::helpers::{PASSWORD, TestApp, test_config};
 
@@ -13,13 +12,7 @@ async fn everything_survives_a_restart() {
     let app = TestApp::spawn_with(config.clone(), data_dir).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let id = app.send_ok(&alice, &bob, "remember me").await;
-    app.request(
-        Method::PUT,
-        "/api/user/status",
-        Some(&bob.token),
-        Some(json!({"status": "BUSY"})),
-    )
-    .await;
+    app.set_status(&bob, "BUSY").await;
     let before = app.messages(&bob, "").await.body;
 
     let data_dir = app.stop().await;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -219,27 +219,14 @@ async fn status_changes_reach_conversation_partners_only() {
     let mut carol_ws = app.ws(&carol).await;
     let mut alice_other_device = app.ws(&alice).await;
 
-    let busy = app
-        .request(
-            Method::PUT,
-            "/api/user/status",
-            Some(&alice.token),
-            Some(json!({"status": "BUSY"})),
-        )
-        .await;
+    let busy = app.set_status(&alice, "BUSY").await;
     assert_eq!(busy.status, StatusCode::OK);
     let expected = json!({"type": "status", "user": alice.id, "status": "BUSY"});
     assert_eq!(bob_ws.next_json().await, expected);
     assert_eq!(alice_other_device.next_json().await, expected);
 
     // Setting the same status again is not a change: nothing is pushed.
-    app.request(
-        Method::PUT,
-        "/api/user/status",
-        Some(&alice.token),
-        Some(json!({"status": "BUSY"})),
-    )
-    .await;
+    app.set_status(&alice, "BUSY").await;
     // Carol shares no conversation with Alice: her first frame is her own message.
     let id = app.send_ok(&bob, &carol, "ping").await;
     assert_eq!(carol_ws.next_json().await["message"]["id"], id.as_str());

@@ -8,14 +8,7 @@ async fn status_updates_are_visible_to_others() {
     let app = TestApp::spawn().await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
 
-    let busy = app
-        .request(
-            Method::PUT,
-            "/api/user/status",
-            Some(&alice.token),
-            Some(json!({"status": "BUSY"})),
-        )
-        .await;
+    let busy = app.set_status(&alice, "BUSY").await;
     assert_eq!(busy.status, StatusCode::OK);
     assert_eq!(busy.message(), "User status updated");
 
@@ -28,13 +21,7 @@ async fn status_updates_are_visible_to_others() {
         json!({"id": alice.id, "email": alice.email, "status": "BUSY"})
     );
 
-    app.request(
-        Method::PUT,
-        "/api/user/status",
-        Some(&alice.token),
-        Some(json!({"status": "AVAILABLE"})),
-    )
-    .await;
+    app.set_status(&alice, "AVAILABLE").await;
     let me = app.get("/api/users/me", &alice.token).await;
     assert_eq!(me.body["status"], "AVAILABLE");
 }
