@@ -602,12 +602,9 @@ async fn idle_runs(args: &Args, server: &Server) -> anyhow::Result<()> {
     let users = create_users(server, 10).await?;
     let mut open: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let mut rows = Vec::new();
-    let baseline = {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        server.rss_kib()
-    };
-    for target in targets {
-        let opened = Arc::new(AtomicU64::new(0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rows.push((0, server.rss_kib()));
+    for target in targets.into_iter().filter(|t| *t > 0) {
         while open.len() < target {
             let batch = (target - open.len()).min(250);
             let mut handshakes = Vec::new();
@@ -619,7 +616,6 @@ async fn idle_runs(args: &Args, server: &Server) -> anyhow::Result<()> {
             }
             for handshake in handshakes {
                 let (stream, _) = handshake.await?.context("opening an idle connection")?;
-                opened.fetch_add(1, Ordering::Relaxed);
                 // Keep the connection open, answering pings, until the bench ends.
                 open.push(tokio::spawn(async move {
                     let (_sink, mut stream) = stream.split();
@@ -634,22 +630,30 @@ async fn idle_runs(args: &Args, server: &Server) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:>12} {:>12} {:>16}",
-        "open sockets", "server RSS", "RSS per socket"
+        "{:>12} {:>12} {:>20}",
+        "open sockets", "server RSS", "marginal per socket"
     );
+    let mut previous: Option<(usize, u64)> = None;
     for (count, rss) in &rows {
         let rss_text = rss.map_or("n/a".to_owned(), |r| {
             format!("{:.1} MiB", r as f64 / 1024.0)
         });
-        let per = match (rss, baseline, *count) {
-            (Some(r), Some(b), c) if c > 0 => {
-                format!("{:.1} KiB", (*r as f64 - b as f64) / c as f64)
+        let marginal = match (rss, previous) {
+            (Some(r), Some((pc, pr))) if *count > pc => {
+                format!("{:.1} KiB", (*r as f64 - pr as f64) / (*count - pc) as f64)
             }
             _ => "-".to_owned(),
         };
-        println!("{count:>12} {rss_text:>12} {per:>16}");
+        println!("{count:>12} {rss_text:>12} {marginal:>20}");
+        if let Some(r) = rss {
+            previous = Some((*count, *r));
+        }
     }
-    println!("(per socket = (RSS - RSS at 0) / open sockets)");
+    println!(
+        "(marginal = RSS growth since the previous row / sockets added. The 0-socket row still \
+         holds memory the allocator has not yet reclaimed from password hashing, so the first \
+         step can come out negative.)"
+    );
     for task in open {
         task.abort();
     }

@@ -57,8 +57,13 @@ impl Application {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&config.data_dir.join("palaver.db")).await?);
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(
+                &config.data_dir.join("palaver.db"),
+                config.sqlite_synchronous,
+            )
+            .await?,
+        );
         let secret = load_or_create_secret(config.jwt_secret.clone(), &config.data_dir)?;
         let hashing_concurrency = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hub = Hub::new(config.realtime.queue_capacity);

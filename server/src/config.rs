@@ -16,7 +16,29 @@ pub struct Config {
     pub jwt_secret: Option<JwtSecret>,
     pub token_ttl: Duration,
     pub data_dir: PathBuf,
+    /// How hard SQLite works to keep a commit through a power cut.
+    pub sqlite_synchronous: SqliteSynchronous,
     pub realtime: RealtimeSettings,
+}
+
+/// SQLite's `synchronous` setting in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSynchronous {
+    /// fsync on every commit: an answered send survives a power cut. The default.
+    #[default]
+    Full,
+    /// fsync only at checkpoints: an answered send survives a crash of the server, but the
+    /// last moment of writes may be lost if the machine loses power. Much lower latency.
+    Normal,
+}
+
+impl SqliteSynchronous {
+    pub fn as_pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
 }
 
 /// Live-connection limits. Not read from the environment: the defaults suit production, and
@@ -122,6 +144,17 @@ impl Config {
             })?,
         };
         let data_dir = get("DATA_DIR").map_or_else(|| PathBuf::from("./data"), PathBuf::from);
+        let sqlite_synchronous = match get("SQLITE_SYNCHRONOUS").map(|v| v.trim().to_lowercase()) {
+            None => SqliteSynchronous::default(),
+            Some(v) if v == "full" => SqliteSynchronous::Full,
+            Some(v) if v == "normal" => SqliteSynchronous::Normal,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "SQLITE_SYNCHRONOUS",
+                    problem: format!("must be \"full\" or \"normal\", got {other:?}"),
+                });
+            }
+        };
 
         Ok(Self {
             host,
@@ -129,6 +162,7 @@ impl Config {
             jwt_secret,
             token_ttl,
             data_dir,
+            sqlite_synchronous,
             realtime: RealtimeSettings::default(),
         })
     }
@@ -176,6 +210,7 @@ mod tests {
             ("JWT_SECRET", "too-short"),
             ("TOKEN_TTL", "soon"),
             ("TOKEN_TTL", "0"),
+            ("SQLITE_SYNCHRONOUS", "off"),
         ] {
             let err = config(&[(name, value)]).expect_err(name);
             assert_eq!(err.variable, name);

@@ -54,6 +54,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         jwt_secret: Some(JwtSecret::new(TEST_JWT_SECRET.as_bytes().to_vec()).expect("secret")),
         token_ttl: Duration::from_secs(3600),
         data_dir: data_dir.to_path_buf(),
+        sqlite_synchronous: Default::default(),
         realtime: RealtimeSettings::default(),
     }
 }

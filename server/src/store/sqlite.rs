@@ -10,6 +10,7 @@ use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, 
 use deadpool_sqlite::{Config, Hook, HookError, Pool, Runtime};
 
 use super::{Credentials, NewUser, Store, StoreError, User, conversation_key};
+use crate::config::SqliteSynchronous;
 use crate::domain::{Email, Message, MessageId, MessageKind, MessagePage, Status, UserId};
 
 /// Applied in order; `PRAGMA user_version` records how many have run.
@@ -35,16 +36,19 @@ const MIGRATIONS: &[&str] = &[r#"
     CREATE INDEX messages_by_conversation ON messages (conversation, id);
 "#];
 
-/// `synchronous = FULL`: a message is on disk before the API says it was sent.
-/// `wal_autocheckpoint = 0`: the commit that crosses the threshold would otherwise pay for the
-/// checkpoint (tens of ms of fsync); a background task checkpoints instead (see `open`).
-const CONNECTION_PRAGMAS: &str = "
-    PRAGMA journal_mode = WAL;
-    PRAGMA synchronous = FULL;
-    PRAGMA foreign_keys = ON;
-    PRAGMA busy_timeout = 5000;
-    PRAGMA wal_autocheckpoint = 0;
-";
+/// `synchronous` comes from the configuration (FULL by default: a message is on disk before the
+/// API says it was sent). `wal_autocheckpoint = 0`: the commit that crosses the threshold would
+/// otherwise pay for the checkpoint (tens of ms of fsync); a background task checkpoints instead.
+fn connection_pragmas(synchronous: SqliteSynchronous) -> String {
+    format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {};
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA wal_autocheckpoint = 0;",
+        synchronous.as_pragma()
+    )
+}
 
 /// How often the background task copies the WAL back into the database file.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -55,15 +59,17 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
-    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+    pub async fn open(path: &Path, synchronous: SqliteSynchronous) -> anyhow::Result<Self> {
+        let pragmas = connection_pragmas(synchronous);
         let pool_size = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
         let pool = Config::new(path)
             .builder(Runtime::Tokio1)
             .context("configuring the SQLite pool")?
             .max_size(pool_size)
-            .post_create(Hook::async_fn(|conn, _| {
+            .post_create(Hook::async_fn(move |conn, _| {
+                let pragmas = pragmas.clone();
                 Box::pin(async move {
-                    conn.interact(|conn| conn.execute_batch(CONNECTION_PRAGMAS))
+                    conn.interact(move |conn| conn.execute_batch(&pragmas))
                         .await
                         .map_err(|e| HookError::message(e.to_string()))?
                         .map_err(HookError::Backend)
