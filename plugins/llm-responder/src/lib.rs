@@ -1,0 +1,96 @@
+//! Palaver's default responder: asks an OpenAI-compatible chat-completion API to answer for the
+//! busy user, through the host's `http-fetch` (which adds the API key and enforces the rules).
+//!
+//! Config keys (the host fills the first two from `LLM_API_URL` and `LLM_MODEL`):
+//! - `llm_api_url`: the chat-completions endpoint, e.g. `https://api.openai.com/v1/chat/completions`
+//! - `llm_model`: the model name
+//! - `system_prompt`: replaces the default instructions (`{email}` becomes the busy user's email)
+//! - `max_tokens`: an upper bound on the answer's length (default 200)
+//!
+//! Any failure (non-2xx including 429, malformed JSON, no choices, empty content) is an `err`,
+//! so the host sends the standard "unavailable" message instead.
+
+wit_bindgen::generate!({ path: "../wit", world: "responder" });
+
+use palaver::responder::host::{HttpRequest, LogLevel, http_fetch, log};
+use serde_json::{Value, json};
+
+struct LlmResponder;
+
+const DEFAULT_PROMPT: &str = "You are replying on behalf of {email}, who is busy right now and \
+    cannot answer in person. Reply briefly and politely in the language of the last message. \
+    Say they are busy and will get back to the person later; answer simple questions if the \
+    conversation makes the answer clear. Never invent commitments, facts or plans for them.";
+
+fn config<'a>(request: &'a RespondRequest, key: &str) -> Option<&'a str> {
+    request
+        .config
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The chat-completion request: instructions, then the conversation as user/assistant turns
+/// (the busy user's own messages are the assistant's).
+fn completion_request(request: &RespondRequest, model: &str) -> Value {
+    let prompt = config(request, "system_prompt")
+        .unwrap_or(DEFAULT_PROMPT)
+        .replace("{email}", &request.recipient_email);
+    let max_tokens = config(request, "max_tokens")
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(200);
+    let mut messages = vec![json!({"role": "system", "content": prompt})];
+    for turn in &request.history {
+        let role = if turn.sender == request.recipient_id {
+            "assistant"
+        } else {
+            "user"
+        };
+        messages.push(json!({"role": role, "content": turn.content}));
+    }
+    json!({"model": model, "messages": messages, "max_tokens": max_tokens})
+}
+
+/// `choices[0].message.content`, trimmed and not empty.
+fn reply_text(body: &[u8]) -> Result<String, String> {
+    let parsed: Value =
+        serde_json::from_slice(body).map_err(|e| format!("LLM answered malformed JSON: {e}"))?;
+    let content = parsed
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("message"))
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_str)
+        .ok_or("LLM answer has no choices[0].message.content")?;
+    let content = content.trim();
+    if content.is_empty() {
+        return Err("LLM answered with empty content".into());
+    }
+    Ok(content.to_owned())
+}
+
+impl Guest for LlmResponder {
+    fn respond(request: RespondRequest) -> Result<Option<String>, String> {
+        let url = config(&request, "llm_api_url").ok_or("no LLM configured (LLM_API_URL)")?;
+        let model = config(&request, "llm_model").unwrap_or("gpt-4o-mini");
+        let body = completion_request(&request, model).to_string().into_bytes();
+        let response = http_fetch(&HttpRequest {
+            method: "POST".into(),
+            url: url.to_owned(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Some(body),
+            timeout_ms: None,
+        })?;
+        if !(200..300).contains(&response.status) {
+            log(
+                LogLevel::Warn,
+                &format!("LLM answered HTTP {}", response.status),
+            );
+            return Err(format!("LLM answered HTTP {}", response.status));
+        }
+        reply_text(&response.body).map(Some)
+    }
+}
+
+export!(LlmResponder);
