@@ -31,6 +31,7 @@ use crate::auth::{PasswordHasher, TokenService, load_or_create_secret};
 use crate::config::{Config, RealtimeSettings};
 use crate::messaging::Messenger;
 use crate::realtime::{Eviction, Hub, socketio, ws};
+use crate::responder::{Responder, watch_plugins_dir};
 use crate::state::AppState;
 use crate::store::{SqliteStore, Store};
 use crate::telemetry;
@@ -67,8 +68,15 @@ impl Application {
         let secret = load_or_create_secret(config.jwt_secret.clone(), &config.data_dir)?;
         let hashing_concurrency = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hub = Hub::new(config.realtime.queue_capacity);
+        let messenger = Arc::new(Messenger::start(store.clone(), hub.clone()));
+        let responder = Responder::new(config.responder.clone(), store.clone(), messenger.clone())
+            .context("starting the responder")?;
+        if let Some(dir) = &config.responder.plugins_dir {
+            watch_plugins_dir(responder.plugins(), dir.clone()).await;
+        }
         let state = AppState {
-            messenger: Arc::new(Messenger::start(store.clone(), hub.clone())),
+            messenger,
+            responder,
             store,
             passwords: Arc::new(PasswordHasher::new(hashing_concurrency)?),
             tokens: Arc::new(TokenService::new(&secret, config.token_ttl)),

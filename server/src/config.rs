@@ -19,6 +19,65 @@ pub struct Config {
     /// How hard SQLite works to keep a commit through a power cut.
     pub sqlite_synchronous: SqliteSynchronous,
     pub realtime: RealtimeSettings,
+    pub responder: ResponderSettings,
+}
+
+/// The auto-responder for BUSY users.
+#[derive(Debug, Clone)]
+pub struct ResponderSettings {
+    /// An OpenAI-compatible chat-completions endpoint; `None`: every auto-reply is the fallback.
+    pub llm_api_url: Option<reqwest::Url>,
+    pub llm_api_key: Option<Secret>,
+    pub llm_model: String,
+    /// From receipt of the message to the auto-reply, whatever happens.
+    pub timeout: Duration,
+    /// Sent when the plugin cannot answer in time.
+    pub fallback_message: String,
+    /// Where operator plugins live (`<name>.wasm` + `<name>.toml`), watched for changes.
+    pub plugins_dir: Option<PathBuf>,
+    /// The plugin that answers; the built-in `llm-responder` unless set.
+    pub plugin: String,
+    /// Hosts plugins may call (exact names or `*.example.com`), besides the LLM's.
+    pub allowed_hosts: Vec<String>,
+}
+
+pub const DEFAULT_FALLBACK_MESSAGE: &str =
+    "This user is unavailable right now. Your message was delivered and they will see it later.";
+pub const BUILTIN_PLUGIN: &str = "llm-responder";
+
+impl Default for ResponderSettings {
+    fn default() -> Self {
+        Self {
+            llm_api_url: None,
+            llm_api_key: None,
+            llm_model: "gpt-4o-mini".into(),
+            timeout: Duration::from_secs(10),
+            fallback_message: DEFAULT_FALLBACK_MESSAGE.into(),
+            plugins_dir: None,
+            plugin: BUILTIN_PLUGIN.into(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// A credential from the environment; `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// SQLite's `synchronous` setting in WAL mode.
@@ -156,6 +215,8 @@ impl Config {
             }
         };
 
+        let responder = responder_settings(&get)?;
+
         Ok(Self {
             host,
             port,
@@ -164,8 +225,70 @@ impl Config {
             data_dir,
             sqlite_synchronous,
             realtime: RealtimeSettings::default(),
+            responder,
         })
     }
+}
+
+fn responder_settings(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<ResponderSettings, ConfigError> {
+    let defaults = ResponderSettings::default();
+    let llm_api_url = match get("LLM_API_URL") {
+        None => None,
+        Some(raw) => {
+            let url = reqwest::Url::parse(raw.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                .ok_or_else(|| ConfigError {
+                    variable: "LLM_API_URL",
+                    problem:
+                        "must be an http(s) URL such as https://api.openai.com/v1/chat/completions"
+                            .into(),
+                })?;
+            Some(url)
+        }
+    };
+    let timeout = match get("RESPONDER_TIMEOUT_MS") {
+        None => defaults.timeout,
+        Some(raw) => raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (100..=120_000).contains(ms))
+            .map(Duration::from_millis)
+            .ok_or_else(|| ConfigError {
+                variable: "RESPONDER_TIMEOUT_MS",
+                problem: format!("must be milliseconds between 100 and 120000, got {raw:?}"),
+            })?,
+    };
+    let fallback_message = match get("FALLBACK_MESSAGE") {
+        None => defaults.fallback_message,
+        Some(text) => crate::domain::Content::parse(text)
+            .map_err(|e| ConfigError {
+                variable: "FALLBACK_MESSAGE",
+                problem: e.to_string(),
+            })?
+            .into_string(),
+    };
+    let plugin = get("RESPONDER_PLUGIN").map_or(defaults.plugin, |p| p.trim().to_owned());
+    Ok(ResponderSettings {
+        llm_api_url,
+        llm_api_key: get("LLM_API_KEY").map(|k| Secret::new(k.trim().to_owned())),
+        llm_model: get("LLM_MODEL").map_or(defaults.llm_model, |m| m.trim().to_owned()),
+        timeout,
+        fallback_message,
+        plugins_dir: get("PLUGINS_DIR").map(PathBuf::from),
+        plugin,
+        allowed_hosts: get("PLUGIN_ALLOWED_HOSTS")
+            .map(|list| {
+                list.split(',')
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
 }
 
 /// Plain seconds (`3600`) or a humantime duration (`90m`, `24h`, `7d`).
@@ -211,6 +334,10 @@ mod tests {
             ("TOKEN_TTL", "soon"),
             ("TOKEN_TTL", "0"),
             ("SQLITE_SYNCHRONOUS", "off"),
+            ("LLM_API_URL", "not a url"),
+            ("LLM_API_URL", "ftp://example.com/x"),
+            ("RESPONDER_TIMEOUT_MS", "ten seconds"),
+            ("RESPONDER_TIMEOUT_MS", "5"),
         ] {
             let err = config(&[(name, value)]).expect_err(name);
             assert_eq!(err.variable, name);
@@ -235,6 +362,25 @@ mod tests {
             let config = config(&[("TOKEN_TTL", raw)]).expect(raw);
             assert_eq!(config.token_ttl, Duration::from_secs(secs));
         }
+    }
+
+    #[test]
+    fn responder_defaults_and_settings() {
+        let defaults = config(&[]).expect("defaults").responder;
+        assert_eq!(defaults.timeout, Duration::from_secs(10));
+        assert!(defaults.llm_api_url.is_none());
+        assert_eq!(defaults.plugin, BUILTIN_PLUGIN);
+        let set = config(&[
+            ("LLM_API_URL", "http://127.0.0.1:9/v1/chat/completions"),
+            ("LLM_API_KEY", "sk-test"),
+            ("PLUGIN_ALLOWED_HOSTS", "api.example.com, *.models.dev"),
+            ("RESPONDER_TIMEOUT_MS", "2500"),
+        ])
+        .expect("valid")
+        .responder;
+        assert_eq!(set.timeout, Duration::from_millis(2500));
+        assert_eq!(set.allowed_hosts, ["api.example.com", "*.models.dev"]);
+        assert!(!format!("{set:?}").contains("sk-test"));
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod domain;
 pub mod messaging;
 pub mod presence;
 pub mod realtime;
+pub mod responder;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod wasm;

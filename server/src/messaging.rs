@@ -13,7 +13,7 @@ use anyhow::anyhow;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::models::message_json;
-use crate::domain::{Content, Message, MessageKind, UserId, ValidationError};
+use crate::domain::{Content, Message, MessageKind, Status, UserId, ValidationError};
 use crate::realtime::{Hub, Push};
 use crate::state::AppState;
 use crate::store::{Store, StoreError};
@@ -46,6 +46,8 @@ pub async fn send_message(
     sender: UserId,
     request: SendRequest,
 ) -> Result<Message, SendError> {
+    // The responder's 10 s run from here: receipt, not storage.
+    let received = std::time::Instant::now();
     if let Some(claimed) = request.claimed_sender.as_deref()
         && UserId::parse(claimed).ok() != Some(sender)
     {
@@ -54,13 +56,19 @@ pub async fn send_message(
     let recipient = UserId::parse(&request.recipient)
         .map_err(|problem| ValidationError::new(format!("recipient {problem}")))?;
     let content = Content::parse(request.content)?;
-    if state.store.user_by_id(recipient).await?.is_none() {
+    let Some(recipient) = state.store.user_by_id(recipient).await? else {
         return Err(SendError::RecipientNotFound);
-    }
-    Ok(state
+    };
+    let message = state
         .messenger
-        .deliver(sender, recipient, content, MessageKind::User)
-        .await?)
+        .deliver(sender, recipient.id, content, MessageKind::User)
+        .await?;
+    if recipient.status == Status::Busy && recipient.id != sender {
+        state
+            .responder
+            .answer_for(message.clone(), recipient, received);
+    }
+    Ok(message)
 }
 
 struct Pending {

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use crate::auth::{PasswordHasher, TokenService};
 use crate::messaging::Messenger;
 use crate::realtime::Hub;
+use crate::responder::Responder;
 use crate::store::Store;
 
 /// What every request handler can reach. Cheap to clone.
@@ -13,4 +14,5 @@ pub struct AppState {
     pub tokens: Arc<TokenService>,
     pub hub: Arc<Hub>,
     pub messenger: Arc<Messenger>,
+    pub responder: Arc<Responder>,
 }

@@ -56,6 +56,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         data_dir: data_dir.to_path_buf(),
         sqlite_synchronous: Default::default(),
         realtime: RealtimeSettings::default(),
+        responder: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@ mod chat;
 pub mod error;
 mod health;
 pub(crate) mod models;
+mod plugins;
 pub mod security;
 mod users;
 
@@ -24,12 +25,15 @@ enum ApiTags {
     Users,
     /// Liveness and readiness probes.
     Health,
+    /// The responder plugins that answer for BUSY users.
+    Plugins,
 }
 
 pub type Api = (
     auth::AuthApi,
     chat::ChatApi,
     users::UsersApi,
+    plugins::PluginsApi,
     health::HealthApi,
 );
 
@@ -39,6 +43,7 @@ pub fn service() -> OpenApiService<Api, ()> {
             auth::AuthApi,
             chat::ChatApi,
             users::UsersApi,
+            plugins::PluginsApi,
             health::HealthApi,
         ),
         "Palaver",

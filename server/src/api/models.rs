@@ -121,3 +121,18 @@ pub struct HealthView {
     /// "ok" when alive, "ready" when the store answers.
     pub status: String,
 }
+
+/// A loaded responder plugin, as its manifest describes it.
+#[derive(Object)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// Hosts the manifest asks to call (the operator's list narrows this further).
+    pub allowed_hosts: Vec<String>,
+    pub memory_mb: u64,
+    pub fuel: u64,
+    pub timeout_ms: Option<u64>,
+    /// Whether this plugin answers for BUSY users now.
+    pub active: bool,
+}

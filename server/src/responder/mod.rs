@@ -1,0 +1,237 @@
+//! When a message reaches a BUSY user: run their responder plugin in the background and send
+//! its answer as their auto-reply, or the standard fallback message if it cannot answer by the
+//! deadline (receipt + `RESPONDER_TIMEOUT_MS`). Exactly one of the two, never later.
+//!
+//! At most one run is in flight per (sender, recipient) pair: a message that arrives while one
+//! is running gets no second auto-reply (the one on its way answers the conversation).
+
+mod watcher;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::SecondsFormat;
+use tokio::sync::Semaphore;
+
+use crate::config::{BUILTIN_PLUGIN, ResponderSettings};
+use crate::domain::{Content, Message, MessageKind, MessagePage, UserId};
+use crate::messaging::Messenger;
+use crate::store::{Store, User};
+use crate::wasm::{
+    ChatMessage, HostRules, LLM_RESPONDER_WASM, LlmEndpoint, LoadedPlugin, MAX_CONCURRENT_CALLS,
+    Manifest, NetworkPolicy, PluginHost, RespondRequest,
+};
+
+pub use watcher::watch_plugins_dir;
+
+/// Messages of the conversation a plugin sees.
+const HISTORY: u32 = 20;
+
+pub struct Responder {
+    host: Arc<PluginHost>,
+    store: Arc<dyn Store>,
+    messenger: Arc<Messenger>,
+    settings: ResponderSettings,
+    fallback: Content,
+    in_flight: Mutex<HashSet<(UserId, UserId)>>,
+    permits: Semaphore,
+}
+
+impl Responder {
+    pub fn new(
+        settings: ResponderSettings,
+        store: Arc<dyn Store>,
+        messenger: Arc<Messenger>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let llm_host = settings
+            .llm_api_url
+            .as_ref()
+            .and_then(|u| u.host_str())
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned());
+        let operator_hosts = settings
+            .allowed_hosts
+            .iter()
+            .map(String::as_str)
+            .chain(llm_host.as_deref());
+        let network = NetworkPolicy::new(
+            HostRules::new(operator_hosts),
+            settings.llm_api_url.clone().map(|url| LlmEndpoint {
+                url,
+                api_key: settings.llm_api_key.as_ref().map(|k| k.expose().to_owned()),
+            }),
+        )?;
+        let host = PluginHost::new(network)?;
+        host.load(Manifest::builtin(llm_host), LLM_RESPONDER_WASM)?;
+        let fallback = Content::parse(settings.fallback_message.clone())
+            .map_err(|e| anyhow::anyhow!("FALLBACK_MESSAGE: {e}"))?;
+        Ok(Arc::new(Self {
+            host,
+            store,
+            messenger,
+            settings,
+            fallback,
+            in_flight: Mutex::new(HashSet::new()),
+            permits: Semaphore::new(MAX_CONCURRENT_CALLS as usize),
+        }))
+    }
+
+    pub fn plugins(&self) -> &Arc<PluginHost> {
+        &self.host
+    }
+
+    /// The plugin that answers now: `RESPONDER_PLUGIN` if loaded, else the built-in one.
+    pub fn active_plugin(&self) -> Option<Arc<LoadedPlugin>> {
+        self.host
+            .get(&self.settings.plugin)
+            .or_else(|| self.host.get(BUILTIN_PLUGIN))
+    }
+
+    /// Called once `message` is stored for a BUSY `recipient`; returns at once.
+    pub fn answer_for(self: &Arc<Self>, message: Message, recipient: User, received: Instant) {
+        if message.kind != MessageKind::User {
+            return; // never answer an auto-reply: two BUSY users would talk forever
+        }
+        let pair = (message.sender, message.recipient);
+        let Some(guard) = InFlight::claim(self.clone(), pair) else {
+            tracing::debug!(sender = %message.sender, recipient = %recipient.id,
+                "an auto-reply is already on its way; not starting another");
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let deadline = received + this.settings.timeout;
+            let sender = message.sender;
+            let answer = tokio::time::timeout_at(
+                deadline.into(),
+                this.ask_plugin(&message, &recipient, deadline),
+            )
+            .await;
+            let reply = match answer {
+                Ok(Some(reply)) => reply,
+                Ok(None) => this.fallback.clone(),
+                Err(_) => {
+                    tracing::info!(recipient = %recipient.id, "responder missed the deadline; sending the fallback");
+                    this.fallback.clone()
+                }
+            };
+            if let Err(e) = this
+                .messenger
+                .deliver(recipient.id, sender, reply, MessageKind::AutoReply)
+                .await
+            {
+                tracing::error!(error = %e, "storing the auto-reply failed");
+            }
+        });
+    }
+
+    /// The plugin's answer, or `None` for "send the fallback" (with the reason logged).
+    async fn ask_plugin(
+        &self,
+        message: &Message,
+        recipient: &User,
+        deadline: Instant,
+    ) -> Option<Content> {
+        let _permit = self.permits.acquire().await.ok()?;
+        let plugin = self.active_plugin()?;
+        let deadline = match plugin.manifest.timeout_ms {
+            Some(ms) => deadline.min(Instant::now() + Duration::from_millis(ms)),
+            None => deadline,
+        };
+        let page = MessagePage {
+            with: Some(message.sender),
+            limit: HISTORY,
+            ..MessagePage::default()
+        };
+        let history = match self.store.list_messages(recipient.id, &page).await {
+            Ok(history) => history,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the conversation for the responder");
+                vec![message.clone()]
+            }
+        };
+        let mut config: Vec<(String, String)> = plugin
+            .manifest
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if plugin.manifest.name == BUILTIN_PLUGIN {
+            if let Some(url) = &self.settings.llm_api_url {
+                config.push(("llm_api_url".into(), url.to_string()));
+            }
+            config.push(("llm_model".into(), self.settings.llm_model.clone()));
+        }
+        let request = RespondRequest {
+            message: chat_message(message),
+            history: history.iter().map(chat_message).collect(),
+            recipient_id: recipient.id.to_string(),
+            recipient_email: recipient.email.to_string(),
+            config,
+            time_left_ms: deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
+        };
+        let started = Instant::now();
+        let outcome = self.host.respond(&plugin, request, deadline).await;
+        let plugin_name = &plugin.manifest.name;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match outcome {
+            Ok(Some(text)) => match Content::parse(text) {
+                Ok(reply) => {
+                    tracing::info!(plugin = %plugin_name, elapsed_ms, "plugin answered");
+                    Some(reply)
+                }
+                Err(e) => {
+                    tracing::info!(plugin = %plugin_name, reason = %e, "plugin reply refused; sending the fallback");
+                    None
+                }
+            },
+            Ok(None) => {
+                tracing::info!(plugin = %plugin_name, "plugin declined; sending the fallback");
+                None
+            }
+            Err(e) => {
+                tracing::info!(plugin = %plugin_name, elapsed_ms, error = %e, "plugin failed; sending the fallback");
+                None
+            }
+        }
+    }
+}
+
+fn chat_message(message: &Message) -> ChatMessage {
+    ChatMessage {
+        id: message.id.to_string(),
+        sender: message.sender.to_string(),
+        recipient: message.recipient.to_string(),
+        content: message.content.clone(),
+        sent_at: message.sent_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        auto_reply: message.kind == MessageKind::AutoReply,
+    }
+}
+
+/// Marks a (sender, recipient) pair as being answered; released when dropped.
+struct InFlight {
+    responder: Arc<Responder>,
+    pair: (UserId, UserId),
+}
+
+impl InFlight {
+    fn claim(responder: Arc<Responder>, pair: (UserId, UserId)) -> Option<Self> {
+        let claimed = responder
+            .in_flight
+            .lock()
+            .map(|mut set| set.insert(pair))
+            .unwrap_or(false);
+        claimed.then_some(Self { responder, pair })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.responder.in_flight.lock() {
+            set.remove(&self.pair);
+        }
+    }
+}

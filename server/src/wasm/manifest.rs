@@ -1,0 +1,116 @@
+//! `<name>.toml` beside `<name>.wasm`: what a plugin is and what it asks for.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Hard ceilings, whatever a manifest asks for.
+pub const MAX_MEMORY_MB: u64 = 256;
+pub const DEFAULT_MEMORY_MB: u64 = 64;
+/// A CPU backstop, not a clock: a tight loop burns roughly 8e9 fuel per second here, so this is
+/// about a second of pure computation. The deadline is what stops slow plugins.
+pub const DEFAULT_FUEL: u64 = 10_000_000_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    /// Hosts the plugin may call with `http-fetch` (exact names, or `*.example.com`); it gets
+    /// only those the operator also allows.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// At most the global `RESPONDER_TIMEOUT_MS`; the smaller of the two applies.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Default configuration handed to the plugin.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_memory_mb() -> u64 {
+    DEFAULT_MEMORY_MB
+}
+
+fn default_fuel() -> u64 {
+    DEFAULT_FUEL
+}
+
+impl Manifest {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| e.to_string())?;
+        let valid_name = !manifest.name.is_empty()
+            && manifest
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(format!(
+                "name {:?} must be letters, digits, - or _",
+                manifest.name
+            ));
+        }
+        if manifest.memory_mb == 0 || manifest.memory_mb > MAX_MEMORY_MB {
+            return Err(format!("memory_mb must be between 1 and {MAX_MEMORY_MB}"));
+        }
+        if manifest.fuel == 0 {
+            return Err("fuel must be positive".into());
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest of the built-in responder: it may call exactly the LLM's host.
+    pub fn builtin(llm_host: Option<String>) -> Self {
+        Self {
+            name: "llm-responder".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Asks the OpenAI-compatible chat-completion API at LLM_API_URL".into(),
+            allowed_hosts: llm_host.into_iter().collect(),
+            memory_mb: DEFAULT_MEMORY_MB,
+            fuel: DEFAULT_FUEL,
+            timeout_ms: None,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_manifest_and_fills_defaults() {
+        let manifest = Manifest::parse(
+            r#"
+            name = "away"
+            version = "1.0.0"
+            allowed_hosts = ["api.example.com"]
+            [config]
+            message = "Back soon"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(manifest.memory_mb, DEFAULT_MEMORY_MB);
+        assert_eq!(manifest.fuel, DEFAULT_FUEL);
+        assert_eq!(manifest.config["message"], "Back soon");
+    }
+
+    #[test]
+    fn refuses_bad_names_limits_and_unknown_keys() {
+        for text in [
+            "name = \"../etc\"\nversion = \"1\"",
+            "name = \"a\"\nversion = \"1\"\nmemory_mb = 100000",
+            "name = \"a\"\nversion = \"1\"\nfuel = 0",
+            "name = \"a\"\nversion = \"1\"\nsurprise = true",
+            "version = \"1\"",
+        ] {
+            assert!(Manifest::parse(text).is_err(), "{text}");
+        }
+    }
+}
