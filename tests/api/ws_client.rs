@@ -14,7 +14,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::helpers::{TestApp, TestUser};
 
 /// How long a test waits for a frame it expects before failing.
-pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(15);
 
 pub struct WsClient {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,

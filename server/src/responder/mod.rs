@@ -174,7 +174,7 @@ impl Responder {
                 .as_millis() as u64,
         };
         let started = Instant::now();
-        let outcome = self.host.respond(&plugin, request, deadline).await;
+        let outcome = self.host.respond(plugin.clone(), request, deadline).await;
         let plugin_name = &plugin.manifest.name;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match outcome {

@@ -48,6 +48,8 @@ pub const PLUGIN_BUILD_DIR: &str = env!("PALAVER_PLUGIN_BUILD_DIR");
 /// Calls that may run at once; the pooling allocator keeps this many instances ready.
 pub const MAX_CONCURRENT_CALLS: u32 = 64;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Threads that run guest code.
+const PLUGIN_THREADS: usize = 2;
 /// Captured stdout/stderr per call.
 const MAX_CAPTURED_OUTPUT: usize = 16 * 1024;
 
@@ -115,6 +117,9 @@ impl self::palaver::responder::host::Host for CallState {
 }
 
 pub struct PluginHost {
+    /// Guest code runs here, never on the server's own workers: a plugin that computes for its
+    /// whole budget only slows other plugins, not requests or deliveries.
+    runtime: Option<tokio::runtime::Runtime>,
     engine: Engine,
     linker: Linker<CallState>,
     network: NetworkPolicy,
@@ -150,7 +155,14 @@ impl PluginHost {
             .context("linking the host interface")?;
 
         start_epoch_ticker(&engine);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(PLUGIN_THREADS)
+            .thread_name("wasm-plugin")
+            .enable_all()
+            .build()
+            .context("starting the plugin runtime")?;
         Ok(Arc::new(Self {
+            runtime: Some(runtime),
             engine,
             linker,
             network,
@@ -226,8 +238,33 @@ impl PluginHost {
         self.plugins.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `respond` in a fresh instance; gives up at `deadline` whatever the plugin is doing.
+    /// Runs `respond` in a fresh instance on the plugin runtime; gives up at `deadline`
+    /// whatever the plugin is doing.
     pub async fn respond(
+        self: &Arc<Self>,
+        plugin: Arc<LoadedPlugin>,
+        request: RespondRequest,
+        deadline: Instant,
+    ) -> Result<Option<String>, PluginError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(PluginError::Refused("the plugin host is shut down".into()));
+        };
+        let host = self.clone();
+        let call = runtime.spawn(async move { host.run(&plugin, request, deadline).await });
+        let abort = call.abort_handle();
+        match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(join)) => Err(PluginError::Trap(anyhow::anyhow!(
+                "plugin task failed: {join}"
+            ))),
+            Err(_) => {
+                abort.abort();
+                Err(PluginError::Timeout)
+            }
+        }
+    }
+
+    async fn run(
         &self,
         plugin: &LoadedPlugin,
         request: RespondRequest,
@@ -282,6 +319,15 @@ impl PluginHost {
             Ok(Err(trap)) => Err(PluginError::Trap(trap.into())),
             Ok(Ok(Err(reason))) => Err(PluginError::Refused(reason)),
             Ok(Ok(Ok(reply))) => Ok(reply),
+        }
+    }
+}
+
+impl Drop for PluginHost {
+    /// A runtime may not be dropped (blocking) inside another one; let its threads wind down.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }

@@ -1,0 +1,233 @@
+//! Plugins from `PLUGINS_DIR`, built from source by the build: the example that answers from its
+//! configuration, and hostile ones that must never delay the fallback or hurt anyone else.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use palaver::config::SqliteSynchronous;
+use palaver::wasm::PLUGIN_BUILD_DIR;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tempfile::TempDir;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::TestApp;
+
+const FALLBACK: &str =
+    "This user is unavailable right now. Your message was delivered and they will see it later.";
+
+/// A plugins folder holding `<name>.wasm` (a copy of a built plugin) and `<name>.toml`.
+fn plugins_dir(name: &str, built: &str, manifest: &str) -> TempDir {
+    let dir = tempfile::tempdir().expect("plugins dir");
+    let source = Path::new(PLUGIN_BUILD_DIR).join(built);
+    std::fs::copy(&source, dir.path().join(format!("{name}.wasm")))
+        .unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
+    std::fs::write(dir.path().join(format!("{name}.toml")), manifest).expect("manifest");
+    dir
+}
+
+async fn app_with_plugin(
+    dir: &TempDir,
+    name: &str,
+    timeout: Duration,
+    allowed: &[&str],
+) -> TestApp {
+    let (path, name) = (dir.path().to_path_buf(), name.to_owned());
+    let allowed: Vec<String> = allowed.iter().map(|h| h.to_string()).collect();
+    TestApp::spawn_configured(move |config| {
+        config.responder.plugins_dir = Some(path);
+        config.responder.plugin = name;
+        config.responder.timeout = timeout;
+        config.responder.allowed_hosts = allowed;
+        config.sqlite_synchronous = SqliteSynchronous::Normal;
+    })
+    .await
+}
+
+/// Bob is BUSY and Alice writes to him; meanwhile Carol writes to Dave, who is AVAILABLE.
+/// Returns Bob's auto-reply to Alice and how long it took, after checking that Dave got
+/// Carol's message while the plugin was running and the server is still ready.
+async fn busy_bob_answers(app: &TestApp) -> (Value, Duration) {
+    let (alice, bob, carol, dave) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+        app.user("dave").await,
+    );
+    app.set_status(&bob, "BUSY").await;
+    let mut alice_ws = app.ws(&alice).await;
+    let mut dave_ws = app.ws(&dave).await;
+
+    let started = Instant::now();
+    let sent = app.send_ok(&alice, &bob, "hello bob").await;
+    let to_dave = app.send_ok(&carol, &dave, "unaffected").await;
+    assert_eq!(dave_ws.next_json().await["message"]["id"], to_dave.as_str());
+    let during = started.elapsed();
+
+    let reply = loop {
+        let frame = alice_ws.next_json().await;
+        if frame["type"] == "message" && frame["message"]["id"] != sent.as_str() {
+            break frame["message"].clone();
+        }
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(reply["kind"], "auto_reply");
+    assert_eq!(reply["sender"], bob.id.as_str());
+    assert!(
+        during < Duration::from_millis(500),
+        "others are not held up: {during:?}"
+    );
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::OK);
+    (reply, elapsed)
+}
+
+fn hostile_manifest(name: &str, mode: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nversion = \"0.0.1\"\nmemory_mb = 16\n{extra}\n[config]\nmode = \"{mode}\"\n"
+    )
+}
+
+async fn assert_hostile_gets_fallback(mode: &str, at_deadline: bool) {
+    let timeout = Duration::from_millis(1000);
+    let name = format!("hostile-{mode}");
+    let dir = plugins_dir(&name, "hostile.wasm", &hostile_manifest(&name, mode, ""));
+    let app = app_with_plugin(&dir, &name, timeout, &[]).await;
+    let (reply, elapsed) = busy_bob_answers(&app).await;
+    assert_eq!(reply["content"], FALLBACK, "{mode}");
+    assert!(
+        elapsed <= timeout + Duration::from_millis(100),
+        "{mode}: fallback on time, {elapsed:?}"
+    );
+    if at_deadline {
+        assert!(elapsed >= timeout, "{mode}: {elapsed:?}");
+    } else {
+        assert!(elapsed < timeout, "{mode}: fails fast, {elapsed:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_cut_off_at_the_deadline() {
+    assert_hostile_gets_fallback("loop", true).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_hits_its_cap() {
+    assert_hostile_gets_fallback("memory", false).await;
+}
+
+#[tokio::test]
+async fn a_huge_reply_is_refused() {
+    assert_hostile_gets_fallback("huge", false).await;
+}
+
+#[tokio::test]
+async fn a_panic_is_a_fallback() {
+    assert_hostile_gets_fallback("panic", false).await;
+}
+
+#[tokio::test]
+async fn a_host_not_on_the_list_is_refused() {
+    // `url` defaults to http://example.com/, which no one allowed: refused without a request.
+    assert_hostile_gets_fallback("fetch", false).await;
+}
+
+#[tokio::test]
+async fn a_host_call_slower_than_the_deadline_is_cut_off() {
+    let slow = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("late")
+                .set_delay(Duration::from_secs(5)),
+        )
+        .mount(&slow)
+        .await;
+    let timeout = Duration::from_millis(1000);
+    let manifest = format!(
+        "name = \"slow\"\nversion = \"1\"\nallowed_hosts = [\"127.0.0.1\"]\n[config]\nmode = \"fetch\"\nurl = \"{}/\"\n",
+        slow.uri()
+    );
+    let dir = plugins_dir("slow", "hostile.wasm", &manifest);
+    let app = app_with_plugin(&dir, "slow", timeout, &["127.0.0.1"]).await;
+    let (reply, elapsed) = busy_bob_answers(&app).await;
+    assert_eq!(reply["content"], FALLBACK);
+    assert!(
+        elapsed >= timeout && elapsed <= timeout + Duration::from_millis(100),
+        "{elapsed:?}"
+    );
+    assert_eq!(
+        slow.received_requests().await.map(|r| r.len()),
+        Some(1),
+        "the call was made"
+    );
+}
+
+#[tokio::test]
+async fn the_away_message_example_answers_from_its_config() {
+    let manifest = "name = \"away\"\nversion = \"0.1.0\"\ndescription = \"Canned away message\"\n\
+                    [config]\nmessage = \"{email} is on holiday until Monday.\"\n";
+    let dir = plugins_dir("away", "away_message.wasm", manifest);
+    let app = app_with_plugin(&dir, "away", Duration::from_secs(5), &[]).await;
+    let (reply, elapsed) = busy_bob_answers(&app).await;
+    let content = reply["content"].as_str().expect("content");
+    assert!(
+        content.ends_with("@example.com is on holiday until Monday."),
+        "{content}"
+    );
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+
+    let user = app.user("viewer").await;
+    let listed = app.get("/api/plugins", &user.token).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let plugins = listed.body.as_array().expect("array");
+    let names: Vec<&str> = plugins
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["away", "llm-responder"]);
+    assert_eq!(plugins[0]["active"], true);
+    assert_eq!(plugins[0]["description"], "Canned away message");
+    assert_eq!(plugins[1]["active"], false);
+}
+
+#[tokio::test]
+async fn a_broken_plugin_is_skipped_not_fatal() {
+    let dir = plugins_dir(
+        "broken",
+        "away_message.wasm",
+        "name = \"broken\"\nversion = \"1\"\n",
+    );
+    std::fs::write(dir.path().join("garbage.wasm"), b"not wasm").expect("write");
+    std::fs::write(
+        dir.path().join("garbage.toml"),
+        "name = \"garbage\"\nversion = \"1\"\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("nomanifest.wasm"), b"\0asm").expect("write");
+    let app = app_with_plugin(&dir, "garbage", Duration::from_secs(5), &[]).await;
+    let user = app.user("viewer").await;
+    let listed = app.get("/api/plugins", &user.token).await.body;
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["broken", "llm-responder"]);
+    // RESPONDER_PLUGIN names a plugin that did not load: the built-in one answers instead.
+    let active: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|p| p["active"] == true)
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(active, ["llm-responder"]);
+}
