@@ -54,6 +54,11 @@ struct Args {
     skip_latency: bool,
     #[arg(long)]
     skip_idle: bool,
+    #[arg(long)]
+    skip_responder: bool,
+    /// RESPONDER_TIMEOUT_MS for the fallback-lateness run.
+    #[arg(long, default_value_t = 10_000)]
+    responder_timeout_ms: u64,
 }
 
 #[tokio::main]
@@ -72,13 +77,25 @@ async fn main() -> anyhow::Result<()> {
         idle_runs(&args, &server).await?;
         server.stop().await;
     }
+    if !args.skip_responder {
+        responder::overhead().await?;
+        if args.url.is_some() {
+            println!(
+                "(fallback lateness needs a server the bench starts itself; skipped with --url)"
+            );
+        } else {
+            responder::fallback_lateness(&args).await?;
+        }
+    }
     Ok(())
 }
+
+mod responder;
 
 // ---------------------------------------------------------------------------------------------
 // The server under test
 
-struct Server {
+pub(crate) struct Server {
     url: String,
     pid: Option<u32>,
     child: Option<tokio::process::Child>,
@@ -87,6 +104,10 @@ struct Server {
 
 impl Server {
     async fn start_or_target(args: &Args) -> anyhow::Result<Self> {
+        Self::start_with(args, &[]).await
+    }
+
+    async fn start_with(args: &Args, env: &[(&str, String)]) -> anyhow::Result<Self> {
         if let Some(url) = &args.url {
             return Ok(Self {
                 url: url.trim_end_matches('/').to_owned(),
@@ -115,6 +136,7 @@ impl Server {
             .env("PORT", port.to_string())
             .env("DATA_DIR", data_dir.path())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -169,12 +191,12 @@ impl Server {
 }
 
 #[derive(Clone)]
-struct User {
+pub(crate) struct User {
     id: String,
     token: String,
 }
 
-async fn create_users(server: &Server, count: usize) -> anyhow::Result<Vec<User>> {
+pub(crate) async fn create_users(server: &Server, count: usize) -> anyhow::Result<Vec<User>> {
     let client = reqwest::Client::new();
     let tag = std::process::id();
     let stamp = std::time::SystemTime::now()

@@ -231,3 +231,66 @@ async fn a_broken_plugin_is_skipped_not_fatal() {
         .collect();
     assert_eq!(active, ["llm-responder"]);
 }
+
+#[tokio::test]
+async fn running_out_of_fuel_is_a_prompt_fallback() {
+    let timeout = Duration::from_millis(3000);
+    let manifest =
+        "name = \"frugal\"\nversion = \"1\"\nfuel = 1000000\n[config]\nmode = \"loop\"\n";
+    let dir = plugins_dir("frugal", "hostile.wasm", manifest);
+    let app = app_with_plugin(&dir, "frugal", timeout, &[]).await;
+    let (reply, elapsed) = busy_bob_answers(&app).await;
+    assert_eq!(reply["content"], FALLBACK);
+    assert!(
+        elapsed < Duration::from_millis(1000),
+        "out of fuel long before the deadline: {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn plugins_dropped_into_the_folder_load_without_a_restart() {
+    let dir = tempfile::tempdir().expect("plugins dir");
+    let app = app_with_plugin(&dir, "late", Duration::from_secs(5), &[]).await;
+    let user = app.user("viewer").await;
+    let names = |body: Value| -> Vec<String> {
+        body.as_array()
+            .expect("array")
+            .iter()
+            .map(|p| p["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(app.get("/api/plugins", &user.token).await.body),
+        ["llm-responder"]
+    );
+
+    std::fs::copy(
+        Path::new(PLUGIN_BUILD_DIR).join("away_message.wasm"),
+        dir.path().join("late.wasm"),
+    )
+    .expect("copy");
+    std::fs::write(
+        dir.path().join("late.toml"),
+        "name = \"late\"\nversion = \"1\"\n[config]\nmessage = \"loaded on the fly\"\n",
+    )
+    .expect("manifest");
+    // The folder is re-read every 2 s: wait for the plugin to show up (bounded).
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = names(app.get("/api/plugins", &user.token).await.body);
+        if listed == ["late", "llm-responder"] {
+            break;
+        }
+        assert!(Instant::now() < give_up, "never loaded: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (reply, _) = busy_bob_answers(&app).await;
+    assert_eq!(reply["content"], "loaded on the fly");
+
+    std::fs::remove_file(dir.path().join("late.wasm")).expect("remove");
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while names(app.get("/api/plugins", &user.token).await.body) != ["llm-responder"] {
+        assert!(Instant::now() < give_up, "never unloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -264,7 +264,9 @@ impl PluginHost {
         }
     }
 
-    async fn run(
+    /// One call on the current runtime (no hop to the plugin runtime). `respond` uses this on
+    /// the plugin runtime; benchmarks call it directly to time instantiate + call alone.
+    pub async fn run(
         &self,
         plugin: &LoadedPlugin,
         request: RespondRequest,
