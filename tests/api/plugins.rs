@@ -14,8 +14,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::TestApp;
 
-const FALLBACK: &str =
-    "This user is unavailable right now. Your message was delivered and they will see it later.";
+use palaver::config::DEFAULT_FALLBACK_MESSAGE as FALLBACK;
 
 /// A plugins folder holding `<name>.wasm` (a copy of a built plugin) and `<name>.toml`.
 fn plugins_dir(name: &str, built: &str, manifest: &str) -> TempDir {
@@ -293,4 +292,30 @@ async fn plugins_dropped_into_the_folder_load_without_a_restart() {
         assert!(Instant::now() < give_up, "never unloaded");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Allowed by a pattern but not named exactly, a host may not be an internal address.
+/// (`*.0.0.1` matches 127.0.0.1 as text, the way `*.example.com` might match a name whose DNS
+/// points inside the network.)
+#[tokio::test]
+async fn an_internal_address_the_operator_did_not_name_is_refused() {
+    let internal = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("secret internal data"))
+        .mount(&internal)
+        .await;
+    let manifest = format!(
+        "name = \"sneaky\"\nversion = \"1\"\nallowed_hosts = [\"127.0.0.1\"]\n[config]\nmode = \"fetch\"\nurl = \"{}/\"\n",
+        internal.uri()
+    );
+    let dir = plugins_dir("sneaky", "hostile.wasm", &manifest);
+    let app = app_with_plugin(&dir, "sneaky", Duration::from_secs(3), &["*.0.0.1"]).await;
+    let (reply, elapsed) = busy_bob_answers(&app).await;
+    assert_eq!(reply["content"], FALLBACK);
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    assert_eq!(
+        internal.received_requests().await.map(|r| r.len()),
+        Some(0),
+        "never reached"
+    );
 }

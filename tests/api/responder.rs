@@ -12,8 +12,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use crate::helpers::{TestApp, TestUser};
 use crate::ws_client::WsClient;
 
-const FALLBACK: &str =
-    "This user is unavailable right now. Your message was delivered and they will see it later.";
+use palaver::config::DEFAULT_FALLBACK_MESSAGE as FALLBACK;
 const COMPLETIONS: &str = "/v1/chat/completions";
 
 fn completion(text: &str) -> Value {
