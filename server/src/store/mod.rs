@@ -1,5 +1,7 @@
 //! Persistence behind one trait, so handlers never know which database they talk to.
 
+#[cfg(test)]
+mod conformance;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
