@@ -62,27 +62,24 @@ pub async fn overhead() -> anyhow::Result<()> {
         host.respond(plugin.clone(), request, deadline()).await?;
         via_runtime.record(started.elapsed().as_nanos() as u64)?;
     }
-    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!();
     println!("responder overhead, constant plugin, {CALLS} calls each (pooling allocator)");
     println!(
         "{:<44} {:>10} {:>10} {:>10}",
         "", "median µs", "p99 µs", "max µs"
     );
-    println!(
-        "{:<44} {:>10.1} {:>10.1} {:>10.1}",
-        "instantiate + call",
-        us(&in_place, 0.5),
-        us(&in_place, 0.99),
-        in_place.max() as f64 / 1000.0
-    );
-    println!(
-        "{:<44} {:>10.1} {:>10.1} {:>10.1}",
-        "  + hop to the plugin runtime and back",
-        us(&via_runtime, 0.5),
-        us(&via_runtime, 0.99),
-        via_runtime.max() as f64 / 1000.0
-    );
+    for (label, h) in [
+        ("instantiate + call", &in_place),
+        ("  + hop to the plugin runtime and back", &via_runtime),
+    ] {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        println!(
+            "{label:<44} {:>10.1} {:>10.1} {:>10.1}",
+            us(h.value_at_quantile(0.5)),
+            us(h.value_at_quantile(0.99)),
+            us(h.max())
+        );
+    }
     Ok(())
 }
 
