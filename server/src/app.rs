@@ -25,7 +25,7 @@ use poem::{Addr, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, 
 use tokio::net::TcpListener;
 use tower::{Layer, ServiceExt};
 
-use crate::api::error::{ApiError, error_to_response, payload_too_large_message};
+use crate::api::error::{ApiError, error_to_response};
 use crate::api::{self, MAX_BODY_BYTES};
 use crate::auth::{PasswordHasher, TokenService, load_or_create_secret};
 use crate::config::{Config, RealtimeSettings};
@@ -99,10 +99,6 @@ impl Application {
     /// The address actually bound (the port is the real one when 0 was asked for).
     pub fn address(&self) -> SocketAddr {
         self.address
-    }
-
-    pub fn port(&self) -> u16 {
-        self.address.port()
     }
 
     /// Serves until `shutdown` completes, then closes live connections and lets in-flight
@@ -215,13 +211,7 @@ pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Outp
 
 /// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether or not they declare a length.
 async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
-    let too_large = || {
-        poem::Error::from(ApiError::PayloadTooLarge(poem_openapi::payload::Json(
-            api::error::ErrorBody {
-                message: payload_too_large_message(),
-            },
-        )))
-    };
+    let too_large = || poem::Error::from(ApiError::payload_too_large());
     let declared = req
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)

@@ -71,6 +71,9 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::Conflict(body(message))
     }
+    pub fn payload_too_large() -> Self {
+        Self::PayloadTooLarge(body(payload_too_large_message()))
+    }
     /// Logs the cause; the client only learns that something failed on our side.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -140,7 +143,7 @@ fn bad_request_from_poem(err: poem::Error) -> ApiError {
     let status = err.status();
     let message = describe(&err);
     match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(body(message)),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
         StatusCode::UNAUTHORIZED => ApiError::unauthorized(message),
         _ => ApiError::bad_request(message),
     }
@@ -176,7 +179,7 @@ fn describe(err: &poem::Error) -> String {
     }
 }
 
-pub fn payload_too_large_message() -> String {
+fn payload_too_large_message() -> String {
     format!(
         "Request body is too large (the limit is {} KiB)",
         super::MAX_BODY_BYTES / 1024

@@ -51,10 +51,6 @@ impl TokenService {
         }
     }
 
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     pub fn issue(&self, user: UserId) -> anyhow::Result<IssuedToken> {
         let now = Utc::now();
         let expires_at = now + self.ttl;

@@ -17,10 +17,6 @@ macro_rules! uuid_id {
                     .map(Self)
                     .map_err(|_| ValidationError::new(concat!("must be a valid ", $what, " id")))
             }
-
-            pub fn as_uuid(&self) -> Uuid {
-                self.0
-            }
         }
 
         impl Default for $name {
