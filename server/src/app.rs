@@ -33,7 +33,7 @@ use crate::messaging::Messenger;
 use crate::realtime::{Eviction, Hub, socketio, ws};
 use crate::responder::{Responder, watch_plugins_dir};
 use crate::state::AppState;
-use crate::store::{SqliteStore, Store};
+use crate::store::{MongoStore, SqliteStore, Store};
 use crate::telemetry;
 
 /// The client's address, carried from the accept loop to the shared service.
@@ -58,13 +58,22 @@ impl Application {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(
-                &config.data_dir.join("palaver.db"),
-                config.sqlite_synchronous,
-            )
-            .await?,
-        );
+        let store: Arc<dyn Store> = match &config.mongodb {
+            Some(mongo) => Arc::new(MongoStore::connect(mongo).await?),
+            None => Arc::new(
+                SqliteStore::open(
+                    &config.data_dir.join("palaver.db"),
+                    config.sqlite_synchronous,
+                )
+                .await?,
+            ),
+        };
+        if config.mongodb.is_some() && config.jwt_secret.is_none() {
+            tracing::warn!(
+                "JWT_SECRET is unset: tokens are signed with a secret kept in DATA_DIR, so \
+                 servers sharing this MongoDB do not accept each other's tokens; set JWT_SECRET"
+            );
+        }
         let secret = load_or_create_secret(config.jwt_secret.clone(), &config.data_dir)?;
         let hashing_concurrency = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hub = Hub::new(config.realtime.queue_capacity);

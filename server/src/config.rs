@@ -18,6 +18,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How hard SQLite works to keep a commit through a power cut.
     pub sqlite_synchronous: SqliteSynchronous,
+    /// `Some`: store everything in MongoDB instead of the embedded SQLite file.
+    pub mongodb: Option<MongoSettings>,
     pub realtime: RealtimeSettings,
     pub responder: ResponderSettings,
 }
@@ -77,6 +79,80 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where the MongoDB store lives.
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    pub uri: MongoUri,
+    /// Overrides the database named in the URI's path (tests use a fresh one each);
+    /// `None`: the URI's database, else `palaver`.
+    pub database: Option<String>,
+}
+
+/// A `mongodb://` or `mongodb+srv://` connection string. It may carry a password, so `Debug`
+/// and [`MongoUri::redacted`] show it with the password replaced by `***`.
+#[derive(Clone)]
+pub struct MongoUri(Secret);
+
+impl MongoUri {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let uri = Self(Secret::new(raw.trim().to_owned()));
+        let scheme_ok = ["mongodb://", "mongodb+srv://"]
+            .iter()
+            .any(|scheme| uri.expose().starts_with(scheme));
+        if !scheme_ok {
+            return Err(format!(
+                "must start with mongodb:// or mongodb+srv://, got {:?}",
+                uri.redacted()
+            ));
+        }
+        Ok(uri)
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The password, if the URI has one (used to scrub it from driver messages too).
+    pub fn password(&self) -> Option<&str> {
+        let (start, end) = self.password_span()?;
+        Some(&self.expose()[start..end])
+    }
+
+    /// The URI with its password (if any) replaced by `***`: safe for logs and errors.
+    pub fn redacted(&self) -> String {
+        let raw = self.expose();
+        match self.password_span() {
+            Some((start, end)) => format!("{}***{}", &raw[..start], &raw[end..]),
+            None => raw.to_owned(),
+        }
+    }
+
+    /// Scrubs the password from any text, e.g. an error the driver built from the URI.
+    pub fn scrub(&self, text: &str) -> String {
+        match self.password() {
+            Some(password) if !password.is_empty() => text.replace(password, "***"),
+            _ => text.to_owned(),
+        }
+    }
+
+    /// Byte range of the password: `scheme://user:PASSWORD@hosts/...`. The userinfo is taken to
+    /// end at the *last* `@`, so a password with an unescaped `@`, `/` or `?` (a common mistake)
+    /// is still hidden; at worst some harmless text after it is hidden too.
+    fn password_span(&self) -> Option<(usize, usize)> {
+        let raw = self.expose();
+        let userinfo_start = raw.find("://")? + 3;
+        let userinfo_end = raw.rfind('@').filter(|&at| at > userinfo_start)?;
+        let colon = raw[userinfo_start..userinfo_end].find(':')?;
+        Some((userinfo_start + colon + 1, userinfo_end))
+    }
+}
+
+impl std::fmt::Debug for MongoUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MongoUri({})", self.redacted())
     }
 }
 
@@ -215,6 +291,18 @@ impl Config {
             }
         };
 
+        let mongodb = get("MONGODB_URI")
+            .map(|raw| MongoUri::parse(&raw))
+            .transpose()
+            .map_err(|problem| ConfigError {
+                variable: "MONGODB_URI",
+                problem,
+            })?
+            .map(|uri| MongoSettings {
+                uri,
+                database: None,
+            });
+
         let responder = responder_settings(&get)?;
 
         Ok(Self {
@@ -224,6 +312,7 @@ impl Config {
             token_ttl,
             data_dir,
             sqlite_synchronous,
+            mongodb,
             realtime: RealtimeSettings::default(),
             responder,
         })
@@ -334,6 +423,8 @@ mod tests {
             ("TOKEN_TTL", "soon"),
             ("TOKEN_TTL", "0"),
             ("SQLITE_SYNCHRONOUS", "off"),
+            ("MONGODB_URI", "localhost:27017"),
+            ("MONGODB_URI", "postgres://db/palaver"),
             ("LLM_API_URL", "not a url"),
             ("LLM_API_URL", "ftp://example.com/x"),
             ("RESPONDER_TIMEOUT_MS", "ten seconds"),
@@ -381,6 +472,38 @@ mod tests {
         assert_eq!(set.timeout, Duration::from_millis(2500));
         assert_eq!(set.allowed_hosts, ["api.example.com", "*.models.dev"]);
         assert!(!format!("{set:?}").contains("sk-test"));
+    }
+
+    #[test]
+    fn mongodb_uris_never_show_their_password() {
+        for (raw, redacted) in [
+            (
+                "mongodb://palaver:s3cret@db.example.com:27017/chat?authSource=admin",
+                "mongodb://palaver:***@db.example.com:27017/chat?authSource=admin",
+            ),
+            (
+                "mongodb+srv://app:p@ss:w0rd@cluster0.example.net/?retryWrites=true",
+                "mongodb+srv://app:***@cluster0.example.net/?retryWrites=true",
+            ),
+            ("mongodb://127.0.0.1:27017", "mongodb://127.0.0.1:27017"),
+            ("mongodb://justauser@host/db", "mongodb://justauser@host/db"),
+            ("mongodb://u:pa/ss?x@host/db", "mongodb://u:***@host/db"),
+        ] {
+            let uri = MongoUri::parse(raw).expect(raw);
+            assert_eq!(uri.redacted(), redacted);
+            assert_eq!(format!("{uri:?}"), format!("MongoUri({redacted})"));
+        }
+        let uri = MongoUri::parse("mongodb://u:hunter22@h/").expect("valid");
+        assert_eq!(
+            uri.scrub("auth failed for u:hunter22"),
+            "auth failed for u:***"
+        );
+        let err = config(&[("MONGODB_URI", "mongo://u:hunter22@h/")]).expect_err("bad scheme");
+        assert_eq!(err.variable, "MONGODB_URI");
+        assert!(!err.to_string().contains("hunter22"), "{err}");
+        let set = config(&[("MONGODB_URI", "mongodb://u:hunter22@h/")]).expect("valid");
+        assert!(!format!("{set:?}").contains("hunter22"));
+        assert!(config(&[]).expect("defaults").mongodb.is_none());
     }
 
     #[test]

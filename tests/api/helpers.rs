@@ -55,6 +55,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         token_ttl: Duration::from_secs(3600),
         data_dir: data_dir.to_path_buf(),
         sqlite_synchronous: Default::default(),
+        mongodb: None,
         realtime: RealtimeSettings::default(),
         responder: Default::default(),
     }

@@ -1,12 +1,14 @@
 //! One behaviour suite for every `Store` implementation: each check runs against a fresh,
-//! empty store. `suite!` instantiates it per backend (SQLite here; MongoDB joins in issue 5).
+//! empty store. `suite!` instantiates it per backend: SQLite always, MongoDB when
+//! `TEST_MONGODB_URI` is set (each check in a database of its own, dropped when it passes).
 
 use std::sync::Arc;
 
 use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
 
-use super::{NewUser, SqliteStore, Store, StoreError};
-use crate::config::SqliteSynchronous;
+use super::testing::{fresh_database_name, test_mongodb_uri};
+use super::{MongoStore, NewUser, SqliteStore, Store, StoreError};
+use crate::config::{MongoSettings, MongoUri, SqliteSynchronous};
 use crate::domain::{Email, Message, MessageId, MessageKind, MessagePage, Status, UserId};
 
 fn email(local: &str) -> Email {
@@ -267,12 +269,36 @@ async fn answers_pings(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
 }
 
-async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+/// What a check's store needs kept alive, and cleaned up once the check passes.
+enum Scratch {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Database(mongodb::Database),
+}
+
+impl Scratch {
+    async fn finish(self) {
+        if let Scratch::Database(database) = self {
+            database.drop().await.expect("drop the test database");
+        }
+    }
+}
+
+async fn sqlite_store() -> Option<(Arc<dyn Store>, Scratch)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(&dir.path().join("palaver.db"), SqliteSynchronous::Normal)
         .await
         .expect("open");
-    (Arc::new(store), dir)
+    Some((Arc::new(store), Scratch::Dir(dir)))
+}
+
+async fn mongo_store() -> Option<(Arc<dyn Store>, Scratch)> {
+    let settings = MongoSettings {
+        uri: MongoUri::parse(&test_mongodb_uri()?).expect("TEST_MONGODB_URI is a MongoDB URI"),
+        database: Some(fresh_database_name()),
+    };
+    let store = MongoStore::connect(&settings).await.expect("connect");
+    let database = store.database().clone();
+    Some((Arc::new(store), Scratch::Database(database)))
 }
 
 macro_rules! suite {
@@ -281,20 +307,29 @@ macro_rules! suite {
             $(
                 #[tokio::test]
                 async fn $check() {
-                    let (store, _guard) = $make().await;
+                    let Some((store, scratch)) = $make().await else { return };
                     super::$check(store).await;
+                    scratch.finish().await;
                 }
             )*
         }
     };
 }
 
-suite!(sqlite, super::sqlite_store:
-    users_round_trip,
-    emails_are_unique,
-    status_changes_report_the_previous_status,
-    messages_keep_every_field,
-    pages_scroll_back_and_catch_up,
-    conversation_peers_are_distinct_and_exclude_oneself,
-    answers_pings,
-);
+macro_rules! every_check {
+    ($($backend:ident => $make:path),* $(,)?) => {
+        $(
+            suite!($backend, $make:
+                users_round_trip,
+                emails_are_unique,
+                status_changes_report_the_previous_status,
+                messages_keep_every_field,
+                pages_scroll_back_and_catch_up,
+                conversation_peers_are_distinct_and_exclude_oneself,
+                answers_pings,
+            );
+        )*
+    };
+}
+
+every_check!(sqlite => super::sqlite_store, mongo => super::mongo_store);
