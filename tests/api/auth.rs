@@ -93,11 +93,9 @@ async fn wrong_password_and_unknown_email_read_the_same() {
 async fn the_password_hash_is_argon2id_with_owasp_parameters() {
     let app = TestApp::spawn().await;
     app.register(&unique_email("hash"), PASSWORD).await;
-    let db = app.data_dir.path().join("palaver.db");
-    let conn = deadpool_sqlite::rusqlite::Connection::open(db).expect("open db");
-    let hash: String = conn
-        .query_row("SELECT password_hash FROM users", [], |row| row.get(0))
-        .expect("one user");
+    let hashes = app.stored_password_hashes().await;
+    assert_eq!(hashes.len(), 1, "one user");
+    let hash = &hashes[0];
     assert!(
         hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
         "{hash}"

@@ -46,6 +46,41 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     }
 }
 
+/// An unreachable or malformed `MONGODB_URI` stops start-up within seconds, with one line
+/// that names the variable and shows the URI without its password.
+#[test]
+fn an_unusable_mongodb_uri_stops_start_up_promptly_without_its_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let password = "hunter2-do-not-log";
+    for uri in [
+        format!("mongodb://palaver:{password}@127.0.0.1:{closed_port}/chat"),
+        format!("mongodb://palaver:{password}@127.0.0.1:notaport/chat"),
+        format!("mongodb://palaver:{password}@/chat"),
+        format!("mysql://palaver:{password}@127.0.0.1/chat"),
+    ] {
+        let started = std::time::Instant::now();
+        let output = palaver(dir.path())
+            .env("PORT", "0")
+            .env("MONGODB_URI", &uri)
+            .output()
+            .expect("run palaver");
+        let took = started.elapsed();
+        assert!(!output.status.success(), "{uri} must stop start-up");
+        assert!(took < Duration::from_secs(10), "{uri}: took {took:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(lines[0].contains("MONGODB_URI"), "{stderr}");
+        assert!(lines[0].contains("palaver:***@"), "{stderr}");
+        assert!(!stderr.contains(password) && !stdout.contains(password));
+    }
+}
+
 #[test]
 fn openapi_command_prints_the_committed_spec() {
     let output = Command::new(BINARY)

@@ -1,11 +1,14 @@
-//! `TestApp`: the real server on a free port with its own temporary data directory.
+//! `TestApp`: the real server on a free port with its own temporary data directory, and its
+//! own database: a SQLite file in that directory, or (in the `api_mongo` test binary) a fresh
+//! database on the MongoDB at `TEST_MONGODB_URI`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palaver::app::Application;
-use palaver::config::{Config, JwtSecret, RealtimeSettings};
+use palaver::config::{Config, JwtSecret, MongoSettings, MongoUri, RealtimeSettings};
+use palaver::store::testing::{fresh_database_name, test_mongodb_uri};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -16,10 +19,21 @@ use tokio::task::JoinHandle;
 pub const TEST_JWT_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 pub const PASSWORD: &str = "correct horse battery";
 
+/// Which store the servers of a test binary use; each crate root (`main.rs`, `mongo.rs`)
+/// declares its own `STORE`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StoreKind {
+    Sqlite,
+    Mongo,
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub data_dir: TempDir,
+    /// The MongoDB database this app owns and drops when it is dropped (not when stopped:
+    /// a restarted app takes it over).
+    mongodb: Option<MongoSettings>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -55,9 +69,43 @@ pub fn test_config(data_dir: &Path) -> Config {
         token_ttl: Duration::from_secs(3600),
         data_dir: data_dir.to_path_buf(),
         sqlite_synchronous: Default::default(),
-        mongodb: None,
+        mongodb: match crate::STORE {
+            StoreKind::Sqlite => None,
+            StoreKind::Mongo => Some(fresh_mongo_database()),
+        },
         realtime: RealtimeSettings::default(),
         responder: Default::default(),
+    }
+}
+
+/// A database of its own on the test MongoDB. Without `TEST_MONGODB_URI` there is nothing for
+/// this test binary to do: it says so loudly and ends, successfully, unless `CI` is set.
+fn fresh_mongo_database() -> MongoSettings {
+    let Some(uri) = test_mongodb_uri() else {
+        std::process::exit(0);
+    };
+    MongoSettings {
+        uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
+        database: Some(fresh_database_name()),
+    }
+}
+
+/// Drops a test database. `Drop` cannot await and the test's runtime is ending, so this uses
+/// a runtime of its own on a thread of its own.
+fn drop_mongo_database(settings: MongoSettings) {
+    let dropping = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let client = mongodb::Client::with_uri_str(settings.uri.expose()).await?;
+            let name = settings.database.as_deref().expect("a test database name");
+            client.database(name).drop().await
+        })
+    });
+    if let Ok(Err(e)) = dropping.join() {
+        eprintln!("could not drop a test database: {e}");
     }
 }
 
@@ -87,6 +135,7 @@ impl TestApp {
         if std::env::var_os("TEST_LOG").is_some() {
             palaver::telemetry::init();
         }
+        let mongodb = config.mongodb.clone();
         let app = Application::build(config).await.expect("server starts");
         let address = format!("http://{}", app.address());
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -101,13 +150,16 @@ impl TestApp {
             address,
             client: reqwest::Client::new(),
             data_dir,
+            mongodb,
             shutdown: Some(shutdown),
             server: Some(server),
         }
     }
 
     /// Stops the server gracefully and hands back its data directory, e.g. to restart on it.
+    /// Its database is kept for the next server spawned with the same configuration.
     pub async fn stop(mut self) -> TempDir {
+        self.mongodb = None;
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -225,12 +277,53 @@ impl TestApp {
         self.get(&format!("/api/chat/messages{query}"), &user.token)
             .await
     }
+
+    /// Every password hash in the store, read behind the server's back.
+    pub async fn stored_password_hashes(&self) -> Vec<String> {
+        match &self.mongodb {
+            None => {
+                let db = self.data_dir.path().join("palaver.db");
+                let conn = deadpool_sqlite::rusqlite::Connection::open(db).expect("open db");
+                let mut query = conn
+                    .prepare("SELECT password_hash FROM users")
+                    .expect("query");
+                query
+                    .query_map([], |row| row.get(0))
+                    .expect("rows")
+                    .collect::<Result<_, _>>()
+                    .expect("hashes")
+            }
+            Some(settings) => {
+                use futures_util::TryStreamExt;
+                let client = mongodb::Client::with_uri_str(settings.uri.expose())
+                    .await
+                    .expect("connect");
+                let users = client
+                    .database(settings.database.as_deref().expect("test database"))
+                    .collection::<mongodb::bson::Document>("users");
+                let documents: Vec<_> = users
+                    .find(mongodb::bson::doc! {})
+                    .await
+                    .expect("find")
+                    .try_collect()
+                    .await
+                    .expect("users");
+                documents
+                    .iter()
+                    .map(|user| user.get_str("password_hash").expect("hash").to_owned())
+                    .collect()
+            }
+        }
+    }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
+        }
+        if let Some(settings) = self.mongodb.take() {
+            drop_mongo_database(settings);
         }
     }
 }

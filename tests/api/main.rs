@@ -1,4 +1,8 @@
 //! Black-box tests: the real server on a free port, driven over HTTP like any client would.
+//! Here on the embedded SQLite store; `mongo.rs` runs the core API tests again on MongoDB.
+
+/// The store this test binary's servers use.
+pub const STORE: helpers::StoreKind = helpers::StoreKind::Sqlite;
 
 mod auth;
 mod binary;

@@ -106,7 +106,7 @@ impl MongoStore {
         let outcome = tokio::time::timeout(STARTUP_TIMEOUT, connecting).await;
         let failure = match outcome {
             Ok(Ok(store)) => return Ok(store),
-            Ok(Err(e)) => one_line(&uri.scrub(&e.to_string())),
+            Ok(Err(e)) => uri.scrub(&describe(&e)),
             Err(_) => format!("no answer within {}s", STARTUP_TIMEOUT.as_secs()),
         };
         Err(anyhow!(
@@ -140,28 +140,43 @@ impl MongoStore {
                 )
                 .build()
         };
-        self.users
-            .create_index(named(doc! { "email": 1 }, "email_unique", true))
-            .await?;
-        self.messages
-            .create_indexes([
+        // One index per `createIndexes` command: FerretDB 1.24 drops the connection when a
+        // command lists several indexes that all exist already (every restart).
+        let indexes = [
+            ("users", named(doc! { "email": 1 }, "email_unique", true)),
+            (
+                "messages",
                 named(
                     doc! { "conversation": 1, "_id": 1 },
                     "conversation_by_id",
                     false,
                 ),
+            ),
+            (
+                "messages",
                 named(
                     doc! { "participants": 1, "_id": 1 },
                     "participant_by_id",
                     false,
                 ),
-            ])
-            .await?;
+            ),
+        ];
+        for (collection, index) in indexes {
+            self.database
+                .collection::<Document>(collection)
+                .create_index(index)
+                .await?;
+        }
         Ok(())
     }
 }
 
-/// Driver messages can span lines (server descriptions); start-up errors are one line.
+/// The driver's message without its debugging tail (labels, source, raw server response), on
+/// one line: server descriptions can span several.
+fn describe(err: &MongoError) -> String {
+    one_line(&err.kind.to_string())
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -177,7 +192,7 @@ fn classify(err: MongoError) -> StoreError {
             | ErrorKind::DnsResolve { .. }
     ) || err.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR);
     if unreachable {
-        StoreError::Unavailable(one_line(&err.to_string()))
+        StoreError::Unavailable(describe(&err))
     } else {
         StoreError::Internal(err.into())
     }
