@@ -201,6 +201,10 @@ impl TestApp {
         Answer { status, body }
     }
 
+    pub async fn readyz(&self) -> Answer {
+        self.request(Method::GET, "/readyz", None, None).await
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Answer {
         self.request(Method::GET, path, Some(token), None).await
     }

@@ -110,13 +110,7 @@ async fn database_address() -> SocketAddr {
 async fn wait_until_ready(app: &TestApp) -> Duration {
     let started = Instant::now();
     loop {
-        let ready = app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .expect("readyz answers");
-        if ready.status() == StatusCode::OK {
+        if app.readyz().await.status == StatusCode::OK {
             return started.elapsed();
         }
         assert!(
@@ -160,15 +154,9 @@ async fn an_outage_answers_503_promptly_and_the_server_recovers_by_itself() {
     assert_eq!(login.status, StatusCode::SERVICE_UNAVAILABLE);
     let history = app.messages(&bob, "").await;
     assert_eq!(history.status, StatusCode::SERVICE_UNAVAILABLE);
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let ready: serde_json::Value = ready.json().await.expect("JSON");
-    assert_eq!(ready["message"], "The database is unavailable");
+    let ready = app.readyz().await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.message(), "The database is unavailable");
 
     relay.restore().await;
     wait_until_ready(&app).await;

@@ -77,13 +77,7 @@ async fn busy_bob_answers(app: &TestApp) -> (Value, Duration) {
         during < Duration::from_millis(500),
         "others are not held up: {during:?}"
     );
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(app.readyz().await.status, StatusCode::OK);
     (reply, elapsed)
 }
 

@@ -66,7 +66,8 @@ pub trait Store: Send + Sync + 'static {
     async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError>;
     /// Sets the status and returns the previous one; `None` when no such user exists.
     async fn set_status(&self, id: UserId, status: Status) -> Result<Option<Status>, StoreError>;
-    /// Stores the messages atomically, in order; returns once they are durable.
+    /// Stores the messages in order and returns once they are durable. SQLite stores a batch
+    /// atomically; MongoDB (no transactions) may keep the first messages of a batch that fails.
     async fn insert_messages(&self, messages: &[Message]) -> Result<(), StoreError>;
     /// Everyone `user` has exchanged at least one message with (not `user` itself).
     async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
