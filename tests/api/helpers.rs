@@ -78,14 +78,19 @@ pub fn test_config(data_dir: &Path) -> Config {
     }
 }
 
-/// A database of its own on the test MongoDB. Without `TEST_MONGODB_URI` there is nothing for
-/// this test binary to do: it says so loudly and ends, successfully, unless `CI` is set.
+/// `TEST_MONGODB_URI`. Without it there is nothing for the MongoDB test binary to do: it says
+/// so loudly and ends, successfully, unless `CI` is set (then it fails).
+pub fn mongodb_uri_or_skip() -> String {
+    match test_mongodb_uri() {
+        Some(uri) => uri,
+        None => std::process::exit(0),
+    }
+}
+
+/// A database of its own on the test MongoDB.
 fn fresh_mongo_database() -> MongoSettings {
-    let Some(uri) = test_mongodb_uri() else {
-        std::process::exit(0);
-    };
     MongoSettings {
-        uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
+        uri: MongoUri::parse(&mongodb_uri_or_skip()).expect("TEST_MONGODB_URI is a MongoDB URI"),
         database: Some(fresh_database_name()),
     }
 }

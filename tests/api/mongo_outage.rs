@@ -5,12 +5,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use palaver::config::MongoUri;
-use palaver::store::testing::test_mongodb_uri;
 use reqwest::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, mongodb_uri_or_skip};
 
 /// Longer than the store's 3 s server-selection timeout, with a margin for a busy machine.
 const PROMPT_FAILURE: Duration = Duration::from_secs(10);
@@ -95,7 +94,7 @@ async fn relay(listener: TcpListener, target: SocketAddr) {
 
 /// The first host of `TEST_MONGODB_URI`, resolved.
 async fn database_address() -> SocketAddr {
-    let uri = test_mongodb_uri().expect("the mongo test binary needs TEST_MONGODB_URI");
+    let uri = mongodb_uri_or_skip();
     let options = mongodb::options::ClientOptions::parse(&uri)
         .await
         .expect("TEST_MONGODB_URI parses");
