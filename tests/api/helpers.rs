@@ -104,7 +104,9 @@ fn drop_mongo_database(settings: MongoSettings) {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let client = mongodb::Client::with_uri_str(settings.uri.expose()).await?;
+            // TEST_MONGODB_URI, not the app's URI: that may lead through a relay that runs on
+            // the test's runtime, which this thread is blocking.
+            let client = mongodb::Client::with_uri_str(mongodb_uri_or_skip()).await?;
             let name = settings.database.as_deref().expect("a test database name");
             client.database(name).drop().await
         })
