@@ -68,12 +68,6 @@ impl Application {
                 .await?,
             ),
         };
-        if config.mongodb.is_some() && config.jwt_secret.is_none() {
-            tracing::warn!(
-                "JWT_SECRET is unset: tokens are signed with a secret kept in DATA_DIR, so \
-                 servers sharing this MongoDB do not accept each other's tokens; set JWT_SECRET"
-            );
-        }
         let secret = load_or_create_secret(config.jwt_secret.clone(), &config.data_dir)?;
         let hashing_concurrency = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hub = Hub::new(config.realtime.queue_capacity);

@@ -105,7 +105,14 @@ impl MongoStore {
         };
         let outcome = tokio::time::timeout(STARTUP_TIMEOUT, connecting).await;
         let failure = match outcome {
-            Ok(Ok(store)) => return Ok(store),
+            Ok(Ok(store)) => {
+                tracing::info!(
+                    uri = %uri.redacted(),
+                    database = store.database.name(),
+                    "storing in MongoDB"
+                );
+                return Ok(store);
+            }
             Ok(Err(e)) => uri.scrub(&describe(&e)),
             Err(_) => format!("no answer within {}s", STARTUP_TIMEOUT.as_secs()),
         };

@@ -83,6 +83,7 @@ impl SqliteStore {
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
         tokio::spawn(checkpoint_periodically(store.pool.clone()));
+        tracing::info!(path = %path.display(), "storing in SQLite");
         Ok(store)
     }
 
