@@ -104,6 +104,32 @@ async fn emails_are_unique(store: Arc<dyn Store>) {
     assert!(matches!(again, Err(StoreError::EmailTaken)), "{again:?}");
 }
 
+/// The unique index, not a check-then-insert, decides: of simultaneous registrations of one
+/// email exactly one wins.
+async fn one_of_simultaneous_registrations_wins(store: Arc<dyn Store>) {
+    let attempts = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .create_user(NewUser {
+                    id: UserId::new(),
+                    email: email("race"),
+                    password_hash: format!("hash {i}"),
+                })
+                .await
+        })
+    });
+    let mut won = 0;
+    for attempt in attempts.collect::<Vec<_>>() {
+        match attempt.await.expect("task") {
+            Ok(_) => won += 1,
+            Err(StoreError::EmailTaken) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
 async fn status_changes_report_the_previous_status(store: Arc<dyn Store>) {
     let id = user(&store, "bob").await;
     assert_eq!(
@@ -305,7 +331,7 @@ macro_rules! suite {
     ($backend:ident, $make:path: $($check:ident),* $(,)?) => {
         mod $backend {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
                     let Some((store, scratch)) = $make().await else { return };
                     super::$check(store).await;
@@ -322,6 +348,7 @@ macro_rules! every_check {
             suite!($backend, $make:
                 users_round_trip,
                 emails_are_unique,
+                one_of_simultaneous_registrations_wins,
                 status_changes_report_the_previous_status,
                 messages_keep_every_field,
                 pages_scroll_back_and_catch_up,
