@@ -5,7 +5,7 @@ mod conformance;
 mod mongo;
 mod sqlite;
 
-pub use mongo::{DEFAULT_DATABASE, MongoStore};
+pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

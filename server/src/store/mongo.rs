@@ -23,7 +23,7 @@ use crate::config::MongoSettings;
 use crate::domain::{Email, Message, MessageId, MessageKind, MessagePage, Status, UserId};
 
 /// The database when neither the settings nor the URI's path name one.
-pub const DEFAULT_DATABASE: &str = "palaver";
+const DEFAULT_DATABASE: &str = "palaver";
 
 /// How long an operation waits for a reachable server before failing, unless the URI says
 /// otherwise (`serverSelectionTimeoutMS`, `connectTimeoutMS`). The driver's 30 s default would
@@ -36,7 +36,6 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// MongoDB's "duplicate key" error code.
 const DUPLICATE_KEY: i32 = 11000;
 
-#[derive(Clone)]
 pub struct MongoStore {
     database: Database,
     users: Collection<UserDoc>,
