@@ -39,8 +39,9 @@ run() {
   bin=$(install)
   mkdir -p "$dir"
   # --debug-addr=-: its metrics listener has a fixed default port, which a second instance
-  # (or anything else on 8088) would collide with.
-  exec "$bin" --handler=sqlite --sqlite-url="file:$dir/" \
+  # (or anything else on 8088) would collide with. --state-dir: it writes state.json into its
+  # working directory otherwise (once, the repository root).
+  exec "$bin" --handler=sqlite --sqlite-url="file:$dir/" --state-dir="$dir" \
     --listen-addr="127.0.0.1:$port" --telemetry=disable --debug-addr=- --log-level=warn
 }
 

@@ -31,6 +31,8 @@ fn main() {
         .map(|t| t.join("plugins"))
         .unwrap_or_else(|| out_dir.join("plugins"));
 
+    ensure_target_installed();
+
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -75,6 +77,51 @@ fn main() {
         "cargo:rustc-env=PALAVER_PLUGIN_BUILD_DIR={}",
         wasm_dir.display()
     );
+}
+
+/// rustup installs a `rust-toolchain.toml` target only when it installs the toolchain itself, so
+/// a machine that already had 1.95.0 lacks `wasm32-wasip2` and the README's commands would fail.
+/// Add it here (about two seconds) when rustup is there; otherwise say exactly what is missing.
+fn ensure_target_installed() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let installed = |sysroot: &Path| {
+        sysroot
+            .join("lib/rustlib")
+            .join(PLUGIN_TARGET)
+            .join("lib")
+            .is_dir()
+    };
+    match &sysroot {
+        Some(root) if installed(root) => return,
+        Some(_) => {}
+        // Cannot tell (an unusual rustc): let the plugin build say what is wrong.
+        None => return,
+    }
+    println!(
+        "cargo:warning=the {PLUGIN_TARGET} target was missing from this toolchain: added it with rustup"
+    );
+    // RUSTUP_TOOLCHAIN, set by rustup's cargo proxy, makes this the toolchain being built with.
+    let added = Command::new("rustup")
+        .args(["target", "add", PLUGIN_TARGET])
+        .status();
+    match added {
+        Ok(status) if status.success() => {}
+        Ok(status) => panic!(
+            "`rustup target add {PLUGIN_TARGET}` failed ({status}); the responder plugins need \
+             it. Run it by hand and build again."
+        ),
+        Err(e) => panic!(
+            "the {PLUGIN_TARGET} target is not installed and rustup could not be run ({e}). \
+             Install the target for this toolchain (the Rust standard library for \
+             {PLUGIN_TARGET}) and build again."
+        ),
+    }
 }
 
 fn env(name: &str) -> String {

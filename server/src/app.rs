@@ -27,10 +27,11 @@ use tower::{Layer, ServiceExt};
 
 use crate::api::error::{ApiError, error_to_response};
 use crate::api::{self, MAX_BODY_BYTES};
-use crate::auth::{PasswordHasher, TokenService, load_or_create_secret};
+use crate::auth::{PasswordHasher, Sessions, TokenService, load_or_create_secret};
 use crate::config::{Config, RealtimeSettings};
+use crate::limits::Limits;
 use crate::messaging::Messenger;
-use crate::realtime::{Eviction, Hub, socketio, ws};
+use crate::realtime::{ConnectionCaps, Eviction, Hub, socketio, ws};
 use crate::responder::{Responder, watch_plugins_dir};
 use crate::state::AppState;
 use crate::store::{MongoStore, SqliteStore, Store};
@@ -43,7 +44,13 @@ struct PeerAddress(SocketAddr);
 /// In-flight requests get this long to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send its request headers within this time (slowloris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// ... and its body (at most 64 KiB) within this time.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests one HTTP/2 connection may have in flight at once.
+const HTTP2_MAX_STREAMS: u32 = 64;
+/// Request headers larger than this are refused (HTTP/1 uses hyper's own ~100-header cap).
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
 
 pub struct Application {
     listener: TcpListener,
@@ -55,7 +62,7 @@ pub struct Application {
 impl Application {
     /// Everything that can fail at start-up fails here, before the port is announced.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        create_private_dir(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
         let store: Arc<dyn Store> = match &config.mongodb {
@@ -69,8 +76,14 @@ impl Application {
             ),
         };
         let secret = load_or_create_secret(config.jwt_secret.clone(), &config.data_dir)?;
-        let hashing_concurrency = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let hub = Hub::new(config.realtime.queue_capacity);
+        let hub = Hub::new(
+            config.realtime.queue_capacity,
+            ConnectionCaps {
+                per_user: config.limits.connections_per_user,
+                total: config.limits.connections_total,
+            },
+        );
+        let limits = Arc::new(Limits::new(&config.limits));
         let messenger = Arc::new(Messenger::start(store.clone(), hub.clone()));
         let responder = Responder::new(config.responder.clone(), store.clone(), messenger.clone())
             .context("starting the responder")?;
@@ -80,11 +93,19 @@ impl Application {
         let state = AppState {
             messenger,
             responder,
-            store,
-            passwords: Arc::new(PasswordHasher::new(hashing_concurrency)?),
-            tokens: Arc::new(TokenService::new(&secret, config.token_ttl)),
+            store: store.clone(),
+            passwords: Arc::new(PasswordHasher::new(
+                config.limits.hash_concurrency,
+                config.limits.hash_wait,
+            )?),
+            sessions: Arc::new(Sessions::new(
+                TokenService::new(&secret, config.token_ttl),
+                store.clone(),
+            )),
             hub,
+            limits: limits.clone(),
         };
+        crate::limits::sweep_periodically(Arc::downgrade(&limits));
 
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address)
@@ -113,6 +134,7 @@ impl Application {
             state,
             realtime,
         } = self;
+        let ping_interval = realtime.ping_interval;
         let (socketio_layer, socketio) = socketio::layer(state.clone(), &realtime);
         let endpoint: Arc<BoxEndpoint<'static, Response>> =
             Arc::new(routes(state.clone(), realtime).boxed());
@@ -142,6 +164,14 @@ impl Application {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
+        connections
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_header_list_size(MAX_HEADER_BYTES)
+            // Pings find dead peers; an HTTP/2 client that stops answering is dropped.
+            .keep_alive_interval(ping_interval)
+            .keep_alive_timeout(HEADER_READ_TIMEOUT);
         let graceful = GracefulShutdown::new();
         tracing::info!(%address, "palaver is listening");
 
@@ -195,6 +225,18 @@ impl Application {
     }
 }
 
+/// The data directory holds the database and possibly the generated JWT secret: only the
+/// server's user may enter it (0700), whether we create it or it exists already.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// All HTTP routes with their middleware, outermost last.
 pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Output = Response> {
     let api = api::service();
@@ -203,6 +245,7 @@ pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Outp
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
         .nest("/", api)
+        .around(limit_auth_requests)
         .around(limit_body)
         .with(CatchPanic::new().with_handler(JsonPanicHandler))
         .data(state)
@@ -210,6 +253,29 @@ pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Outp
         .catch_all_error(error_to_response)
         .around(telemetry::access_log)
         .map_to_response()
+}
+
+/// Registration, login and password changes, per client address: each costs an argon2 hash.
+async fn limit_auth_requests<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    if req.method() == poem::http::Method::POST && req.uri().path().starts_with("/api/auth/") {
+        let address = match req.remote_addr().0 {
+            Addr::SocketAddr(address) => Some(address.ip()),
+            _ => None,
+        };
+        if let (Some(address), Some(state)) = (address, req.data::<AppState>())
+            && let Err(wait) = state.limits.auth_request(address)
+        {
+            return Err(ApiError::too_many_requests(
+                format!(
+                    "Too many requests from your address; try again in {} s",
+                    wait.seconds()
+                ),
+                wait,
+            )
+            .into());
+        }
+    }
+    next.call(req).await.map(IntoResponse::into_response)
 }
 
 /// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether or not they declare a length.
@@ -224,9 +290,9 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Resp
         return Err(too_large());
     }
     let body = req.take_body();
-    let bytes = body
-        .into_bytes_limit(MAX_BODY_BYTES)
+    let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, body.into_bytes_limit(MAX_BODY_BYTES))
         .await
+        .map_err(|_| poem::Error::from(ApiError::request_timeout()))?
         .map_err(|e| match e {
             poem::error::ReadBodyError::PayloadTooLarge => too_large(),
             other => poem::Error::from(ApiError::bad_request(format!(

@@ -5,6 +5,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Tokens live between one second and a year: longer is a token nobody can take back in
+/// practice, and far longer overflows date arithmetic (and RFC 3339's four-digit years).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The smallest HS256 secret we accept: 256 bits, as RFC 7518 asks.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -22,6 +26,97 @@ pub struct Config {
     pub mongodb: Option<MongoSettings>,
     pub realtime: RealtimeSettings,
     pub responder: ResponderSettings,
+    pub limits: LimitSettings,
+}
+
+/// "At most `count` per `per`", with bursts of up to `count`: a token bucket refilled evenly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: std::num::NonZeroU32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub const fn new(count: u32, per: Duration) -> Self {
+        let count = match std::num::NonZeroU32::new(count) {
+            Some(count) => count,
+            None => std::num::NonZeroU32::MIN,
+        };
+        Self { count, per }
+    }
+
+    /// `off` (no limit), or `N/period`: `10/s`, `30/10s`, `5/15m`, `1000/h`.
+    pub fn parse(raw: &str) -> Result<Option<Self>, String> {
+        let raw = raw.trim();
+        if raw.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let bad = || {
+            format!("must be off or N/period such as 10/s, 30/10s, 5/15m or 1000/h, got {raw:?}")
+        };
+        let (count, period) = raw.split_once('/').ok_or_else(bad)?;
+        let count = count
+            .trim()
+            .parse::<std::num::NonZeroU32>()
+            .map_err(|_| bad())?;
+        let period = period.trim();
+        // `s`, `m`, `h` alone mean one of them.
+        let period = if matches!(period, "s" | "m" | "h" | "d") {
+            format!("1{period}")
+        } else {
+            period.to_owned()
+        };
+        let per = humantime::parse_duration(&period).map_err(|_| bad())?;
+        if per.is_zero() || per > Duration::from_secs(7 * 24 * 3600) {
+            return Err(bad());
+        }
+        Ok(Some(Self { count, per }))
+    }
+}
+
+/// What one client or account may do. Every limit can be switched off (`off`, or 0 for the
+/// connection caps), which the benchmark does; the defaults suit a public server.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Failed logins per account (`LOGIN_FAILURE_LIMIT`); past it, even the right password is
+    /// refused until the bucket refills.
+    pub login_failures: Option<Rate>,
+    /// Register, login and password requests per client address (`AUTH_RATE_LIMIT`).
+    pub auth_per_address: Option<Rate>,
+    /// Messages a user may send, over every transport together (`SEND_RATE_LIMIT`).
+    pub sends: Option<Rate>,
+    /// Plugin runs for one sender writing to one BUSY user (`AUTO_REPLY_LIMIT`); past it the
+    /// sender gets the fallback without the plugin (or the LLM) running.
+    pub auto_replies_per_pair: Option<Rate>,
+    /// Plugin runs for the whole server (`AUTO_REPLY_TOTAL_LIMIT`).
+    pub auto_replies_total: Option<Rate>,
+    /// Live WebSocket + Socket.IO connections per user (`MAX_CONNECTIONS_PER_USER`).
+    pub connections_per_user: Option<usize>,
+    /// Live connections in total, and Engine.IO sessions in total (`MAX_CONNECTIONS`).
+    pub connections_total: Option<usize>,
+    /// Password hashes computed at once (`PASSWORD_HASH_CONCURRENCY`).
+    pub hash_concurrency: usize,
+    /// How long a login or registration waits for a hashing slot before a 503
+    /// (`PASSWORD_HASH_WAIT`).
+    pub hash_wait: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            login_failures: Some(Rate::new(5, Duration::from_secs(15 * 60))),
+            auth_per_address: Some(Rate::new(60, Duration::from_secs(60))),
+            sends: Some(Rate::new(30, Duration::from_secs(10))),
+            auto_replies_per_pair: Some(Rate::new(10, Duration::from_secs(3600))),
+            auto_replies_total: Some(Rate::new(1000, Duration::from_secs(3600))),
+            connections_per_user: Some(20),
+            connections_total: Some(10_000),
+            // Half the CPUs: logins queue for their slot while sends keep the other half.
+            hash_concurrency: (cpus / 2).max(1),
+            hash_wait: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The auto-responder for BUSY users.
@@ -274,7 +369,8 @@ impl Config {
             Some(raw) => parse_ttl(&raw).ok_or_else(|| ConfigError {
                 variable: "TOKEN_TTL",
                 problem: format!(
-                    "must be a positive duration such as 3600, 90m, 24h or 7d, got {raw:?}"
+                    "must be a duration from 1 second to 365 days, such as 3600, 90m, 24h or \
+                     7d, got {raw:?}"
                 ),
             })?,
         };
@@ -304,6 +400,7 @@ impl Config {
             });
 
         let responder = responder_settings(&get)?;
+        let limits = limit_settings(&get)?;
 
         Ok(Self {
             host,
@@ -315,8 +412,60 @@ impl Config {
             mongodb,
             realtime: RealtimeSettings::default(),
             responder,
+            limits,
         })
     }
+}
+
+fn limit_settings(get: &impl Fn(&str) -> Option<String>) -> Result<LimitSettings, ConfigError> {
+    let defaults = LimitSettings::default();
+    let rate = |variable: &'static str, default: Option<Rate>| match get(variable) {
+        None => Ok(default),
+        Some(raw) => Rate::parse(&raw).map_err(|problem| ConfigError { variable, problem }),
+    };
+    let cap = |variable: &'static str, default: Option<usize>| match get(variable) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse::<usize>()
+            .map(|n| (n > 0).then_some(n))
+            .map_err(|_| ConfigError {
+                variable,
+                problem: format!("must be a whole number (0: no limit), got {raw:?}"),
+            }),
+    };
+    let hash_concurrency = match get("PASSWORD_HASH_CONCURRENCY") {
+        None => defaults.hash_concurrency,
+        Some(raw) => raw
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=256).contains(n))
+            .ok_or_else(|| ConfigError {
+                variable: "PASSWORD_HASH_CONCURRENCY",
+                problem: format!("must be between 1 and 256, got {raw:?}"),
+            })?,
+    };
+    let hash_wait = match get("PASSWORD_HASH_WAIT") {
+        None => defaults.hash_wait,
+        Some(raw) => parse_ttl(&raw)
+            .filter(|wait| *wait <= Duration::from_secs(60))
+            .ok_or_else(|| ConfigError {
+                variable: "PASSWORD_HASH_WAIT",
+                problem: format!("must be a duration from 1s to 60s, got {raw:?}"),
+            })?,
+    };
+    Ok(LimitSettings {
+        login_failures: rate("LOGIN_FAILURE_LIMIT", defaults.login_failures)?,
+        auth_per_address: rate("AUTH_RATE_LIMIT", defaults.auth_per_address)?,
+        sends: rate("SEND_RATE_LIMIT", defaults.sends)?,
+        auto_replies_per_pair: rate("AUTO_REPLY_LIMIT", defaults.auto_replies_per_pair)?,
+        auto_replies_total: rate("AUTO_REPLY_TOTAL_LIMIT", defaults.auto_replies_total)?,
+        connections_per_user: cap("MAX_CONNECTIONS_PER_USER", defaults.connections_per_user)?,
+        connections_total: cap("MAX_CONNECTIONS", defaults.connections_total)?,
+        hash_concurrency,
+        hash_wait,
+    })
 }
 
 fn responder_settings(
@@ -387,7 +536,9 @@ fn parse_ttl(raw: &str) -> Option<Duration> {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => humantime::parse_duration(raw).ok()?,
     };
-    (ttl >= Duration::from_secs(1)).then_some(ttl)
+    (Duration::from_secs(1)..=MAX_TOKEN_TTL)
+        .contains(&ttl)
+        .then_some(ttl)
 }
 
 #[cfg(test)]
@@ -422,6 +573,10 @@ mod tests {
             ("JWT_SECRET", "too-short"),
             ("TOKEN_TTL", "soon"),
             ("TOKEN_TTL", "0"),
+            ("TOKEN_TTL", "300000y"),
+            ("TOKEN_TTL", "8000y"),
+            ("TOKEN_TTL", "366d"),
+            ("TOKEN_TTL", "99999999999999999999"),
             ("SQLITE_SYNCHRONOUS", "off"),
             ("MONGODB_URI", "localhost:27017"),
             ("MONGODB_URI", "postgres://db/palaver"),
@@ -429,11 +584,41 @@ mod tests {
             ("LLM_API_URL", "ftp://example.com/x"),
             ("RESPONDER_TIMEOUT_MS", "ten seconds"),
             ("RESPONDER_TIMEOUT_MS", "5"),
+            ("SEND_RATE_LIMIT", "lots"),
+            ("SEND_RATE_LIMIT", "0/s"),
+            ("LOGIN_FAILURE_LIMIT", "5/0s"),
+            ("AUTH_RATE_LIMIT", "10/forever"),
+            ("MAX_CONNECTIONS", "-1"),
+            ("PASSWORD_HASH_CONCURRENCY", "0"),
+            ("PASSWORD_HASH_WAIT", "5m"),
         ] {
             let err = config(&[(name, value)]).expect_err(name);
             assert_eq!(err.variable, name);
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn limits_parse_and_switch_off() {
+        let limits = config(&[
+            ("SEND_RATE_LIMIT", "off"),
+            ("AUTH_RATE_LIMIT", "10/s"),
+            ("LOGIN_FAILURE_LIMIT", "3/15m"),
+            ("MAX_CONNECTIONS_PER_USER", "0"),
+        ])
+        .expect("valid")
+        .limits;
+        assert_eq!(limits.sends, None);
+        assert_eq!(
+            limits.auth_per_address,
+            Some(Rate::new(10, Duration::from_secs(1)))
+        );
+        assert_eq!(
+            limits.login_failures,
+            Some(Rate::new(3, Duration::from_secs(900)))
+        );
+        assert_eq!(limits.connections_per_user, None);
+        assert_eq!(limits.connections_total, Some(10_000));
     }
 
     #[test]
@@ -449,6 +634,7 @@ mod tests {
             ("90m", 5400),
             ("24h", 86_400),
             ("7d", 604_800),
+            ("365d", 31_536_000),
         ] {
             let config = config(&[("TOKEN_TTL", raw)]).expect(raw);
             assert_eq!(config.token_ttl, Duration::from_secs(secs));

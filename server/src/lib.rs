@@ -1,10 +1,12 @@
 //! Palaver: a real-time chat backend. See DESIGN.md for how the parts fit.
 
+pub mod account;
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod limits;
 pub mod messaging;
 pub mod presence;
 pub mod realtime;

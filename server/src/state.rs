@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
-use crate::auth::{PasswordHasher, TokenService};
+use crate::auth::{PasswordHasher, Sessions};
+use crate::limits::Limits;
 use crate::messaging::Messenger;
 use crate::realtime::Hub;
 use crate::responder::Responder;
@@ -11,8 +12,9 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub passwords: Arc<PasswordHasher>,
-    pub tokens: Arc<TokenService>,
+    pub sessions: Arc<Sessions>,
     pub hub: Arc<Hub>,
     pub messenger: Arc<Messenger>,
     pub responder: Arc<Responder>,
+    pub limits: Arc<Limits>,
 }

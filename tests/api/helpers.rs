@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palaver::app::Application;
-use palaver::config::{Config, JwtSecret, MongoSettings, MongoUri, RealtimeSettings};
+use palaver::config::{
+    Config, JwtSecret, LimitSettings, MongoSettings, MongoUri, RealtimeSettings,
+};
 use palaver::store::testing::{fresh_database_name, test_mongodb_uri};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -29,6 +31,8 @@ pub enum StoreKind {
 
 pub struct TestApp {
     pub address: String,
+    /// What the server was started with, e.g. to restart it the same way.
+    pub config: Config,
     pub client: reqwest::Client,
     pub data_dir: TempDir,
     /// The MongoDB database this app owns and drops when it is dropped (not when stopped:
@@ -75,6 +79,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         },
         realtime: RealtimeSettings::default(),
         responder: Default::default(),
+        limits: LimitSettings::default(),
     }
 }
 
@@ -143,6 +148,7 @@ impl TestApp {
             palaver::telemetry::init();
         }
         let mongodb = config.mongodb.clone();
+        let kept = config.clone();
         let app = Application::build(config).await.expect("server starts");
         let address = format!("http://{}", app.address());
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -155,6 +161,7 @@ impl TestApp {
         });
         Self {
             address,
+            config: kept,
             client: reqwest::Client::new(),
             data_dir,
             mongodb,

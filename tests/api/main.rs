@@ -14,6 +14,7 @@ mod persistence;
 mod plugins;
 mod realtime;
 mod responder;
+mod safety;
 mod tokens;
 mod users;
 mod ws_client;

@@ -16,6 +16,7 @@ mod helpers;
 mod mongo_outage;
 mod persistence;
 mod realtime;
+mod safety;
 mod tokens;
 mod users;
 mod ws_client;

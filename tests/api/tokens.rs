@@ -15,13 +15,17 @@ const PROTECTED: &[(&str, &str)] = &[
     ("GET", "/api/users/me"),
     ("GET", "/api/users?email=a@example.com"),
     ("GET", "/api/users/01a21ad6-1116-770e-912c-0b82997c7500"),
+    ("GET", "/api/plugins"),
+    ("POST", "/api/auth/password"),
+    ("POST", "/api/auth/logout-all"),
+    ("DELETE", "/api/users/me"),
 ];
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn sign(claims: &Value, secret: &[u8]) -> String {
+pub(crate) fn sign(claims: &Value, secret: &[u8]) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -30,7 +34,7 @@ fn sign(claims: &Value, secret: &[u8]) -> String {
     .expect("sign")
 }
 
-async fn assert_refused(app: &TestApp, token: Option<&str>, message: &str) {
+pub(crate) async fn assert_refused(app: &TestApp, token: Option<&str>, message: &str) {
     for (method, path) in PROTECTED {
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let body = (method != Method::GET).then(|| json!({}));

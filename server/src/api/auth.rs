@@ -5,8 +5,13 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
 use super::error::ApiError;
-use super::models::{CredentialsBody, LoginToken, Registered};
+use super::models::{
+    CredentialsBody, Done, LoginToken, PasswordChangeBody, PasswordChanged, Registered,
+};
+use super::security::AuthUser;
+use crate::account;
 use crate::domain::{Email, Password, UserId};
+use crate::limits::RetryAfter;
 use crate::state::AppState;
 use crate::store::NewUser;
 
@@ -22,6 +27,16 @@ enum RegisterResponse {
 /// Wrong email and wrong password read exactly the same.
 const BAD_CREDENTIALS: &str = "Invalid email or password";
 
+fn locked_out(wait: RetryAfter) -> ApiError {
+    ApiError::too_many_requests(
+        format!(
+            "Too many failed logins for this account; try again in {} s",
+            wait.seconds()
+        ),
+        wait,
+    )
+}
+
 #[OpenApi(tag = "ApiTags::Auth")]
 impl AuthApi {
     /// Create an account.
@@ -34,11 +49,7 @@ impl AuthApi {
         let Json(body) = body;
         let email = Email::parse(&body.email)?;
         let password = Password::parse(body.password)?;
-        let password_hash = state
-            .passwords
-            .hash(password)
-            .await
-            .map_err(ApiError::internal)?;
+        let password_hash = state.passwords.hash(password).await?;
         let user = state
             .store
             .create_user(NewUser {
@@ -67,25 +78,64 @@ impl AuthApi {
         else {
             return Err(ApiError::unauthorized(BAD_CREDENTIALS));
         };
+        // Locked out: refused without looking at the password, right or wrong.
+        state.limits.login_allowed(&email).map_err(locked_out)?;
         let credentials = state.store.credentials_by_email(&email).await?;
         let (user, stored_hash) = match credentials {
-            Some(c) => (Some(c.user), Some(c.password_hash)),
+            Some(c) => (Some((c.user, c.token_version)), Some(c.password_hash)),
             None => (None, None),
         };
-        let verified = state
-            .passwords
-            .verify(password, stored_hash)
-            .await
-            .map_err(ApiError::internal)?;
-        let user = match user {
+        let verified = state.passwords.verify(password, stored_hash).await?;
+        let (user, version) = match user {
             Some(user) if verified => user,
-            _ => return Err(ApiError::unauthorized(BAD_CREDENTIALS)),
+            _ => {
+                // Unknown emails count too, so the answers cannot tell accounts apart.
+                state.limits.login_failed(&email).map_err(locked_out)?;
+                return Err(ApiError::unauthorized(BAD_CREDENTIALS));
+            }
         };
-        let issued = state.tokens.issue(user.id).map_err(ApiError::internal)?;
+        let issued = state
+            .sessions
+            .issue(user.id, version)
+            .map_err(ApiError::internal)?;
         Ok(Json(LoginToken {
             token: issued.token,
             user_id: user.id.to_string(),
             expires_at: issued.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        }))
+    }
+
+    /// Change the caller's password. Every token issued before stops working and the caller's
+    /// live connections are closed; the answer carries a new token for this device.
+    #[oai(path = "/api/auth/password", method = "post")]
+    async fn change_password(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        body: Json<PasswordChangeBody>,
+    ) -> Result<Json<PasswordChanged>, ApiError> {
+        let Json(body) = body;
+        let new = Password::parse(body.new_password)?;
+        let issued = account::change_password(&state, user, &body.current_password, new).await?;
+        Ok(Json(PasswordChanged {
+            message: "Password changed".to_owned(),
+            token: issued.token,
+            user_id: user.to_string(),
+            expires_at: issued.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        }))
+    }
+
+    /// Log out everywhere: every token issued so far stops working (this one included) and the
+    /// caller's live connections are closed.
+    #[oai(path = "/api/auth/logout-all", method = "post")]
+    async fn log_out_everywhere(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+    ) -> Result<Json<Done>, ApiError> {
+        account::log_out_everywhere(&state, user).await?;
+        Ok(Json(Done {
+            message: "Logged out everywhere".to_owned(),
         }))
     }
 }

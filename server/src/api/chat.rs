@@ -1,6 +1,6 @@
 use poem::web::Data;
 use poem_openapi::OpenApi;
-use poem_openapi::param::Query;
+use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
 
 use super::ApiTags;
@@ -66,12 +66,17 @@ impl ChatApi {
         state: Data<&AppState>,
         AuthUser(user): AuthUser,
         body: Json<SendMessageBody>,
+        /// Makes the send safe to retry: a retry with the same key within 24 hours answers the
+        /// first result (same message id) and stores nothing new. 1 to 255 characters.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
     ) -> Result<Json<MessageSent>, ApiError> {
         let Json(body) = body;
         let request = SendRequest {
             claimed_sender: body.sender,
             recipient: body.recipient,
             content: body.content,
+            idempotency_key: idempotency_key.0,
         };
         let message = send_message(&state, user, request).await?;
         Ok(Json(MessageSent {

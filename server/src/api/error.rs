@@ -9,7 +9,10 @@ use poem_openapi::error::{
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
+use crate::account::AccountError;
+use crate::auth::HashError;
 use crate::domain::ValidationError;
+use crate::limits::RetryAfter;
 use crate::messaging::SendError;
 use crate::store::StoreError;
 
@@ -38,16 +41,29 @@ pub enum ApiError {
     /// The email is already registered.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The request body took too long to arrive.
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// The request body is larger than the limit.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// The body was not sent as `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// A rate limit or cap was reached; `Retry-After` says when to try again (seconds).
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// A fault on our side; the details are in the server log.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
-    /// The database cannot be reached right now; try again shortly.
+    /// The database cannot be reached, or the server is too busy, right now; `Retry-After`
+    /// says when to try again (seconds).
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
 }
+
+/// How long clients are asked to wait when the database is unavailable.
+const UNAVAILABLE_RETRY_SECS: u64 = 5;
 
 fn body(message: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
@@ -74,6 +90,15 @@ impl ApiError {
     pub fn payload_too_large() -> Self {
         Self::PayloadTooLarge(body(payload_too_large_message()))
     }
+    pub fn request_timeout() -> Self {
+        Self::RequestTimeout(body("The request body took too long to arrive"))
+    }
+    pub fn too_many_requests(message: impl Into<String>, retry_after: RetryAfter) -> Self {
+        Self::TooManyRequests(body(message), retry_after.seconds())
+    }
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::Unavailable(body(message), retry_after_secs)
+    }
     /// Logs the cause; the client only learns that something failed on our side.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -90,11 +115,22 @@ impl ApiError {
             Self::Forbidden(b) => (403, b),
             Self::NotFound(b) => (404, b),
             Self::Conflict(b) => (409, b),
+            Self::RequestTimeout(b) => (408, b),
             Self::PayloadTooLarge(b) => (413, b),
+            Self::UnsupportedMediaType(b) => (415, b),
+            Self::TooManyRequests(b, _) => (429, b),
             Self::Internal(b) => (500, b),
-            Self::Unavailable(b) => (503, b),
+            Self::Unavailable(b, _) => (503, b),
         };
         (status, body.message.clone())
+    }
+
+    /// Seconds until a retry may succeed, for 429 and 503 answers.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::TooManyRequests(_, secs) | Self::Unavailable(_, secs) => Some(*secs),
+            _ => None,
+        }
     }
 }
 
@@ -108,11 +144,13 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::EmailTaken => Self::conflict("Email is already registered"),
+            StoreError::UnknownUser => Self::not_found("User not found"),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "database unavailable");
-                Self::Unavailable(body(
+                Self::unavailable(
                     "The database is unavailable; please try again shortly",
-                ))
+                    UNAVAILABLE_RETRY_SECS,
+                )
             }
             StoreError::Internal(cause) => Self::internal(format!("{cause:#}")),
         }
@@ -125,10 +163,47 @@ impl From<SendError> for ApiError {
             SendError::SenderMismatch => Self::forbidden("You can only send messages as yourself"),
             SendError::Invalid(problem) => problem.into(),
             SendError::RecipientNotFound => Self::not_found("Recipient not found"),
+            SendError::KeyReused => {
+                Self::conflict("This idempotency key was already used for a different message")
+            }
             SendError::Store(err) => err.into(),
+            SendError::TooFast(wait) => Self::too_many_requests(
+                format!(
+                    "You are sending messages too fast; try again in {} s",
+                    wait.seconds()
+                ),
+                wait,
+            ),
         }
     }
 }
+
+impl From<AccountError> for ApiError {
+    fn from(err: AccountError) -> Self {
+        match err {
+            AccountError::WrongPassword => Self::forbidden("The password is incorrect"),
+            AccountError::UserGone => Self::unauthorized(super::security::TOKEN_REVOKED),
+            AccountError::Store(err) => err.into(),
+            AccountError::Hashing(err) => err.into(),
+            AccountError::Internal(cause) => Self::internal(format!("{cause:#}")),
+        }
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(err: HashError) -> Self {
+        match err {
+            HashError::Busy => Self::unavailable(
+                "Too many logins in progress; please try again shortly",
+                HASHING_RETRY_SECS,
+            ),
+            HashError::Failed(cause) => Self::internal(format!("{cause:#}")),
+        }
+    }
+}
+
+/// When every hashing slot stayed busy for the whole wait.
+const HASHING_RETRY_SECS: u64 = 2;
 
 fn capitalize(text: &str) -> String {
     let mut chars = text.chars();
@@ -144,6 +219,7 @@ fn bad_request_from_poem(err: poem::Error) -> ApiError {
     let message = describe(&err);
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(body(message)),
         StatusCode::UNAUTHORIZED => ApiError::unauthorized(message),
         _ => ApiError::bad_request(message),
     }

@@ -37,6 +37,40 @@ pub struct LoginToken {
 }
 
 #[derive(Object)]
+pub struct PasswordChangeBody {
+    /// The password in use now.
+    #[oai(validator(max_length = 1024))]
+    pub current_password: String,
+    /// 8 to 128 characters.
+    #[oai(validator(max_length = 1024))]
+    pub new_password: String,
+}
+
+#[derive(Object)]
+pub struct PasswordChanged {
+    /// Always "Password changed".
+    pub message: String,
+    /// A new token for this device: every token issued before the change stopped working.
+    pub token: String,
+    pub user_id: String,
+    /// When the new token stops working (RFC 3339).
+    pub expires_at: String,
+}
+
+#[derive(Object)]
+pub struct PasswordBody {
+    /// The account's password, to confirm.
+    #[oai(validator(max_length = 1024))]
+    pub password: String,
+}
+
+#[derive(Object)]
+pub struct Done {
+    /// What happened, for a person.
+    pub message: String,
+}
+
+#[derive(Object)]
 pub struct SendMessageBody {
     /// Optional; when present it must be the caller's own id.
     pub sender: Option<String>,

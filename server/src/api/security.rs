@@ -9,7 +9,7 @@ use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 
 use super::error::ApiError;
-use crate::auth::TokenError;
+use crate::auth::{AuthError, Caller, TokenError};
 use crate::domain::UserId;
 use crate::state::AppState;
 
@@ -19,6 +19,11 @@ pub const AUTH_TOKEN_HEADER: &str = "x-auth-token";
 
 /// The authenticated caller of an operation.
 pub struct AuthUser(pub UserId);
+
+pub const TOKEN_REQUIRED: &str = "Authentication required: send Authorization: Bearer <token>";
+pub const TOKEN_EXPIRED: &str = "Token has expired; please log in again";
+pub const TOKEN_INVALID: &str = "Invalid token";
+pub const TOKEN_REVOKED: &str = "Token is no longer valid; please log in again";
 
 /// The token a request carries, if any: `Authorization: Bearer` first, then `x-auth-token`.
 pub fn token_from_headers(headers: &HeaderMap) -> Option<&str> {
@@ -40,14 +45,18 @@ pub fn token_from_headers(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Checks a token and names its user, with the answer a client should see when it fails.
-pub fn authenticate(state: &AppState, token: Option<&str>) -> Result<UserId, ApiError> {
-    let token = token.ok_or_else(|| {
-        ApiError::unauthorized("Authentication required: send Authorization: Bearer <token>")
-    })?;
-    state.tokens.verify(token).map_err(|e| match e {
-        TokenError::Expired => ApiError::unauthorized("Token has expired; please log in again"),
-        TokenError::Invalid => ApiError::unauthorized("Invalid token"),
-    })
+pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
+    state
+        .sessions
+        .authenticate(token)
+        .await
+        .map_err(|e| match e {
+            AuthError::Missing => ApiError::unauthorized(TOKEN_REQUIRED),
+            AuthError::Token(TokenError::Expired) => ApiError::unauthorized(TOKEN_EXPIRED),
+            AuthError::Token(TokenError::Invalid) => ApiError::unauthorized(TOKEN_INVALID),
+            AuthError::Revoked => ApiError::unauthorized(TOKEN_REVOKED),
+            AuthError::Store(e) => e.into(),
+        })
 }
 
 impl<'a> ApiExtractor<'a> for AuthUser {
@@ -98,9 +107,7 @@ impl<'a> ApiExtractor<'a> for AuthUser {
         let state = req
             .data::<AppState>()
             .ok_or_else(|| ApiError::internal("AppState is missing from the request"))?;
-        Ok(AuthUser(authenticate(
-            state,
-            token_from_headers(req.headers()),
-        )?))
+        let caller = authenticate(state, token_from_headers(req.headers())).await?;
+        Ok(AuthUser(caller.user))
     }
 }

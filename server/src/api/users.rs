@@ -5,8 +5,9 @@ use poem_openapi::payload::Json;
 
 use super::ApiTags;
 use super::error::ApiError;
-use super::models::{StatusBody, StatusUpdated, UserView};
+use super::models::{Done, PasswordBody, StatusBody, StatusUpdated, UserView};
 use super::security::AuthUser;
+use crate::account;
 use crate::domain::{Email, UserId};
 use crate::presence::update_status;
 use crate::state::AppState;
@@ -45,6 +46,21 @@ impl UsersApi {
         let user = state.store.user_by_id(user).await?;
         user.map(|u| Json(u.into()))
             .ok_or_else(|| ApiError::not_found(USER_NOT_FOUND))
+    }
+
+    /// Delete the caller's account and every message they sent or received, after confirming
+    /// the password. Their tokens stop working and their live connections are closed.
+    #[oai(path = "/api/users/me", method = "delete")]
+    async fn delete_me(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        body: Json<PasswordBody>,
+    ) -> Result<Json<Done>, ApiError> {
+        account::delete_account(&state, user, &body.0.password).await?;
+        Ok(Json(Done {
+            message: "Account deleted".to_owned(),
+        }))
     }
 
     /// Find a user by email, e.g. to get a recipient's id.

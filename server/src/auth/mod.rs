@@ -2,8 +2,10 @@
 
 mod password;
 mod secret;
+mod sessions;
 mod token;
 
-pub use password::PasswordHasher;
+pub use password::{HashError, PasswordHasher};
 pub use secret::load_or_create_secret;
-pub use token::{IssuedToken, TokenError, TokenService};
+pub use sessions::{AuthError, CACHE_TTL, Caller, Sessions};
+pub use token::{IssuedToken, TokenError, TokenService, VerifiedToken};

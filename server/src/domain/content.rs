@@ -1,6 +1,8 @@
 use super::ValidationError;
+use super::text::is_invisible;
 
 /// The text of a message: not blank and at most [`MAX_CHARS`] characters. Stored exactly as sent.
+/// Blank means nothing visible: whitespace, zero-width and direction marks alone count as empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Content(String);
 
@@ -8,7 +10,7 @@ pub const MAX_CHARS: usize = 4_000;
 
 impl Content {
     pub fn parse(raw: String) -> Result<Self, ValidationError> {
-        if raw.trim().is_empty() {
+        if raw.chars().all(is_invisible) {
             return Err(ValidationError::new("content must not be empty"));
         }
         if raw.chars().count() > MAX_CHARS {
@@ -36,6 +38,8 @@ mod tests {
     fn rejects_blank_and_oversized_content() {
         assert!(Content::parse(String::new()).is_err());
         assert!(Content::parse(" \n\t ".into()).is_err());
+        assert!(Content::parse("\u{200B}\u{200E}\u{2060} \u{FEFF}".into()).is_err());
+        assert!(Content::parse("\u{200B}hi".into()).is_ok());
         assert!(Content::parse("ü".repeat(MAX_CHARS)).is_ok());
         assert!(Content::parse("x".repeat(MAX_CHARS + 1)).is_err());
     }

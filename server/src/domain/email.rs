@@ -1,6 +1,12 @@
-use super::ValidationError;
+use unicode_normalization::UnicodeNormalization;
 
-/// An email address, trimmed and lower-cased so that uniqueness is case-insensitive.
+use super::ValidationError;
+use super::text::is_invisible;
+
+/// An email address, trimmed, NFC-normalised and lower-cased, so that uniqueness ignores case
+/// and Unicode spelling (`é` typed as one code point or as `e` + accent is one address).
+/// Addresses with invisible or format characters (zero-width spaces, direction marks, ...) are
+/// refused: they would make look-alike accounts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
@@ -8,7 +14,7 @@ const MAX_LEN: usize = 254;
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let email = raw.trim().to_lowercase();
+        let email: String = raw.trim().nfc().collect::<String>().to_lowercase();
         let invalid = || ValidationError::new("email must be a valid email address");
         if email.is_empty() {
             return Err(ValidationError::new("email is required"));
@@ -24,6 +30,11 @@ impl Email {
             && !domain.ends_with('.')
             && !domain.contains("..")
             && !domain.contains('@');
+        if email.chars().any(|c| is_invisible(c) && !c.is_whitespace()) {
+            return Err(ValidationError::new(
+                "email must not contain invisible or formatting characters",
+            ));
+        }
         let has_bad_char = email
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'));
@@ -73,6 +84,23 @@ mod tests {
         ] {
             assert!(Email::parse(raw).is_err(), "{raw:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn refuses_invisible_characters_and_normalises_unicode() {
+        for raw in [
+            "a\u{200B}lice@example.com",
+            "alice\u{200D}@example.com",
+            "\u{202E}alice@example.com",
+            "alice@exa\u{00AD}mple.com",
+            "\u{FEFF}alice@example.com",
+        ] {
+            let err = Email::parse(raw).expect_err(raw);
+            assert!(err.0.contains("invisible"), "{err}");
+        }
+        let composed = Email::parse("jos\u{00E9}@example.com").expect("valid");
+        let decomposed = Email::parse("jose\u{0301}@example.com").expect("valid");
+        assert_eq!(composed, decomposed);
     }
 
     #[test]

@@ -53,6 +53,30 @@ pub enum Eviction {
     Overflow,
     /// The server is shutting down.
     Shutdown,
+    /// The user's tokens were revoked (password change, log out everywhere, account deleted).
+    Revoked,
+}
+
+impl Eviction {
+    /// The WebSocket close code (RFC 6455 7.4.1) a client sees.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Eviction::Overflow => 1013,
+            Eviction::Shutdown => 1001,
+            Eviction::Revoked => super::CLOSE_EXPIRED,
+        }
+    }
+
+    /// The close reason, for a person and for the client's reconnect logic.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Eviction::Overflow => {
+                "too slow: outbound queue full; reconnect and catch up with GET /api/chat/messages?after=<last id>"
+            }
+            Eviction::Shutdown => "server shutting down",
+            Eviction::Revoked => "session ended: log in again",
+        }
+    }
 }
 
 struct Connection {
@@ -90,8 +114,27 @@ impl EvictionSignal {
 
 pub struct Hub {
     connections: RwLock<HashMap<UserId, Vec<Connection>>>,
+    /// Live connections in `connections`, so the total cap is checked without a walk.
+    total: AtomicU64,
     next_id: AtomicU64,
     queue_capacity: usize,
+    caps: ConnectionCaps,
+}
+
+/// How many live connections one user, and everyone together, may hold (`None`: no cap).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionCaps {
+    pub per_user: Option<usize>,
+    pub total: Option<usize>,
+}
+
+/// Why a new connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TooManyConnections {
+    #[error("Too many live connections for this account (the limit is {0}); close one first")]
+    User(usize),
+    #[error("The server has too many live connections; try again later")]
+    Server,
 }
 
 /// A live connection's end of the hub. Dropping it unregisters the connection.
@@ -110,15 +153,19 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    pub fn new(queue_capacity: usize) -> Arc<Self> {
+    pub fn new(queue_capacity: usize, caps: ConnectionCaps) -> Arc<Self> {
         Arc::new(Self {
             connections: RwLock::new(HashMap::new()),
+            total: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
+            caps,
         })
     }
 
-    pub fn subscribe(self: &Arc<Self>, user: UserId) -> Subscription {
+    /// Registers a new connection of `user`, unless a cap is reached. The check and the
+    /// insert happen under one lock, so simultaneous handshakes cannot overshoot.
+    pub fn subscribe(self: &Arc<Self>, user: UserId) -> Result<Subscription, TooManyConnections> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, receiver) = mpsc::channel(self.queue_capacity);
         let signal = Arc::new(EvictionSignal::default());
@@ -127,14 +174,29 @@ impl Hub {
             queue,
             signal: signal.clone(),
         };
-        self.write().entry(user).or_default().push(connection);
-        Subscription {
+        {
+            let mut connections = self.write();
+            if let Some(total) = self.caps.total
+                && self.total.load(Ordering::Relaxed) >= total as u64
+            {
+                return Err(TooManyConnections::Server);
+            }
+            let mine = connections.entry(user).or_default();
+            if let Some(per_user) = self.caps.per_user
+                && mine.len() >= per_user
+            {
+                return Err(TooManyConnections::User(per_user));
+            }
+            mine.push(connection);
+            self.total.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Subscription {
             user,
             queue: receiver,
             signal,
             id,
             hub: self.clone(),
-        }
+        })
     }
 
     /// Queues `push` for every live connection of each of `users` (duplicates are ignored).
@@ -171,7 +233,17 @@ impl Hub {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.read().values().map(Vec::len).sum()
+        self.total.load(Ordering::Relaxed) as usize
+    }
+
+    /// Tells every connection of `user` to close.
+    pub fn evict_user(&self, user: UserId, reason: Eviction) {
+        let evicted = self.write().remove(&user).unwrap_or_default();
+        self.total
+            .fetch_sub(evicted.len() as u64, Ordering::Relaxed);
+        for connection in evicted {
+            connection.signal.evict(reason);
+        }
     }
 
     /// Tells every connection to close, e.g. on shutdown.
@@ -184,7 +256,10 @@ impl Hub {
     fn remove(&self, user: UserId, id: u64) {
         let mut connections = self.write();
         if let Some(list) = connections.get_mut(&user) {
+            let before = list.len();
             list.retain(|c| c.id != id);
+            self.total
+                .fetch_sub((before - list.len()) as u64, Ordering::Relaxed);
             if list.is_empty() {
                 connections.remove(&user);
             }
@@ -212,11 +287,11 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_to_every_connection_of_each_user_once() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, ConnectionCaps::default());
         let (alice, bob) = (UserId::new(), UserId::new());
-        let mut phone = hub.subscribe(alice);
-        let mut laptop = hub.subscribe(alice);
-        let mut other = hub.subscribe(bob);
+        let mut phone = hub.subscribe(alice).expect("room");
+        let mut laptop = hub.subscribe(alice).expect("room");
+        let mut other = hub.subscribe(bob).expect("room");
         hub.publish(&[alice, alice], push(1));
         assert_eq!(
             phone.queue.try_recv().map(|p| p.data.clone()).ok(),
@@ -232,10 +307,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_evicts_only_that_connection() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(2, ConnectionCaps::default());
         let user = UserId::new();
-        let slow = hub.subscribe(user);
-        let mut fast = hub.subscribe(user);
+        let slow = hub.subscribe(user).expect("room");
+        let mut fast = hub.subscribe(user).expect("room");
         for n in 0..2 {
             hub.publish(&[user], push(n));
             assert!(fast.queue.try_recv().is_ok());
@@ -250,10 +325,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn caps_refuse_the_excess_and_free_up_on_drop() {
+        let hub = Hub::new(
+            2,
+            ConnectionCaps {
+                per_user: Some(2),
+                total: Some(3),
+            },
+        );
+        let (alice, bob, carol) = (UserId::new(), UserId::new(), UserId::new());
+        let first = hub.subscribe(alice).expect("room");
+        let _second = hub.subscribe(alice).expect("room");
+        assert_eq!(
+            hub.subscribe(alice).err(),
+            Some(TooManyConnections::User(2))
+        );
+        let _bob = hub.subscribe(bob).expect("room");
+        assert_eq!(hub.subscribe(carol).err(), Some(TooManyConnections::Server));
+        drop(first);
+        assert!(hub.subscribe(carol).is_ok(), "a slot came free");
+        hub.evict_user(alice, Eviction::Revoked);
+        assert_eq!(hub.connection_count(), 1);
+    }
+
+    #[tokio::test]
     async fn dropping_a_subscription_unregisters_it() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(2, ConnectionCaps::default());
         let user = UserId::new();
-        let subscription = hub.subscribe(user);
+        let subscription = hub.subscribe(user).expect("room");
         assert!(hub.is_online(user));
         drop(subscription);
         assert!(!hub.is_online(user));

@@ -4,4 +4,30 @@ mod hub;
 pub mod socketio;
 pub mod ws;
 
-pub use hub::{Eviction, EvictionSignal, Hub, Push, Subscription};
+pub use hub::{
+    ConnectionCaps, Eviction, EvictionSignal, Hub, Push, Subscription, TooManyConnections,
+};
+
+/// WebSocket close code when a connection's token expires or is revoked: 1008 (policy
+/// violation); the client must log in again before reconnecting.
+pub const CLOSE_EXPIRED: u16 = 1008;
+/// WebSocket close code for a frame or message over the size limit: 1009 (message too big).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// A socket send's `client_id`, which doubles as its idempotency key: a string, or a number
+/// (taken as its decimal text).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ClientId {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl ClientId {
+    pub fn into_key(self) -> String {
+        match self {
+            ClientId::Text(text) => text,
+            ClientId::Number(number) => number.to_string(),
+        }
+    }
+}

@@ -13,11 +13,16 @@ use socketioxide::layer::SocketIoLayer;
 use tokio::sync::Notify;
 
 use crate::api::security::authenticate;
+use crate::auth::Caller;
 use crate::config::RealtimeSettings;
 use crate::domain::UserId;
 use crate::messaging::{SendRequest, send_message};
-use crate::realtime::Subscription;
+use crate::realtime::{ClientId, Eviction, Subscription};
 use crate::state::AppState;
+
+/// How long an Engine.IO session may live without joining the namespace with a valid token
+/// (socketioxide's default is 45 s).
+pub const UNAUTHENTICATED_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The tower layer to put in front of the HTTP app, and the handle to close sockets with.
 pub fn layer(state: AppState, settings: &RealtimeSettings) -> (SocketIoLayer, SocketIo) {
@@ -25,6 +30,12 @@ pub fn layer(state: AppState, settings: &RealtimeSettings) -> (SocketIoLayer, So
         .with_state(state)
         .max_buffer_size(settings.queue_capacity)
         .max_payload(crate::api::MAX_BODY_BYTES as u64)
+        // tungstenite's defaults (16 MiB frames, 64 MiB messages) would let a client that never
+        // authenticates make the server buffer megabytes; the frame limit is checked from the
+        // header, before anything is buffered.
+        .ws_max_frame_size(crate::api::MAX_BODY_BYTES)
+        .ws_max_message_size(crate::api::MAX_BODY_BYTES)
+        .connect_timeout(UNAUTHENTICATED_WINDOW)
         .ping_interval(settings.ping_interval)
         .ping_timeout(
             settings
@@ -53,12 +64,19 @@ async fn authenticate_handshake(
     TryData(handshake): TryData<Handshake>,
 ) -> Result<(), Refused> {
     let token = handshake.ok().and_then(|h| h.token);
-    let user =
-        authenticate(&state, token.as_deref()).map_err(|e| Refused(e.status_and_message().1))?;
+    let caller = authenticate(&state, token.as_deref())
+        .await
+        .map_err(|e| Refused(e.status_and_message().1))?;
+    let user = caller.user;
     socket.extensions.insert(user);
+    socket.extensions.insert(caller);
     // Subscribed before socketioxide sends the CONNECT packet (the handler runs after it), so
     // a push sent as soon as the client sees `connect` is not missed.
-    let subscription = PendingSubscription(Arc::new(Mutex::new(Some(state.hub.subscribe(user)))));
+    let subscription = state
+        .hub
+        .subscribe(user)
+        .map_err(|refused| Refused(refused.to_string()))?;
+    let subscription = PendingSubscription(Arc::new(Mutex::new(Some(subscription))));
     socket.extensions.insert(subscription);
     Ok(())
 }
@@ -70,6 +88,7 @@ struct PendingSubscription(Arc<Mutex<Option<Subscription>>>);
 async fn on_connect(
     socket: SocketRef,
     Extension(user): Extension<UserId>,
+    Extension(caller): Extension<Caller>,
     Extension(pending): Extension<PendingSubscription>,
 ) {
     let Some(mut subscription) = pending.0.lock().ok().and_then(|mut s| s.take()) else {
@@ -85,14 +104,27 @@ async fn on_connect(
         disconnected.notify_one();
     });
 
-    // Forward hub pushes to this socket until it disconnects or is evicted.
+    // Forward hub pushes to this socket until it disconnects, is evicted or its token expires.
+    let expiry = (caller.expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
     tokio::spawn(async move {
+        let expired = tokio::time::sleep(expiry);
+        tokio::pin!(expired);
         loop {
             tokio::select! {
                 biased;
                 () = disconnected.notified() => break,
-                _ = subscription.signal.evicted() => {
-                    let _ = socket.disconnect();
+                reason = subscription.signal.evicted() => {
+                    if reason == Eviction::Revoked {
+                        end_session(&socket, reason.explain());
+                    } else {
+                        let _ = socket.disconnect();
+                    }
+                    break;
+                }
+                () = &mut expired => {
+                    end_session(&socket, "token expired: log in again and reconnect");
                     break;
                 }
                 push = subscription.queue.recv() => match push {
@@ -109,12 +141,23 @@ async fn on_connect(
     });
 }
 
+/// Tells the client why before disconnecting it (an event queued before the disconnect
+/// reaches it first). A server-side disconnect stops socket.io-client from reconnecting by
+/// itself, which is right: it needs a new token.
+fn end_session(socket: &SocketRef, reason: &str) {
+    let _ = socket.emit("session_ended", &json!({ "reason": reason }));
+    let _ = socket.clone().disconnect();
+}
+
 #[derive(Deserialize)]
 struct SendEvent {
     recipient: String,
     content: String,
     #[serde(default)]
     sender: Option<String>,
+    /// Makes the send idempotent, as `Idempotency-Key` does over HTTP.
+    #[serde(default)]
+    client_id: Option<ClientId>,
 }
 
 async fn on_send(
@@ -130,13 +173,18 @@ async fn on_send(
                 claimed_sender: event.sender,
                 recipient: event.recipient,
                 content: event.content,
+                idempotency_key: event.client_id.map(ClientId::into_key),
             };
             match send_message(&state, user, request).await {
                 Ok(message) => json!({"id": message.id.to_string()}),
                 Err(err) => {
-                    let (code, message) =
-                        crate::api::error::ApiError::from(err).status_and_message();
-                    json!({"error": message, "code": code})
+                    let err = crate::api::error::ApiError::from(err);
+                    let (code, message) = err.status_and_message();
+                    let mut reply = json!({"error": message, "code": code});
+                    if let Some(seconds) = err.retry_after() {
+                        reply["retry_after"] = seconds.into();
+                    }
+                    reply
                 }
             }
         }

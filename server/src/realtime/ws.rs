@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::hub::{Eviction, Subscription};
+use super::{CLOSE_EXPIRED, CLOSE_TOO_BIG};
 use crate::api::error::ApiError;
 use crate::api::security::{authenticate, token_from_headers};
 use crate::config::RealtimeSettings;
@@ -23,8 +24,12 @@ use crate::state::AppState;
 
 /// The subprotocol a browser offers alongside its token: `new WebSocket(url, ["palaver", token])`.
 pub const SUBPROTOCOL: &str = "palaver";
-/// A client gets this long to read our close frame before the connection is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a client refused for too many connections is asked to wait.
+const CONNECTION_RETRY: Duration = Duration::from_secs(30);
+/// A client gets this long to read our close frame before the connection is dropped. A slow
+/// consumer's close frame waits behind everything already in its socket buffers, so this is
+/// generous: dropping earlier would leave the client a bare FIN instead of 1013.
+const CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// Answers (`sent`/`error`) waiting to be written; a client that sends without reading
 /// stops being read once this fills.
 const REPLY_QUEUE: usize = 32;
@@ -63,10 +68,17 @@ pub async fn websocket(
     settings: Data<&RealtimeSettings>,
 ) -> poem::Result<impl IntoResponse> {
     // Refused with 401 before the upgrade: an unauthenticated socket never opens.
-    let user = authenticate(&state, handshake_token(req).as_deref())?;
+    let caller = authenticate(&state, handshake_token(req).as_deref()).await?;
     // Registered before the 101 goes out, so a push sent right after the handshake is not
     // missed. If the upgrade never happens, the closure (and the subscription) is dropped.
-    let subscription = state.hub.subscribe(user);
+    let subscription = state.hub.subscribe(caller.user).map_err(|refused| {
+        // Refused before the upgrade too; a client should retry later, not at once.
+        ApiError::too_many_requests(
+            refused.to_string(),
+            crate::limits::RetryAfter(CONNECTION_RETRY),
+        )
+    })?;
+    let expires_at = caller.expires_at;
     let state = state.0.clone();
     let settings = settings.0.clone();
     let config = WebSocketConfig::default()
@@ -77,20 +89,33 @@ pub async fn websocket(
     Ok(ws
         .protocols([SUBPROTOCOL])
         .config(config)
-        .on_upgrade(move |socket| session(socket, subscription, state, settings)))
+        .on_upgrade(move |socket| session(socket, subscription, state, settings, expires_at)))
+}
+
+/// What the reader hands the writer: an answer, or a reason to close.
+enum Reply {
+    Text(String),
+    Close(CloseCode, String),
 }
 
 /// One connection: a reader task handles client frames; this task writes pushes, answers and
-/// pings, and closes the connection when the hub evicts it or the client goes quiet.
+/// pings, and closes the connection when the hub evicts it, its token expires or the client
+/// goes quiet.
 async fn session(
     socket: WebSocketStream,
     mut subscription: Subscription,
     state: AppState,
     settings: RealtimeSettings,
+    expires_at: chrono::DateTime<chrono::Utc>,
 ) {
     let user = subscription.user;
     let (mut sink, stream) = socket.split();
-    let (replies, mut pending_replies) = mpsc::channel::<String>(REPLY_QUEUE);
+    let (replies, mut pending_replies) = mpsc::channel::<Reply>(REPLY_QUEUE);
+    let expiry = (expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    let expired = tokio::time::sleep(expiry);
+    tokio::pin!(expired);
     let last_heard = Arc::new(std::sync::Mutex::new(Instant::now()));
     let reader = tokio::spawn(read_frames(
         stream,
@@ -106,12 +131,17 @@ async fn session(
         let outgoing = tokio::select! {
             biased;
             reason = subscription.signal.evicted() => break Some(close_frame(reason)),
+            () = &mut expired => break Some((
+                CLOSE_EXPIRED.into(),
+                "token expired: log in again and reconnect".to_owned(),
+            )),
             push = subscription.queue.recv() => match push {
                 Some(push) => Frame::Text(push.frame.clone()),
                 None => break None,
             },
             reply = pending_replies.recv() => match reply {
-                Some(reply) => Frame::Text(reply),
+                Some(Reply::Text(reply)) => Frame::Text(reply),
+                Some(Reply::Close(code, reason)) => break Some((code, reason)),
                 None => break None, // the reader ended: the client closed or vanished
             },
             _ = ping.tick() => {
@@ -136,24 +166,32 @@ async fn session(
 }
 
 fn close_frame(reason: Eviction) -> (CloseCode, String) {
-    match reason {
-        Eviction::Overflow => (
-            CloseCode::Again,
-            "too slow: outbound queue full; reconnect and catch up with GET /api/chat/messages?after=<last id>"
-                .to_owned(),
-        ),
-        Eviction::Shutdown => (CloseCode::Away, "server shutting down".to_owned()),
-    }
+    (reason.close_code().into(), reason.explain().to_owned())
 }
 
 async fn read_frames(
     mut stream: futures_util::stream::SplitStream<WebSocketStream>,
     state: AppState,
     user: UserId,
-    replies: mpsc::Sender<String>,
+    replies: mpsc::Sender<Reply>,
     last_heard: Arc<std::sync::Mutex<Instant>>,
 ) {
-    while let Some(Ok(frame)) = stream.next().await {
+    while let Some(read) = stream.next().await {
+        let frame = match read {
+            Ok(frame) => frame,
+            // tungstenite refuses an oversized frame from its header, before buffering it.
+            Err(e) if e.to_string().starts_with("Space limit exceeded") => {
+                let reason = format!(
+                    "message too big: the limit is {} KiB",
+                    crate::api::MAX_BODY_BYTES / 1024
+                );
+                let _ = replies
+                    .send(Reply::Close(CLOSE_TOO_BIG.into(), reason))
+                    .await;
+                break;
+            }
+            Err(_) => break,
+        };
         if let Ok(mut heard) = last_heard.lock() {
             *heard = Instant::now();
         }
@@ -168,7 +206,7 @@ async fn read_frames(
             Frame::Ping(_) | Frame::Pong(_) => None,
         };
         if let Some(reply) = reply
-            && replies.send(reply).await.is_err()
+            && replies.send(Reply::Text(reply)).await.is_err()
         {
             break;
         }
@@ -181,6 +219,9 @@ struct SendFrame {
     content: String,
     #[serde(default)]
     sender: Option<String>,
+    /// Echoed in the answer, and the send's idempotency key.
+    #[serde(default)]
+    client_id: Option<super::ClientId>,
 }
 
 async fn handle_text(state: &AppState, user: UserId, text: &str) -> Option<String> {
@@ -208,6 +249,7 @@ async fn handle_text(state: &AppState, user: UserId, text: &str) -> Option<Strin
                 claimed_sender: send.sender,
                 recipient: send.recipient,
                 content: send.content,
+                idempotency_key: send.client_id.map(super::ClientId::into_key),
             };
             Some(match send_message(state, user, request).await {
                 Ok(message) => {
@@ -215,8 +257,13 @@ async fn handle_text(state: &AppState, user: UserId, text: &str) -> Option<Strin
                         .to_string()
                 }
                 Err(err) => {
-                    let (status, message) = ApiError::from(err).status_and_message();
-                    error_frame(&client_id, status, &message)
+                    let err = ApiError::from(err);
+                    let (status, message) = err.status_and_message();
+                    let mut frame = error_value(&client_id, status, &message);
+                    if let Some(seconds) = err.retry_after() {
+                        frame["retry_after"] = seconds.into();
+                    }
+                    frame.to_string()
                 }
             })
         }
@@ -235,5 +282,9 @@ async fn handle_text(state: &AppState, user: UserId, text: &str) -> Option<Strin
 }
 
 fn error_frame(client_id: &Value, code: u16, message: &str) -> String {
-    json!({"type": "error", "client_id": client_id, "code": code, "message": message}).to_string()
+    error_value(client_id, code, message).to_string()
+}
+
+fn error_value(client_id: &Value, code: u16, message: &str) -> Value {
+    json!({"type": "error", "client_id": client_id, "code": code, "message": message})
 }

@@ -88,7 +88,14 @@ impl Responder {
     }
 
     /// Called once `message` is stored for a BUSY `recipient`; returns at once.
-    pub fn answer_for(self: &Arc<Self>, message: Message, recipient: User, received: Instant) {
+    /// With `run_plugin` false (an auto-reply quota is used up) the fallback goes at once.
+    pub fn answer_for(
+        self: &Arc<Self>,
+        message: Message,
+        recipient: User,
+        received: Instant,
+        run_plugin: bool,
+    ) {
         if message.kind != MessageKind::User {
             return; // never answer an auto-reply: two BUSY users would talk forever
         }
@@ -103,11 +110,17 @@ impl Responder {
             let _guard = guard;
             let deadline = received + this.settings.timeout;
             let sender = message.sender;
-            let answer = tokio::time::timeout_at(
-                deadline.into(),
-                this.ask_plugin(&message, &recipient, deadline),
-            )
-            .await;
+            let answer = if run_plugin {
+                tokio::time::timeout_at(
+                    deadline.into(),
+                    this.ask_plugin(&message, &recipient, deadline),
+                )
+                .await
+            } else {
+                tracing::info!(sender = %sender, recipient = %recipient.id,
+                    "auto-reply quota used up; sending the fallback without the plugin");
+                Ok(None)
+            };
             let reply = match answer {
                 Ok(Some(reply)) => reply,
                 Ok(None) => this.fallback.clone(),

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
 
 use super::testing::{fresh_database_name, test_mongodb_uri};
-use super::{MongoStore, NewUser, SqliteStore, Store, StoreError};
+use super::{Inserted, MongoStore, NewMessage, NewUser, SqliteStore, Store, StoreError};
 use crate::config::{MongoSettings, MongoUri, SqliteSynchronous};
-use crate::domain::{Email, Message, MessageId, MessageKind, MessagePage, Status, UserId};
+use crate::domain::{
+    Email, IdempotencyKey, Message, MessageId, MessageKind, MessagePage, Status, UserId,
+};
 
 fn email(local: &str) -> Email {
     Email::parse(&format!("{local}@example.com")).expect("valid email")
@@ -46,6 +48,22 @@ fn messages(pairs: &[(UserId, UserId)]) -> Vec<Message> {
             },
         })
         .collect()
+}
+
+/// Stores messages without idempotency keys, asserting each one is stored.
+async fn insert(store: &Arc<dyn Store>, messages: &[Message]) {
+    let batch: Vec<NewMessage> = messages
+        .iter()
+        .map(|message| NewMessage {
+            message: message.clone(),
+            idempotency_key: None,
+        })
+        .collect();
+    let outcomes = store.insert_messages(&batch).await.expect("insert");
+    assert_eq!(outcomes.len(), batch.len());
+    for outcome in outcomes {
+        assert_eq!(outcome.expect("stored"), Inserted::Stored);
+    }
 }
 
 fn ids(messages: &[Message]) -> Vec<MessageId> {
@@ -156,7 +174,7 @@ async fn status_changes_report_the_previous_status(store: Arc<dyn Store>) {
 async fn messages_keep_every_field(store: Arc<dyn Store>) {
     let (a, b) = (user(&store, "a").await, user(&store, "b").await);
     let batch = messages(&[(a, b), (b, a), (a, b)]);
-    store.insert_messages(&batch).await.expect("insert");
+    insert(&store, &batch).await;
     let listed = store
         .list_messages(a, &MessagePage::default())
         .await
@@ -174,7 +192,7 @@ async fn pages_scroll_back_and_catch_up(store: Arc<dyn Store>) {
         user(&store, "c").await,
     );
     let batch = messages(&[(a, b), (b, a), (a, c), (a, b), (c, a), (b, a), (a, b)]);
-    store.insert_messages(&batch).await.expect("insert");
+    insert(&store, &batch).await;
     let all = ids(&batch);
     let with_b: Vec<MessageId> = batch
         .iter()
@@ -276,10 +294,7 @@ async fn conversation_peers_are_distinct_and_exclude_oneself(store: Arc<dyn Stor
         user(&store, "c").await,
         user(&store, "d").await,
     );
-    store
-        .insert_messages(&messages(&[(a, b), (b, a), (c, a), (a, a)]))
-        .await
-        .expect("insert");
+    insert(&store, &messages(&[(a, b), (b, a), (c, a), (a, a)])).await;
     let mut peers = store.conversation_peers(a).await.expect("peers");
     peers.sort();
     let mut expected = vec![b, c];
@@ -289,6 +304,141 @@ async fn conversation_peers_are_distinct_and_exclude_oneself(store: Arc<dyn Stor
         store.conversation_peers(d).await.expect("peers"),
         Vec::<UserId>::new()
     );
+}
+
+/// A message to or from a user who does not exist fails alone; the rest of its batch is stored.
+async fn one_bad_message_never_fails_its_batch(store: Arc<dyn Store>) {
+    let (a, b, ghost) = (
+        user(&store, "a").await,
+        user(&store, "b").await,
+        UserId::new(),
+    );
+    let batch = messages(&[(a, b), (ghost, b), (b, a), (a, ghost), (a, b)]);
+    let keyed: Vec<NewMessage> = batch
+        .iter()
+        .map(|m| NewMessage {
+            message: m.clone(),
+            idempotency_key: None,
+        })
+        .collect();
+    let outcomes = store
+        .insert_messages(&keyed)
+        .await
+        .expect("the batch goes through");
+    let stored: Vec<bool> = outcomes
+        .iter()
+        .map(|o| matches!(o, Ok(Inserted::Stored)))
+        .collect();
+    assert_eq!(stored, [true, false, true, false, true]);
+    assert!(
+        matches!(outcomes[1], Err(StoreError::UnknownUser)),
+        "{:?}",
+        outcomes[1]
+    );
+    assert_eq!(
+        page(&store, b, MessagePage::default()).await,
+        [batch[0].id, batch[2].id, batch[4].id]
+    );
+}
+
+/// A retried send (same sender, same key) is answered with the first message; another sender
+/// may use the same key; a key reused within one batch answers with the first of the batch.
+async fn idempotency_keys_store_a_send_once(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "a").await, user(&store, "b").await);
+    let key = IdempotencyKey::parse("send-1").expect("key");
+    let keyed = |message: &Message| NewMessage {
+        message: message.clone(),
+        idempotency_key: Some(key.clone()),
+    };
+    let first = messages(&[(a, b), (b, a)]);
+    let outcomes = store
+        .insert_messages(&[keyed(&first[0]), keyed(&first[1])])
+        .await
+        .expect("insert");
+    assert_eq!(outcomes[0].as_ref().expect("a"), &Inserted::Stored);
+    assert_eq!(
+        outcomes[1].as_ref().expect("b"),
+        &Inserted::Stored,
+        "another sender's key"
+    );
+
+    let retry = messages(&[(a, b), (a, b)]);
+    let outcomes = store
+        .insert_messages(&[keyed(&retry[0]), keyed(&retry[1])])
+        .await
+        .expect("insert");
+    for outcome in outcomes {
+        assert_eq!(
+            outcome.expect("replayed"),
+            Inserted::Replayed(first[0].clone())
+        );
+    }
+    let fresh = IdempotencyKey::parse("send-2").expect("key");
+    let twice = messages(&[(a, b), (a, b)]);
+    let outcomes = store
+        .insert_messages(&[
+            NewMessage {
+                message: twice[0].clone(),
+                idempotency_key: Some(fresh.clone()),
+            },
+            NewMessage {
+                message: twice[1].clone(),
+                idempotency_key: Some(fresh),
+            },
+        ])
+        .await
+        .expect("insert");
+    assert_eq!(outcomes[0].as_ref().expect("first"), &Inserted::Stored);
+    assert_eq!(
+        outcomes[1].as_ref().expect("second"),
+        &Inserted::Replayed(twice[0].clone())
+    );
+    assert_eq!(
+        page(&store, a, MessagePage::default()).await,
+        [first[0].id, first[1].id, twice[0].id]
+    );
+}
+
+/// Revoking tokens moves the version on (and may set a new password); deleting a user takes
+/// their messages with them.
+async fn tokens_are_revoked_and_users_deleted(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "a").await, user(&store, "b").await);
+    assert_eq!(store.token_version(a).await.expect("version"), Some(0));
+    assert_eq!(store.revoke_tokens(a, None).await.expect("revoke"), Some(1));
+    assert_eq!(
+        store
+            .revoke_tokens(a, Some("$argon2id$new".into()))
+            .await
+            .expect("revoke"),
+        Some(2)
+    );
+    let credentials = store
+        .credentials_by_email(&email("a"))
+        .await
+        .expect("creds")
+        .expect("exists");
+    assert_eq!(credentials.token_version, 2);
+    assert_eq!(credentials.password_hash, "$argon2id$new");
+    assert_eq!(
+        store.password_hash(a).await.expect("hash").as_deref(),
+        Some("$argon2id$new")
+    );
+    assert_eq!(
+        store
+            .revoke_tokens(UserId::new(), None)
+            .await
+            .expect("revoke"),
+        None
+    );
+
+    insert(&store, &messages(&[(a, b), (b, a)])).await;
+    let kept = messages(&[(b, b)]);
+    insert(&store, &kept).await;
+    assert!(store.delete_user(a).await.expect("delete"));
+    assert!(!store.delete_user(a).await.expect("delete again"));
+    assert_eq!(store.token_version(a).await.expect("version"), None);
+    assert_eq!(store.user_by_id(a).await.expect("get"), None);
+    assert_eq!(page(&store, b, MessagePage::default()).await, ids(&kept));
 }
 
 async fn answers_pings(store: Arc<dyn Store>) {
@@ -353,6 +503,9 @@ macro_rules! every_check {
                 messages_keep_every_field,
                 pages_scroll_back_and_catch_up,
                 conversation_peers_are_distinct_and_exclude_oneself,
+                one_bad_message_never_fails_its_batch,
+                idempotency_keys_store_a_send_once,
+                tokens_are_revoked_and_users_deleted,
                 answers_pings,
             );
         )*

@@ -10,7 +10,7 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
-use crate::domain::{Email, Message, MessagePage, Status, UserId};
+use crate::domain::{Email, IdempotencyKey, Message, MessagePage, Status, UserId};
 
 /// A registered user as the API shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +33,33 @@ pub struct NewUser {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// Tokens carry the version they were issued under; see [`Store::revoke_tokens`].
+    pub token_version: u64,
+}
+
+/// A message for the writer to store, with the key its sender gave the send (if any).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub message: Message,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    Stored,
+    /// Its sender used the same idempotency key within the window: this earlier message is the
+    /// answer, and nothing new was stored.
+    Replayed(Message),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("email is already registered")]
     EmailTaken,
+    /// A message's sender or recipient does not exist (any more).
+    #[error("no such user")]
+    UnknownUser,
     /// The database cannot be reached right now; the request may succeed later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -51,6 +72,7 @@ impl StoreError {
     pub fn duplicate(&self) -> Self {
         match self {
             StoreError::EmailTaken => StoreError::EmailTaken,
+            StoreError::UnknownUser => StoreError::UnknownUser,
             StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
             StoreError::Internal(cause) => StoreError::Internal(anyhow::anyhow!("{cause:#}")),
         }
@@ -66,9 +88,29 @@ pub trait Store: Send + Sync + 'static {
     async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError>;
     /// Sets the status and returns the previous one; `None` when no such user exists.
     async fn set_status(&self, id: UserId, status: Status) -> Result<Option<Status>, StoreError>;
-    /// Stores the messages in order and returns once they are durable. SQLite stores a batch
-    /// atomically; MongoDB (no transactions) may keep the first messages of a batch that fails.
-    async fn insert_messages(&self, messages: &[Message]) -> Result<(), StoreError>;
+    /// Stores the messages in order and returns once they are durable, with one outcome per
+    /// message: one that cannot be stored (its sender or recipient is gone) fails alone, never
+    /// the rest of the batch. A message whose sender used its idempotency key in the last
+    /// [`crate::domain::IDEMPOTENCY_WINDOW`] is not stored again ([`Inserted::Replayed`]).
+    /// `Err` means the database failed: SQLite then stored none of the batch; MongoDB (no
+    /// transactions) may have kept its first messages.
+    async fn insert_messages(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError>;
+    /// The version current tokens must carry; `None` when the user does not exist.
+    async fn token_version(&self, id: UserId) -> Result<Option<u64>, StoreError>;
+    /// Moves the user's token version on, so every token issued before stops working, and
+    /// returns the new version (`None`: no such user). With a hash, also sets the password.
+    async fn revoke_tokens(
+        &self,
+        id: UserId,
+        new_password_hash: Option<String>,
+    ) -> Result<Option<u64>, StoreError>;
+    /// The user's password hash, for re-checking the password before sensitive changes.
+    async fn password_hash(&self, id: UserId) -> Result<Option<String>, StoreError>;
+    /// Deletes the user and every message they sent or received; false when no such user.
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError>;
     /// Everyone `user` has exchanged at least one message with (not `user` itself).
     async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
     /// Messages `user` sent or received, selected by `page`, oldest first.

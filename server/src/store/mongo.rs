@@ -6,6 +6,7 @@
 //! (`messaging::Messenger`) already serialises inserts, and a status change is a single
 //! `findAndModify`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -18,9 +19,13 @@ use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocume
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::{Credentials, NewUser, Store, StoreError, User, conversation_key};
+use super::{
+    Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User, conversation_key,
+};
 use crate::config::MongoSettings;
-use crate::domain::{Email, Message, MessageId, MessageKind, MessagePage, Status, UserId};
+use crate::domain::{
+    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessageKind, MessagePage, Status, UserId,
+};
 
 /// The database when neither the settings nor the URI's path name one.
 const DEFAULT_DATABASE: &str = "palaver";
@@ -51,6 +56,9 @@ struct UserDoc {
     password_hash: String,
     status: String,
     created_at: bson::DateTime,
+    /// See `Store::revoke_tokens`; absent in documents from before it existed.
+    #[serde(default)]
+    token_version: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,6 +75,9 @@ struct MessageDoc {
     content: String,
     sent_at: bson::DateTime,
     kind: String,
+    /// `<sender>/<key>` when the send carried an idempotency key (see `IdempotencyKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency: Option<String>,
 }
 
 impl MongoStore {
@@ -134,6 +145,71 @@ impl MongoStore {
         &self.database
     }
 
+    /// Which of the senders and recipients of these messages exist.
+    async fn existing_users(
+        &self,
+        indexes: &[usize],
+        batch: &[NewMessage],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut ids: Vec<String> = indexes
+            .iter()
+            .flat_map(|&i| [batch[i].message.sender, batch[i].message.recipient])
+            .map(|id| id.to_string())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let found: Vec<Document> = self
+            .database
+            .collection::<Document>("users")
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        Ok(found
+            .iter()
+            .filter_map(|doc| doc.get_str("_id").ok().map(str::to_owned))
+            .collect())
+    }
+
+    /// The messages sent within the idempotency window under any of these scoped keys.
+    async fn earlier_sends<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a String>,
+    ) -> Result<HashMap<String, Message>, StoreError> {
+        let keys: Vec<&String> = keys.collect();
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let cutoff = Utc::now() - IDEMPOTENCY_WINDOW;
+        let docs: Vec<MessageDoc> = self
+            .messages
+            .find(doc! {
+                "idempotency": { "$in": keys },
+                "sent_at": { "$gte": bson::DateTime::from_millis(cutoff.timestamp_millis()) },
+            })
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let mut earlier = HashMap::new();
+        for doc in docs {
+            let Some(key) = doc.idempotency.clone() else {
+                continue;
+            };
+            let message = Message::try_from(doc)?;
+            earlier.entry(key).or_insert(message);
+        }
+        Ok(earlier)
+    }
+
     async fn create_indexes(&self) -> Result<(), MongoError> {
         let named = |keys: Document, name: &str, unique: bool| {
             IndexModel::builder()
@@ -165,6 +241,10 @@ impl MongoStore {
                     "participant_by_id",
                     false,
                 ),
+            ),
+            (
+                "messages",
+                named(doc! { "idempotency": 1 }, "idempotency_key", false),
             ),
         ];
         for (collection, index) in indexes {
@@ -204,6 +284,18 @@ fn classify(err: MongoError) -> StoreError {
     }
 }
 
+/// The position and reason of the one document an ordered `insertMany` refused (the ones before
+/// it are stored), unless the failure was the database's rather than the document's.
+fn refused_one(err: &MongoError) -> Option<(usize, String)> {
+    match err.kind.as_ref() {
+        ErrorKind::InsertMany(e) if e.write_concern_error.is_none() => {
+            let first = e.write_errors.as_ref()?.first()?;
+            Some((first.index, first.message.clone()))
+        }
+        _ => None,
+    }
+}
+
 fn is_duplicate_key(err: &MongoError) -> bool {
     match err.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
@@ -235,6 +327,17 @@ impl TryFrom<UserDoc> for User {
     }
 }
 
+impl From<&NewMessage> for MessageDoc {
+    fn from(new: &NewMessage) -> Self {
+        let mut doc = MessageDoc::from(&new.message);
+        doc.idempotency = new
+            .idempotency_key
+            .as_ref()
+            .map(|key| key.scoped(new.message.sender));
+        doc
+    }
+}
+
 impl From<&Message> for MessageDoc {
     fn from(message: &Message) -> Self {
         let (sender, recipient) = (message.sender.to_string(), message.recipient.to_string());
@@ -247,6 +350,7 @@ impl From<&Message> for MessageDoc {
             content: message.content.clone(),
             sent_at: bson::DateTime::from_millis(message.sent_at.timestamp_millis()),
             kind: message.kind.as_str().to_owned(),
+            idempotency: None,
         }
     }
 }
@@ -278,6 +382,7 @@ impl Store for MongoStore {
             password_hash: user.password_hash,
             status: Status::default().as_str().to_owned(),
             created_at: bson::DateTime::now(),
+            token_version: 0,
         };
         match self.users.insert_one(&doc).await {
             Ok(_) => Ok(User {
@@ -315,9 +420,11 @@ impl Store for MongoStore {
         found
             .map(|doc| {
                 let password_hash = doc.password_hash.clone();
+                let token_version = doc.token_version.max(0) as u64;
                 Ok(Credentials {
                     user: User::try_from(doc)?,
                     password_hash,
+                    token_version,
                 })
             })
             .transpose()
@@ -338,19 +445,153 @@ impl Store for MongoStore {
             .transpose()
     }
 
-    /// One ordered `insertMany`. Without transactions a batch is not all-or-nothing: if the
-    /// database fails half-way, the senders get an error although the first messages were
-    /// stored (they show in history; the writer never reuses their ids).
-    async fn insert_messages(&self, messages: &[Message]) -> Result<(), StoreError> {
-        if messages.is_empty() {
-            return Ok(());
+    /// Ordered `insertMany`s, so readers only ever see a prefix of the batch (cursors stay
+    /// gapless). A message the server refuses is skipped and the rest goes on; a database failure
+    /// fails what was not stored yet, although (no transactions) earlier ones stay stored. The
+    /// idempotency keys are looked up before inserting: the one writer task per server makes
+    /// that check-then-insert safe.
+    async fn insert_messages(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
+        let mut outcomes: Vec<Option<Result<Inserted, StoreError>>> =
+            (0..batch.len()).map(|_| None).collect();
+        let scoped: Vec<Option<String>> = batch
+            .iter()
+            .map(|new| {
+                new.idempotency_key
+                    .as_ref()
+                    .map(|k| k.scoped(new.message.sender))
+            })
+            .collect();
+        let earlier = self.earlier_sends(scoped.iter().flatten()).await?;
+        // A key seen twice in one batch: the later send answers with the earlier one's result.
+        let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
+        let mut replays_in_batch = Vec::new();
+        let mut to_insert = Vec::with_capacity(batch.len());
+        for (index, key) in scoped.iter().enumerate() {
+            if let Some(key) = key {
+                if let Some(first) = earlier.get(key) {
+                    outcomes[index] = Some(Ok(Inserted::Replayed(first.clone())));
+                    continue;
+                }
+                if let Some(&first) = first_in_batch.get(key.as_str()) {
+                    replays_in_batch.push((index, first));
+                    continue;
+                }
+                first_in_batch.insert(key, index);
+            }
+            to_insert.push(index);
         }
-        self.messages
-            .insert_many(messages.iter().map(MessageDoc::from))
-            .ordered(true)
+        // No foreign keys here: a message whose sender or recipient is gone fails alone, as
+        // it does on SQLite, for the price of one lookup per batch.
+        let existing = self.existing_users(&to_insert, batch).await?;
+        to_insert.retain(|&index| {
+            let message = &batch[index].message;
+            let known = existing.contains(&message.sender.to_string())
+                && existing.contains(&message.recipient.to_string());
+            if !known {
+                outcomes[index] = Some(Err(StoreError::UnknownUser));
+            }
+            known
+        });
+
+        let mut rest = &to_insert[..];
+        while !rest.is_empty() {
+            let docs = rest.iter().map(|&i| MessageDoc::from(&batch[i]));
+            let failure = match self.messages.insert_many(docs).ordered(true).await {
+                Ok(_) => {
+                    for &i in rest {
+                        outcomes[i] = Some(Ok(Inserted::Stored));
+                    }
+                    break;
+                }
+                Err(e) => e,
+            };
+            match refused_one(&failure) {
+                // The messages before the refused one are stored; go on after it.
+                Some((position, reason)) if position < rest.len() => {
+                    for &i in &rest[..position] {
+                        outcomes[i] = Some(Ok(Inserted::Stored));
+                    }
+                    tracing::warn!(%reason, "a message was refused by the database");
+                    outcomes[rest[position]] = Some(Err(StoreError::Internal(anyhow!(
+                        "message refused: {reason}"
+                    ))));
+                    rest = &rest[position + 1..];
+                }
+                _ => {
+                    let err = classify(failure);
+                    for &i in rest {
+                        outcomes[i] = Some(Err(err.duplicate()));
+                    }
+                    break;
+                }
+            }
+        }
+        for (index, first) in replays_in_batch {
+            outcomes[index] = Some(match &outcomes[first] {
+                Some(Ok(_)) => Ok(Inserted::Replayed(batch[first].message.clone())),
+                Some(Err(e)) => Err(e.duplicate()),
+                None => Err(StoreError::Internal(anyhow!("message outcome missing"))),
+            });
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(StoreError::Internal(anyhow!("outcome missing")))))
+            .collect())
+    }
+
+    async fn token_version(&self, id: UserId) -> Result<Option<u64>, StoreError> {
+        let found = self
+            .users
+            .find_one(doc! { "_id": id.to_string() })
             .await
             .map_err(classify)?;
-        Ok(())
+        Ok(found.map(|doc| doc.token_version.max(0) as u64))
+    }
+
+    async fn revoke_tokens(
+        &self,
+        id: UserId,
+        new_password_hash: Option<String>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut update = doc! { "$inc": { "token_version": 1_i64 } };
+        if let Some(hash) = new_password_hash {
+            update.insert("$set", doc! { "password_hash": hash });
+        }
+        let after = self
+            .users
+            .find_one_and_update(doc! { "_id": id.to_string() }, update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(classify)?;
+        Ok(after.map(|doc| doc.token_version.max(0) as u64))
+    }
+
+    async fn password_hash(&self, id: UserId) -> Result<Option<String>, StoreError> {
+        let found = self
+            .users
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(classify)?;
+        Ok(found.map(|doc| doc.password_hash))
+    }
+
+    /// The user first, so no new token works and no new send passes authentication while
+    /// their messages are being removed.
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let deleted = self
+            .users
+            .delete_one(doc! { "_id": &id })
+            .await
+            .map_err(classify)?;
+        self.messages
+            .delete_many(doc! { "participants": &id })
+            .await
+            .map_err(classify)?;
+        Ok(deleted.deleted_count > 0)
     }
 
     async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {

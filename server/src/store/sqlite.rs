@@ -9,12 +9,17 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params_from_iter};
 use deadpool_sqlite::{Config, Hook, HookError, Pool, Runtime};
 
-use super::{Credentials, NewUser, Store, StoreError, User, conversation_key};
+use super::{
+    Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User, conversation_key,
+};
 use crate::config::SqliteSynchronous;
-use crate::domain::{Email, Message, MessageId, MessageKind, MessagePage, Status, UserId};
+use crate::domain::{
+    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessageKind, MessagePage, Status, UserId,
+};
 
 /// Applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE users (
         id            TEXT PRIMARY KEY,
         email         TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -34,7 +39,14 @@ const MIGRATIONS: &[&str] = &[r#"
     CREATE INDEX messages_by_sender ON messages (sender, id);
     CREATE INDEX messages_by_recipient ON messages (recipient, id);
     CREATE INDEX messages_by_conversation ON messages (conversation, id);
-"#];
+"#,
+    r#"
+    ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN idempotency TEXT;
+    CREATE INDEX messages_by_idempotency ON messages (idempotency)
+        WHERE idempotency IS NOT NULL;
+"#,
+];
 
 /// `synchronous` comes from the configuration (FULL by default: a message is on disk before the
 /// API says it was sent). `wal_autocheckpoint = 0`: the commit that crosses the threshold would
@@ -60,6 +72,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub async fn open(path: &Path, synchronous: SqliteSynchronous) -> anyhow::Result<Self> {
+        make_private(path).with_context(|| format!("securing {}", path.display()))?;
         let pragmas = connection_pragmas(synchronous);
         let pool_size = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
         let pool = Config::new(path)
@@ -101,6 +114,31 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Internal(anyhow!("SQLite task failed: {e}")))?
     }
+}
+
+/// Messages and password hashes are nobody else's business: the database file is created
+/// readable by the server's user only (SQLite gives its -wal and -shm files the database file's
+/// mode), and an existing one made so.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// PASSIVE checkpoints never block writers or readers; they run until the store is dropped.
@@ -154,6 +192,11 @@ fn internal(err: rusqlite::Error) -> StoreError {
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
     matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::ConstraintViolation)
+}
+
+fn is_foreign_key_violation(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _)
+        if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 /// Converts a column that only this store writes; a bad value means a corrupted row.
@@ -255,12 +298,14 @@ impl Store for SqliteStore {
         let email = email.clone();
         self.with_conn(move |conn| {
             conn.query_row(
-                "SELECT id, email, status, password_hash FROM users WHERE email = ?1",
+                "SELECT id, email, status, password_hash, token_version FROM users
+                 WHERE email = ?1",
                 [email.as_str()],
                 |row| {
                     Ok(Credentials {
                         user: user_from_row(row)?,
                         password_hash: row.get(3)?,
+                        token_version: row.get::<_, i64>(4)?.max(0) as u64,
                     })
                 },
             )
@@ -294,34 +339,134 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_messages(&self, messages: &[Message]) -> Result<(), StoreError> {
-        let messages = messages.to_vec();
+    async fn insert_messages(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
+        let batch = batch.to_vec();
         self.with_conn(move |conn| {
-            // One transaction, so a batch costs one fsync however many messages it holds.
+            let cutoff = rfc3339(Utc::now() - IDEMPOTENCY_WINDOW);
+            // One transaction, so a batch costs one fsync however many messages it holds. A
+            // failed INSERT undoes only itself (SQLite's statements are atomic and foreign keys
+            // are checked immediately), so one bad message leaves the others in the batch.
             let tx = conn.transaction().map_err(internal)?;
+            let mut outcomes = Vec::with_capacity(batch.len());
             {
+                let mut earlier = tx
+                    .prepare_cached(
+                        "SELECT id, sender, recipient, content, sent_at, kind FROM messages
+                         WHERE idempotency = ?1 AND sent_at >= ?2 ORDER BY id LIMIT 1",
+                    )
+                    .map_err(internal)?;
                 let mut insert = tx
                     .prepare_cached(
                         "INSERT INTO messages
-                           (id, sender, recipient, conversation, content, sent_at, kind)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                           (id, sender, recipient, conversation, content, sent_at, kind,
+                            idempotency)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )
                     .map_err(internal)?;
-                for message in &messages {
-                    insert
-                        .execute((
-                            message.id.to_string(),
-                            message.sender.to_string(),
-                            message.recipient.to_string(),
-                            conversation_key(message.sender, message.recipient),
-                            &message.content,
-                            rfc3339(message.sent_at),
-                            message.kind.as_str(),
-                        ))
-                        .map_err(internal)?;
+                for new in &batch {
+                    let message = &new.message;
+                    let scoped = new
+                        .idempotency_key
+                        .as_ref()
+                        .map(|k| k.scoped(message.sender));
+                    if let Some(scoped) = &scoped {
+                        let replay = earlier
+                            .query_row((scoped, &cutoff), message_from_row)
+                            .optional()
+                            .map_err(internal)?;
+                        if let Some(first) = replay {
+                            outcomes.push(Ok(Inserted::Replayed(first)));
+                            continue;
+                        }
+                    }
+                    let inserted = insert.execute((
+                        message.id.to_string(),
+                        message.sender.to_string(),
+                        message.recipient.to_string(),
+                        conversation_key(message.sender, message.recipient),
+                        &message.content,
+                        rfc3339(message.sent_at),
+                        message.kind.as_str(),
+                        scoped,
+                    ));
+                    outcomes.push(match inserted {
+                        Ok(_) => Ok(Inserted::Stored),
+                        Err(e) if is_foreign_key_violation(&e) => Err(StoreError::UnknownUser),
+                        Err(e) if is_unique_violation(&e) => Err(internal(e)),
+                        Err(e) => return Err(internal(e)),
+                    });
                 }
             }
-            tx.commit().map_err(internal)
+            tx.commit().map_err(internal)?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn token_version(&self, id: UserId) -> Result<Option<u64>, StoreError> {
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT token_version FROM users WHERE id = ?1",
+                [id.to_string()],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|version| version.map(|v| v.max(0) as u64))
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn revoke_tokens(
+        &self,
+        id: UserId,
+        new_password_hash: Option<String>,
+    ) -> Result<Option<u64>, StoreError> {
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "UPDATE users SET token_version = token_version + 1,
+                                  password_hash = coalesce(?2, password_hash)
+                 WHERE id = ?1 RETURNING token_version",
+                (id.to_string(), new_password_hash),
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|version| version.map(|v| v.max(0) as u64))
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn password_hash(&self, id: UserId) -> Result<Option<String>, StoreError> {
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT password_hash FROM users WHERE id = ?1",
+                [id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        self.with_conn(move |conn| {
+            let id = id.to_string();
+            let tx = conn.transaction().map_err(internal)?;
+            tx.execute(
+                "DELETE FROM messages WHERE sender = ?1 OR recipient = ?1",
+                [&id],
+            )
+            .map_err(internal)?;
+            let deleted = tx
+                .execute("DELETE FROM users WHERE id = ?1", [&id])
+                .map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            Ok(deleted > 0)
         })
         .await
     }

@@ -7,9 +7,12 @@ use serde::Deserialize;
 /// Hard ceilings, whatever a manifest asks for.
 pub const MAX_MEMORY_MB: u64 = 256;
 pub const DEFAULT_MEMORY_MB: u64 = 64;
-/// A CPU backstop, not a clock: a tight loop burns roughly 8e9 fuel per second here, so this is
-/// about a second of pure computation. The deadline is what stops slow plugins.
-pub const DEFAULT_FUEL: u64 = 10_000_000_000;
+/// Unless a manifest sets `fuel`, the wall-clock deadline alone is a plugin's budget: the card
+/// promises the responder its whole 10 s, whatever the CPU. A tight loop burns roughly 8e9 fuel
+/// per second here, so 1e14 outlasts the longest deadline (`RESPONDER_TIMEOUT_MS` 120 s) on any
+/// CPU up to ~100 times faster; it only matters if epoch interruption were ever missing. It stays
+/// below 2^53 so `GET /api/plugins` shows it exactly to JavaScript clients.
+pub const DEFAULT_FUEL: u64 = 100_000_000_000_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

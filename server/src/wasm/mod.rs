@@ -154,7 +154,7 @@ impl PluginHost {
             .map_err(anyhow::Error::from)
             .context("linking the host interface")?;
 
-        start_epoch_ticker(&engine);
+        start_epoch_ticker(&engine).context("starting the wasm epoch ticker")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(PLUGIN_THREADS)
             .thread_name("wasm-plugin")
@@ -343,10 +343,11 @@ fn log_output(plugin: &str, stream: &str, pipe: &MemoryOutputPipe) {
 }
 
 /// Advances the engine's epoch every 10 ms, so running guests reach their deadline check.
-/// Stops when the engine is dropped.
-fn start_epoch_ticker(engine: &Engine) {
+/// Stops when the engine is dropped. Without it no deadline would stop a guest, so failing to
+/// start it fails start-up.
+fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("wasm-epoch".into())
         .spawn(move || {
             while let Some(engine) = weak.upgrade() {
@@ -354,8 +355,6 @@ fn start_epoch_ticker(engine: &Engine) {
                 drop(engine);
                 std::thread::sleep(EPOCH_TICK);
             }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the epoch ticker; plugins fall back to fuel");
-    }
+        })
+        .map(drop)
 }
