@@ -159,6 +159,7 @@ impl Application {
                 )
             }
         }));
+        let sessions = socketio::SessionCounter::new(state.limits.connections_total);
         let mut connections = auto::Builder::new(TokioExecutor::new());
         connections
             .http1()
@@ -190,10 +191,24 @@ impl Application {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let app = app.clone();
+            let (app, sessions) = (app.clone(), sessions.clone());
             let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddress(remote));
-                app.clone().oneshot(req)
+                let (app, sessions) = (app.clone(), sessions.clone());
+                async move {
+                    // Engine.IO sessions exist before anyone authenticates: count them here,
+                    // in front of socketioxide, and refuse past the cap.
+                    if socketio::opens_session(&req) {
+                        match sessions.try_open() {
+                            Some(slot) => {
+                                req.extensions_mut().insert(slot);
+                            }
+                            None => return Ok(too_many_sessions()),
+                        }
+                    }
+                    let response = app.oneshot(req).await?;
+                    Ok::<_, Infallible>(response.map(http_body_util::Either::Left))
+                }
             });
             let service = TowerToHyperService::new(service);
             let connection =
@@ -223,6 +238,32 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The answer to a new Engine.IO session past `MAX_CONNECTIONS`.
+fn too_many_sessions<L>()
+-> http::Response<http_body_util::Either<L, http_body_util::Full<bytes::Bytes>>> {
+    let (status, message) = ApiError::unavailable(
+        "The server has too many live connections; try again later",
+        30,
+    )
+    .status_and_message();
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut response = http::Response::new(http_body_util::Either::Right(
+        http_body_util::Full::new(bytes::Bytes::from(body)),
+    ));
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("30"),
+    );
+    response
 }
 
 /// The data directory holds the database and possibly the generated JWT secret: only the

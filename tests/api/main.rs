@@ -4,14 +4,17 @@
 /// The store this test binary's servers use.
 pub const STORE: helpers::StoreKind = helpers::StoreKind::Sqlite;
 
+mod attacks;
 mod auth;
 mod binary;
 mod chat;
+mod durability;
 mod errors;
 mod health;
 mod helpers;
 mod persistence;
 mod plugins;
+mod process;
 mod realtime;
 mod responder;
 mod safety;

@@ -10,11 +10,13 @@ pub const STORE: helpers::StoreKind = helpers::StoreKind::Mongo;
 
 mod auth;
 mod chat;
+mod durability;
 mod errors;
 mod health;
 mod helpers;
 mod mongo_outage;
 mod persistence;
+mod process;
 mod realtime;
 mod safety;
 mod tokens;

@@ -468,3 +468,30 @@ async fn an_oversized_frame_gets_close_code_1009() {
     assert_closed_with(&mut ws, CloseCode::Size, "too big").await;
     assert_eq!(app.readyz().await.status, StatusCode::OK);
 }
+
+/// Engine.IO sessions exist before anyone authenticates; past `MAX_CONNECTIONS` new ones are
+/// refused with a JSON 503.
+#[tokio::test]
+async fn engine_io_sessions_past_the_cap_are_refused() {
+    let app = TestApp::spawn_configured(|config| config.limits.connections_total = Some(2)).await;
+    let handshake = || {
+        app.client
+            .get(app.url("/socket.io/?EIO=4&transport=polling"))
+            .send()
+    };
+    for _ in 0..2 {
+        let open = handshake().await.expect("handshake");
+        assert_eq!(open.status(), StatusCode::OK);
+    }
+    let (refused, retry_after) = answer_with_retry_after(
+        app.client
+            .get(app.url("/socket.io/?EIO=4&transport=polling")),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.message(),
+        "The server has too many live connections; try again later"
+    );
+    assert_eq!(retry_after, Some(30));
+}

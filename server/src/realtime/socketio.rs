@@ -24,6 +24,96 @@ use crate::state::AppState;
 /// (socketioxide's default is 45 s).
 pub const UNAUTHENTICATED_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Whether a request starts a new Engine.IO session: the handshake, which has no `sid` yet.
+pub fn opens_session<B>(req: &http::Request<B>) -> bool {
+    let query = req.uri().query().unwrap_or_default();
+    req.uri().path().starts_with("/socket.io")
+        && query.split('&').any(|pair| pair.starts_with("EIO="))
+        && !query.split('&').any(|pair| pair.starts_with("sid="))
+}
+
+/// Open Engine.IO sessions, authenticated or not, against `MAX_CONNECTIONS`.
+#[derive(Clone)]
+pub struct SessionCounter {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    cap: Option<usize>,
+}
+
+/// One open session. socketioxide keeps the handshake request (and so this, in its extensions)
+/// for the session's whole life; the last clone dropped frees the place.
+#[derive(Clone)]
+pub struct SessionSlot(#[allow(dead_code, reason = "held for its Drop")] Arc<SlotRelease>);
+
+pub struct SlotRelease(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SlotRelease {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl SessionCounter {
+    pub fn new(cap: Option<usize>) -> Self {
+        Self {
+            open: Arc::default(),
+            cap,
+        }
+    }
+
+    pub fn try_open(&self) -> Option<SessionSlot> {
+        use std::sync::atomic::Ordering;
+        let cap = self.cap.unwrap_or(usize::MAX);
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < cap).then_some(open + 1)
+            })
+            .ok()?;
+        Some(SessionSlot(Arc::new(SlotRelease(self.open.clone()))))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str) -> http::Request<()> {
+        http::Request::get(uri).body(()).expect("request")
+    }
+
+    #[test]
+    fn only_handshakes_open_sessions() {
+        assert!(opens_session(&request(
+            "/socket.io/?EIO=4&transport=polling"
+        )));
+        assert!(opens_session(&request(
+            "/socket.io/?EIO=4&transport=websocket"
+        )));
+        assert!(!opens_session(&request(
+            "/socket.io/?EIO=4&transport=polling&sid=abc"
+        )));
+        assert!(!opens_session(&request("/api/chat/messages?EIO=4")));
+    }
+
+    #[test]
+    fn the_cap_counts_live_slots() {
+        let counter = SessionCounter::new(Some(2));
+        let first = counter.try_open().expect("room");
+        let second = counter.try_open().expect("room");
+        let kept = second.clone();
+        assert!(counter.try_open().is_none());
+        drop(first);
+        drop(second);
+        assert_eq!(counter.open(), 1, "a clone still holds its place");
+        drop(kept);
+        assert_eq!(counter.open(), 0);
+        assert!(SessionCounter::new(None).try_open().is_some());
+    }
+}
+
 /// The tower layer to put in front of the HTTP app, and the handle to close sockets with.
 pub fn layer(state: AppState, settings: &RealtimeSettings) -> (SocketIoLayer, SocketIo) {
     let (layer, io) = SocketIo::builder()

@@ -1,0 +1,131 @@
+//! The real `palaver` binary as a child process, for what needs a process of its own: being
+//! killed with SIGKILL, or having its threads and memory counted from `/proc`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::{StoreKind, TEST_JWT_SECRET};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_palaver");
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+/// Where a server keeps its data: a directory, and on MongoDB a database too.
+pub struct Storage {
+    pub dir: tempfile::TempDir,
+    pub mongodb_uri: Option<String>,
+}
+
+impl Storage {
+    pub fn new() -> Self {
+        let mongodb_uri = match crate::STORE {
+            StoreKind::Sqlite => None,
+            StoreKind::Mongo => Some(format!(
+                "{}{}",
+                crate::helpers::mongodb_uri_or_skip(),
+                palaver::store::testing::fresh_database_name()
+            )),
+        };
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            mongodb_uri,
+        }
+    }
+}
+
+impl Server {
+    /// Starts the binary on a free port with the test secret, plus `env`; returns once it
+    /// announces its address.
+    pub fn start(storage: &Storage, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(BINARY);
+        command
+            .env_clear()
+            .env("DATA_DIR", storage.dir.path())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("JWT_SECRET", TEST_JWT_SECRET)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .current_dir(storage.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(uri) = &storage.mongodb_uri {
+            command.env("MONGODB_URI", uri);
+        }
+        let mut child = command.spawn().expect("spawn palaver");
+        let stdout = child.stdout.take().expect("stdout");
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            // Keeps draining the log so the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let address = loop {
+            let line = lines_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("palaver announces its address");
+            let plain = strip_ansi(&line);
+            if let Some(rest) = plain.split("address=").nth(1)
+                && plain.contains("palaver is listening")
+            {
+                break rest.split_whitespace().next().expect("address").to_owned();
+            }
+        };
+        Self {
+            child,
+            base: format!("http://{address}"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGKILL: no draining, no flushing, nothing.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// A field of `/proc/<pid>/status`, e.g. `Threads` or `VmRSS` (in kB).
+    pub fn status_field(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{field}:")))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
