@@ -292,8 +292,70 @@ pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Outp
         .data(state)
         .data(realtime)
         .catch_all_error(error_to_response)
+        .around(add_allow_header)
         .around(telemetry::access_log)
         .map_to_response()
+}
+
+/// RFC 9110 wants a 405 to say which methods the resource has: `Allow`, from the spec.
+async fn add_allow_header<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let path = req.uri().path().to_owned();
+    let mut response = next.call(req).await?.into_response();
+    if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
+        && let Some(methods) = allowed_methods(&path)
+        && let Ok(value) = poem::http::HeaderValue::from_str(&methods)
+    {
+        response
+            .headers_mut()
+            .insert(poem::http::header::ALLOW, value);
+    }
+    Ok(response)
+}
+
+/// The methods each route answers: the OpenAPI operations plus the routes outside the spec.
+fn allowed_methods(path: &str) -> Option<String> {
+    static ROUTES: std::sync::OnceLock<Vec<(Vec<String>, String)>> = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        let spec: serde_json::Value = serde_json::from_str(&api::spec_json()).unwrap_or_default();
+        let mut routes: Vec<(Vec<String>, String)> = spec["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(template, operations)| {
+                let methods: Vec<String> = operations
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(method, _)| method.to_uppercase())
+                    .collect();
+                (segments(template), methods.join(", "))
+            })
+            .collect();
+        for fixed in ["/ws", "/openapi.json", "/healthz", "/readyz"] {
+            if !routes.iter().any(|(s, _)| *s == segments(fixed)) {
+                routes.push((segments(fixed), "GET".to_owned()));
+            }
+        }
+        routes
+    });
+    let wanted = segments(path);
+    routes
+        .iter()
+        .find(|(template, _)| {
+            template.len() == wanted.len()
+                && template
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(t, w)| t == w || t.starts_with('{'))
+        })
+        .map(|(_, methods)| methods.clone())
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.trim_end_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Registration, login and password changes, per client address: each costs an argon2 hash.

@@ -160,14 +160,31 @@ async fn unknown_routes_and_methods_answer_in_json() {
     .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.message(), "Not found");
-    let wrong_method = TestApp::answer(
-        app.client
-            .delete(app.url("/api/auth/login"))
-            .send()
-            .await
-            .expect("request"),
-    )
-    .await;
+    let response = app
+        .client
+        .delete(app.url("/api/auth/login"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    let wrong_method = TestApp::answer(response).await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong_method.message(), "Method not allowed");
+    let on_me = app
+        .client
+        .post(app.url("/api/users/me"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(on_me.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        on_me.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, DELETE")
+    );
 }

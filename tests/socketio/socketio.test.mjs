@@ -114,6 +114,19 @@ for (const [name, transports] of [["websocket transport", ["websocket"]], ["defa
       assert.deepEqual(blank, { error: "Content must not be empty", code: 400 });
     });
 
+    test("a send retried with the same client_id is stored once", async () => {
+      const clientId = `retry-${name}-${Date.now()}`;
+      const send = () =>
+        aliceSocket.timeout(DEADLINE_MS).emitWithAck("send", { recipient: bob.id, content: "only once", client_id: clientId });
+      const first = await send();
+      const again = await send();
+      assert.equal(typeof first.id, "string");
+      assert.equal(again.id, first.id);
+      const history = await api("GET", `/api/chat/messages?with=${alice.id}&limit=200`, { token: bob.token });
+      assert.equal(history.body.filter((m) => m.id === first.id).length, 1);
+      assert.equal(history.body.filter((m) => m.content === "only once").length, 1);
+    });
+
     test("status changes are pushed to conversation partners", async () => {
       const arriving = nextEvent(bobSocket, "status");
       const updated = await api("PUT", "/api/user/status", { token: alice.token, body: { status: "BUSY" } });
@@ -127,6 +140,19 @@ describe("Socket.IO handshake", () => {
   test("is refused without a token", async () => {
     const err = await refusal({});
     assert.equal(err.message, "Authentication required: send Authorization: Bearer <token>");
+  });
+
+  test("logging out everywhere ends the session with session_ended", async () => {
+    const carol = await newUser("carol");
+    const socket = await connect(carol, ["websocket"]);
+    const ended = nextEvent(socket, "session_ended");
+    const disconnected = nextEvent(socket, "disconnect");
+    const out = await api("POST", "/api/auth/logout-all", { token: carol.token });
+    assert.equal(out.status, 200);
+    assert.deepEqual(await ended, { reason: "session ended: log in again" });
+    assert.equal(await disconnected, "io server disconnect");
+    const again = await refusal({ token: carol.token });
+    assert.equal(again.message, "Token is no longer valid; please log in again");
   });
 
   test("is refused with a forged token", async () => {

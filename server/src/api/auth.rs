@@ -47,8 +47,8 @@ impl AuthApi {
         body: Json<CredentialsBody>,
     ) -> Result<RegisterResponse, ApiError> {
         let Json(body) = body;
-        let email = Email::parse(&body.email)?;
-        let password = Password::parse(body.password)?;
+        let email = Email::parse(&body.email.0)?;
+        let password = Password::parse(body.password.0)?;
         let password_hash = state.passwords.hash(password).await?;
         let user = state
             .store
@@ -74,8 +74,10 @@ impl AuthApi {
     ) -> Result<Json<LoginToken>, ApiError> {
         let Json(body) = body;
         // Input that could never have been registered is simply wrong credentials.
-        let (Ok(email), Ok(password)) = (Email::parse(&body.email), Password::parse(body.password))
-        else {
+        let (Ok(email), Ok(password)) = (
+            Email::parse(&body.email.0),
+            Password::parse(body.password.0),
+        ) else {
             return Err(ApiError::unauthorized(BAD_CREDENTIALS));
         };
         // Locked out: refused without looking at the password, right or wrong.
@@ -115,7 +117,7 @@ impl AuthApi {
         body: Json<PasswordChangeBody>,
     ) -> Result<Json<PasswordChanged>, ApiError> {
         let Json(body) = body;
-        let new = Password::parse(body.new_password)?;
+        let new = Password::parse(body.new_password.0)?;
         let issued = account::change_password(&state, user, &body.current_password, new).await?;
         Ok(Json(PasswordChanged {
             message: "Password changed".to_owned(),

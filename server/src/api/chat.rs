@@ -6,6 +6,7 @@ use poem_openapi::payload::Json;
 use super::ApiTags;
 use super::error::ApiError;
 use super::models::{MessageSent, MessageView, SendMessageBody};
+use super::schema::{KeyText, PageLimit, UuidText};
 use super::security::AuthUser;
 use crate::domain::{MessageId, MessagePage, UserId, ValidationError};
 use crate::messaging::{SendRequest, send_message};
@@ -35,20 +36,20 @@ impl ChatApi {
         state: Data<&AppState>,
         AuthUser(user): AuthUser,
         /// Only the conversation with this user id.
-        with: Query<Option<String>>,
+        with: Query<Option<UuidText>>,
         /// Only messages older than this message id.
-        before: Query<Option<String>>,
+        before: Query<Option<UuidText>>,
         /// Only messages newer than this message id.
-        after: Query<Option<String>>,
+        after: Query<Option<UuidText>>,
         /// Page size, 1 to 200 (default 50).
-        limit: Query<Option<u32>>,
+        limit: Query<Option<PageLimit>>,
     ) -> Result<Json<Vec<MessageView>>, ApiError> {
-        let with = parse_optional("with", with.0, UserId::parse)?;
+        let with = parse_optional("with", with.0.map(|t| t.0), UserId::parse)?;
         let page = MessagePage::new(
             with,
-            parse_optional("before", before.0, MessageId::parse)?,
-            parse_optional("after", after.0, MessageId::parse)?,
-            limit.0,
+            parse_optional("before", before.0.map(|t| t.0), MessageId::parse)?,
+            parse_optional("after", after.0.map(|t| t.0), MessageId::parse)?,
+            limit.0.map(|l| l.0),
         )?;
         if let Some(peer) = with
             && state.store.user_by_id(peer).await?.is_none()
@@ -69,14 +70,14 @@ impl ChatApi {
         /// Makes the send safe to retry: a retry with the same key within 24 hours answers the
         /// first result (same message id) and stores nothing new. 1 to 255 characters.
         #[oai(name = "Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
+        idempotency_key: Header<Option<KeyText>>,
     ) -> Result<Json<MessageSent>, ApiError> {
         let Json(body) = body;
         let request = SendRequest {
-            claimed_sender: body.sender,
-            recipient: body.recipient,
-            content: body.content,
-            idempotency_key: idempotency_key.0,
+            claimed_sender: body.sender.map(|s| s.0),
+            recipient: body.recipient.0,
+            content: body.content.0,
+            idempotency_key: idempotency_key.0.map(|k| k.0),
         };
         let message = send_message(&state, user, request).await?;
         Ok(Json(MessageSent {

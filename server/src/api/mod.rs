@@ -7,6 +7,7 @@ pub mod error;
 mod health;
 pub(crate) mod models;
 mod plugins;
+mod schema;
 pub mod security;
 mod users;
 

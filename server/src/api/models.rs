@@ -4,6 +4,7 @@ use chrono::SecondsFormat;
 use poem_openapi::Object;
 use poem_openapi::types::ToJSON;
 
+use super::schema::{ContentText, EmailText, PasswordText, UuidText};
 use crate::domain::{Message, MessageKind, Status};
 use crate::store::User;
 
@@ -11,11 +12,9 @@ use crate::store::User;
 #[derive(Object)]
 pub struct CredentialsBody {
     /// Trimmed and compared case-insensitively.
-    #[oai(validator(max_length = 1024))]
-    pub email: String,
+    pub email: EmailText,
     /// 8 to 128 characters.
-    #[oai(validator(max_length = 1024))]
-    pub password: String,
+    pub password: PasswordText,
 }
 
 #[derive(Object)]
@@ -42,8 +41,7 @@ pub struct PasswordChangeBody {
     #[oai(validator(max_length = 1024))]
     pub current_password: String,
     /// 8 to 128 characters.
-    #[oai(validator(max_length = 1024))]
-    pub new_password: String,
+    pub new_password: PasswordText,
 }
 
 #[derive(Object)]
@@ -73,11 +71,11 @@ pub struct Done {
 #[derive(Object)]
 pub struct SendMessageBody {
     /// Optional; when present it must be the caller's own id.
-    pub sender: Option<String>,
+    pub sender: Option<UuidText>,
     /// The recipient's user id.
-    pub recipient: String,
+    pub recipient: UuidText,
     /// 1 to 4,000 characters, not blank.
-    pub content: String,
+    pub content: ContentText,
 }
 
 #[derive(Object)]
@@ -166,6 +164,8 @@ pub struct PluginView {
     pub allowed_hosts: Vec<String>,
     pub memory_mb: u64,
     pub fuel: u64,
+    /// The manifest's own deadline, when it sets one (else `RESPONDER_TIMEOUT_MS` alone).
+    #[oai(skip_serializing_if_is_none)]
     pub timeout_ms: Option<u64>,
     /// Whether this plugin answers for BUSY users now.
     pub active: bool,

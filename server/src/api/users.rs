@@ -6,6 +6,7 @@ use poem_openapi::payload::Json;
 use super::ApiTags;
 use super::error::ApiError;
 use super::models::{Done, PasswordBody, StatusBody, StatusUpdated, UserView};
+use super::schema::{EmailText, UuidText};
 use super::security::AuthUser;
 use crate::account;
 use crate::domain::{Email, UserId};
@@ -70,9 +71,9 @@ impl UsersApi {
         state: Data<&AppState>,
         _caller: AuthUser,
         /// The email to look up (case-insensitive).
-        email: Query<String>,
+        email: Query<EmailText>,
     ) -> Result<Json<UserView>, ApiError> {
-        let email = Email::parse(&email.0)?;
+        let email = Email::parse(&email.0.0)?;
         let user = state.store.user_by_email(&email).await?;
         user.map(|u| Json(u.into()))
             .ok_or_else(|| ApiError::not_found(USER_NOT_FOUND))
@@ -85,10 +86,10 @@ impl UsersApi {
         state: Data<&AppState>,
         _caller: AuthUser,
         /// The user's id.
-        id: Path<String>,
+        id: Path<UuidText>,
     ) -> Result<Json<UserView>, ApiError> {
         // An id that cannot exist is simply not found.
-        let Ok(id) = UserId::parse(&id.0) else {
+        let Ok(id) = UserId::parse(&id.0.0) else {
             return Err(ApiError::not_found(USER_NOT_FOUND));
         };
         let user = state.store.user_by_id(id).await?;

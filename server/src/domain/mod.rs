@@ -9,12 +9,12 @@ mod password;
 mod status;
 mod text;
 
-pub use content::Content;
+pub use content::{Content, MAX_CHARS as CONTENT_MAX};
 pub use email::Email;
-pub use idempotency::{IDEMPOTENCY_WINDOW, IdempotencyKey};
+pub use idempotency::{IDEMPOTENCY_WINDOW, IdempotencyKey, MAX_KEY_CHARS};
 pub use ids::{MessageId, UserId};
-pub use message::{Message, MessageKind, MessagePage};
-pub use password::Password;
+pub use message::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Message, MessageKind, MessagePage};
+pub use password::{MAX_LEN as PASSWORD_MAX, MIN_LEN as PASSWORD_MIN, Password};
 pub use status::Status;
 pub use text::is_invisible;
 

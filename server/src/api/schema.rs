@@ -1,0 +1,171 @@
+//! Parameter and field types whose OpenAPI schema states the real constraints (uuid formats,
+//! lengths, the page-size range) while parsing accepts anything of the right JSON type, so the
+//! domain types still produce the API's own error texts ("Recipient must be a valid user id").
+
+use std::borrow::Cow;
+
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::types::{
+    ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type,
+};
+use serde_json::Value;
+
+/// A regex character class of every invisible BMP character (`domain::is_invisible`), without
+/// the brackets: `[^CLASS]` is "a visible character". Built once from the same predicate the
+/// server uses, so the spec and the server cannot drift apart. (Astral ranges are left out: an
+/// ECMA-262 class without the `u` flag cannot name them.)
+fn invisible_class() -> &'static str {
+    static CLASS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CLASS.get_or_init(|| {
+        let mut class = String::new();
+        let mut start: Option<u32> = None;
+        for code in 0..=0x1_0000u32 {
+            let invisible =
+                code < 0x1_0000 && char::from_u32(code).is_some_and(crate::domain::is_invisible);
+            match (invisible, start) {
+                (true, None) => start = Some(code),
+                (false, Some(first)) => {
+                    let last = code - 1;
+                    class.push_str(&format!("\\u{first:04x}"));
+                    if last > first {
+                        class.push_str(&format!("-\\u{last:04x}"));
+                    }
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        class
+    })
+}
+
+/// Content: at least one visible character somewhere.
+fn content_pattern() -> Option<String> {
+    Some(format!("[^{}]", invisible_class()))
+}
+
+/// An email as `Email::parse` takes it: `local@domain.tld`, no spaces, `<>,;` or invisible
+/// characters inside, one `@`, dot-separated labels; surrounding whitespace is trimmed.
+fn email_pattern() -> Option<String> {
+    let part = format!("[^@<>,;{}]", invisible_class());
+    let label = format!("[^@<>,;.{}]", invisible_class());
+    Some(format!(r"^\s*{part}+@{label}+(\.{label}+)+\s*$"))
+}
+
+macro_rules! documented_string {
+    ($(#[$doc:meta])* $name:ident, $schema:literal, $format:expr, $min:expr, $max:expr) => {
+        documented_string!($(#[$doc])* $name, $schema, $format, $min, $max, None);
+    };
+    ($(#[$doc:meta])* $name:ident, $schema:literal, $format:expr, $min:expr, $max:expr, $pattern:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub String);
+
+        impl Type for $name {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                $schema.into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                let mut schema = MetaSchema::new("string");
+                schema.format = $format;
+                schema.min_length = $min;
+                schema.max_length = $max;
+                schema.pattern = $pattern;
+                MetaSchemaRef::Inline(Box::new(schema))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl ParseFromParameter for $name {
+            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+                Ok(Self(value.to_owned()))
+            }
+        }
+
+        impl ParseFromJSON for $name {
+            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                // As poem-openapi's `String`: scalars become their text, and the domain type
+                // says what is wrong with it.
+                String::parse_from_json(value)
+                    .map(Self)
+                    .map_err(ParseError::propagate)
+            }
+        }
+
+        impl ToJSON for $name {
+            fn to_json(&self) -> Option<Value> {
+                Some(Value::String(self.0.clone()))
+            }
+        }
+    };
+}
+
+documented_string!(
+    /// A user or message id (a UUID).
+    UuidText, "string_uuid_text", Some("uuid"), None, None
+);
+documented_string!(
+    /// An email address: at most 254 characters once trimmed.
+    EmailText, "string_email_text", None, Some(3), Some(254), email_pattern()
+);
+documented_string!(
+    /// A password: 8 to 128 characters.
+    PasswordText, "string_password_text", Some("password"), Some(crate::domain::PASSWORD_MIN), Some(crate::domain::PASSWORD_MAX)
+);
+documented_string!(
+    /// An idempotency key: 1 to 255 characters.
+    KeyText, "string_idempotency_key", None, Some(1), Some(crate::domain::MAX_KEY_CHARS)
+);
+documented_string!(
+    /// Message content: 1 to 4,000 characters, not blank.
+    ContentText, "string_content_text", None, Some(1), Some(crate::domain::CONTENT_MAX),
+    content_pattern()
+);
+
+/// A page size: 1 to 200 (checked by `MessagePage`, which words the error).
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimit(pub u32);
+
+impl Type for PageLimit {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "integer_page_limit".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        let mut schema = MetaSchema::new_with_format("integer", "uint32");
+        schema.minimum = Some(1.0);
+        schema.maximum = Some(f64::from(crate::domain::MAX_PAGE_LIMIT));
+        schema.default = Some(crate::domain::DEFAULT_PAGE_LIMIT.into());
+        MetaSchemaRef::Inline(Box::new(schema))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromParameter for PageLimit {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        value.trim().parse().map(Self).map_err(ParseError::custom)
+    }
+}
