@@ -14,8 +14,8 @@ const FLOODERS: usize = 40;
 
 /// Disconnecting clients used to free their hashing slot while the hash kept running, so 40 of
 /// them ran 40 argon2 hashes (19 MiB each) at once. Now a slot is held until its hash is done:
-/// threads and memory stay flat, and a real user is answered (200, or 503 once the bounded wait
-/// is over) instead of queueing without end.
+/// memory stays flat, and a real user is answered (200, or 503 once the bounded wait is over)
+/// instead of queueing without end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_disconnecting_logins_runs_one_hash_per_slot() {
     let storage = Storage::new();
@@ -68,6 +68,7 @@ async fn a_flood_of_disconnecting_logins_runs_one_hash_per_slot() {
     // Meanwhile a real user logs in: a bounded wait, then an answer.
     let started = std::time::Instant::now();
     let mut threads_max = server.status_field("Threads");
+    let mut rss_max = server.status_field("VmRSS");
     let real = client
         .post(server.url("/api/auth/login"))
         .json(&credentials)
@@ -78,6 +79,7 @@ async fn a_flood_of_disconnecting_logins_runs_one_hash_per_slot() {
             answer = &mut real => break answer.expect("answered").status(),
             () = tokio::time::sleep(Duration::from_millis(20)) => {
                 threads_max = threads_max.max(server.status_field("Threads"));
+                rss_max = rss_max.max(server.status_field("VmRSS"));
             }
         }
     };
@@ -90,20 +92,19 @@ async fn a_flood_of_disconnecting_logins_runs_one_hash_per_slot() {
         "{:?}",
         started.elapsed()
     );
-    let rss_after = server.status_field("VmRSS");
+    // The peak matters: each argon2 hash holds 19 MiB while it runs.
+    let rss_after = rss_max.max(server.status_field("VmRSS"));
     eprintln!(
         "login flood: threads {threads_before} -> max {threads_max}, RSS {} -> {} MiB",
         rss_before / 1024,
         rss_after / 1024
     );
-    // One hash thread, plus the store's few: nothing like one thread per flooder.
-    assert!(
-        threads_max < threads_before + FLOODERS as u64 / 2,
-        "threads {threads_before} -> {threads_max}: hashes ran past their slots"
-    );
+    // Before the fix the 40 hashes ran at once: RSS +200 MiB (and 28 more threads). Thread
+    // counts are only printed: tokio's blocking pool also grows for the store's short calls
+    // under 40 simultaneous logins, by an amount that depends on scheduling.
     assert!(
         rss_after < rss_before + 100 * 1024,
-        "RSS {rss_before} kB -> {rss_after} kB"
+        "RSS {rss_before} kB -> {rss_after} kB: hashes ran past their slots"
     );
 }
 
