@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_palaver");
+use crate::process::{BINARY, strip_ansi};
 
 fn palaver(data_dir: &std::path::Path) -> Command {
     let mut command = Command::new(BINARY);
@@ -222,21 +222,4 @@ async fn logs_hold_no_secrets_and_sigterm_drains() {
     ] {
         assert!(!log.contains(secret), "the log leaks {secret:?}");
     }
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
