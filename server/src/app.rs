@@ -31,7 +31,7 @@ use crate::auth::{PasswordHasher, Sessions, TokenService, load_or_create_secret}
 use crate::config::{Config, RealtimeSettings};
 use crate::limits::Limits;
 use crate::messaging::Messenger;
-use crate::realtime::{ConnectionCaps, Eviction, Hub, socketio, ws};
+use crate::realtime::{ConnectionCaps, Eviction, Hub, TooManyConnections, socketio, ws};
 use crate::responder::{Responder, watch_plugins_dir};
 use crate::state::AppState;
 use crate::store::{MongoStore, SqliteStore, Store};
@@ -41,6 +41,8 @@ use crate::telemetry;
 #[derive(Clone, Copy)]
 struct PeerAddress(SocketAddr);
 
+/// How long a client refused a new Engine.IO session is asked to wait.
+const SESSION_RETRY_SECS: u64 = 30;
 /// In-flight requests get this long to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send its request headers within this time (slowloris protection).
@@ -57,6 +59,8 @@ pub struct Application {
     address: SocketAddr,
     state: AppState,
     realtime: RealtimeSettings,
+    /// Engine.IO sessions, capped by `MAX_CONNECTIONS` like the hub's connections.
+    sessions: socketio::SessionCounter,
 }
 
 impl Application {
@@ -117,6 +121,7 @@ impl Application {
             address,
             state,
             realtime: config.realtime,
+            sessions: socketio::SessionCounter::new(config.limits.connections_total),
         })
     }
 
@@ -133,6 +138,7 @@ impl Application {
             address,
             state,
             realtime,
+            sessions,
         } = self;
         let ping_interval = realtime.ping_interval;
         let (socketio_layer, socketio) = socketio::layer(state.clone(), &realtime);
@@ -159,7 +165,6 @@ impl Application {
                 )
             }
         }));
-        let sessions = socketio::SessionCounter::new(state.limits.connections_total);
         let mut connections = auto::Builder::new(TokioExecutor::new());
         connections
             .http1()
@@ -240,30 +245,13 @@ impl Application {
     }
 }
 
-/// The answer to a new Engine.IO session past `MAX_CONNECTIONS`.
+/// The answer to a new Engine.IO session past `MAX_CONNECTIONS`: the same 503 the API gives.
 fn too_many_sessions<L>()
--> http::Response<http_body_util::Either<L, http_body_util::Full<bytes::Bytes>>> {
-    let (status, message) = ApiError::unavailable(
-        "The server has too many live connections; try again later",
-        30,
-    )
-    .status_and_message();
-    let body = serde_json::json!({ "message": message }).to_string();
-    let mut response = http::Response::new(http_body_util::Either::Right(
-        http_body_util::Full::new(bytes::Bytes::from(body)),
-    ));
-    *response.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    headers.insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("30"),
-    );
-    response
+-> http::Response<http_body_util::Either<L, BoxBody<bytes::Bytes, std::io::Error>>> {
+    let refusal = ApiError::unavailable(TooManyConnections::Server.to_string(), SESSION_RETRY_SECS)
+        .into_response();
+    http::Response::<BoxBody<bytes::Bytes, std::io::Error>>::from(refusal)
+        .map(http_body_util::Either::Right)
 }
 
 /// The data directory holds the database and possibly the generated JWT secret: only the

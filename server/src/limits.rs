@@ -65,8 +65,6 @@ pub struct Limits {
     sends: Option<Keyed<UserId>>,
     auto_replies_per_pair: Option<Keyed<(UserId, UserId)>>,
     auto_replies_total: Option<DefaultDirectRateLimiter>,
-    pub connections_per_user: Option<usize>,
-    pub connections_total: Option<usize>,
 }
 
 impl Limits {
@@ -80,18 +78,13 @@ impl Limits {
             auto_replies_total: settings
                 .auto_replies_total
                 .map(|rate| RateLimiter::direct(quota(rate))),
-            connections_per_user: settings.connections_per_user,
-            connections_total: settings.connections_total,
         }
     }
 
     /// One register/login/password request from `address` (IPv6 clients count per /64, which
     /// is what one subscriber usually gets).
     pub fn auth_request(&self, address: IpAddr) -> Result<(), RetryAfter> {
-        let Some(limiter) = &self.auth_per_address else {
-            return Ok(());
-        };
-        limiter.check(&address_key(address))
+        check(&self.auth_per_address, &address_key(address))
     }
 
     /// Whether `email` may try a password now (it may not while locked out).
@@ -110,29 +103,19 @@ impl Limits {
     /// Counts a wrong password for `email`; past the limit the account is locked out (this
     /// attempt included) until the bucket has room again.
     pub fn login_failed(&self, email: &Email) -> Result<(), RetryAfter> {
-        let Some(limiter) = &self.login_failures else {
-            return Ok(());
-        };
-        limiter.check(email).inspect_err(|wait| {
+        check(&self.login_failures, email).inspect_err(|wait| {
             let mut lockouts = self.lockouts.lock().unwrap_or_else(|e| e.into_inner());
             lockouts.insert(email.clone(), Instant::now() + wait.0);
         })
     }
 
     pub fn send(&self, sender: UserId) -> Result<(), RetryAfter> {
-        match &self.sends {
-            Some(limiter) => limiter.check(&sender),
-            None => Ok(()),
-        }
+        check(&self.sends, &sender)
     }
 
     /// Whether the responder may run a plugin for `sender` writing to BUSY `recipient`.
     pub fn auto_reply(&self, sender: UserId, recipient: UserId) -> bool {
-        let pair_ok = self
-            .auto_replies_per_pair
-            .as_ref()
-            .is_none_or(|limiter| limiter.check(&(sender, recipient)).is_ok());
-        pair_ok
+        check(&self.auto_replies_per_pair, &(sender, recipient)).is_ok()
             && self
                 .auto_replies_total
                 .as_ref()
@@ -159,6 +142,13 @@ impl Limits {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, until| *until > now);
     }
+}
+
+/// A limit that is switched off allows everything.
+fn check<K: Hash + Eq + Clone>(limiter: &Option<Keyed<K>>, key: &K) -> Result<(), RetryAfter> {
+    limiter
+        .as_ref()
+        .map_or(Ok(()), |limiter| limiter.check(key))
 }
 
 fn address_key(address: IpAddr) -> IpAddr {

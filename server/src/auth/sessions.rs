@@ -29,6 +29,13 @@ pub struct Caller {
     pub expires_at: DateTime<Utc>,
 }
 
+impl Caller {
+    /// The token's remaining life (zero once expired): how long a live connection may stay.
+    pub fn time_left(&self) -> Duration {
+        (self.expires_at - Utc::now()).to_std().unwrap_or_default()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("no token")]

@@ -195,9 +195,7 @@ async fn on_connect(
     });
 
     // Forward hub pushes to this socket until it disconnects, is evicted or its token expires.
-    let expiry = (caller.expires_at - chrono::Utc::now())
-        .to_std()
-        .unwrap_or_default();
+    let expiry = caller.time_left();
     tokio::spawn(async move {
         let expired = tokio::time::sleep(expiry);
         tokio::pin!(expired);

@@ -17,6 +17,7 @@ use super::hub::{Eviction, Subscription};
 use super::{CLOSE_EXPIRED, CLOSE_TOO_BIG};
 use crate::api::error::ApiError;
 use crate::api::security::{authenticate, token_from_headers};
+use crate::auth::Caller;
 use crate::config::RealtimeSettings;
 use crate::domain::UserId;
 use crate::messaging::{SendRequest, send_message};
@@ -78,7 +79,6 @@ pub async fn websocket(
             crate::limits::RetryAfter(CONNECTION_RETRY),
         )
     })?;
-    let expires_at = caller.expires_at;
     let state = state.0.clone();
     let settings = settings.0.clone();
     let config = WebSocketConfig::default()
@@ -89,7 +89,7 @@ pub async fn websocket(
     Ok(ws
         .protocols([SUBPROTOCOL])
         .config(config)
-        .on_upgrade(move |socket| session(socket, subscription, state, settings, expires_at)))
+        .on_upgrade(move |socket| session(socket, subscription, state, settings, caller)))
 }
 
 /// What the reader hands the writer: an answer, or a reason to close.
@@ -106,15 +106,12 @@ async fn session(
     mut subscription: Subscription,
     state: AppState,
     settings: RealtimeSettings,
-    expires_at: chrono::DateTime<chrono::Utc>,
+    caller: Caller,
 ) {
     let user = subscription.user;
     let (mut sink, stream) = socket.split();
     let (replies, mut pending_replies) = mpsc::channel::<Reply>(REPLY_QUEUE);
-    let expiry = (expires_at - chrono::Utc::now())
-        .to_std()
-        .unwrap_or_default();
-    let expired = tokio::time::sleep(expiry);
+    let expired = tokio::time::sleep(caller.time_left());
     tokio::pin!(expired);
     let last_heard = Arc::new(std::sync::Mutex::new(Instant::now()));
     let reader = tokio::spawn(read_frames(
