@@ -35,7 +35,7 @@ use crate::realtime::{ConnectionCaps, Eviction, Hub, TooManyConnections, socketi
 use crate::responder::{Responder, watch_plugins_dir};
 use crate::state::AppState;
 use crate::store::{MongoStore, SqliteStore, Store};
-use crate::telemetry;
+use crate::{telemetry, web};
 
 /// The client's address, carried from the accept loop to the shared service.
 #[derive(Clone, Copy)]
@@ -273,7 +273,9 @@ pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Outp
         .at("/ws", get(ws::websocket))
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
+        .nest("/web", web::assets())
         .nest("/", api)
+        .around(web::page_at_root)
         .around(limit_auth_requests)
         .around(limit_body)
         .with(CatchPanic::new().with_handler(JsonPanicHandler))
@@ -319,7 +321,7 @@ fn allowed_methods(path: &str) -> Option<String> {
                 (segments(template), methods.join(", "))
             })
             .collect();
-        for fixed in ["/ws", "/openapi.json", "/healthz", "/readyz"] {
+        for fixed in ["/", "/ws", "/openapi.json", "/healthz", "/readyz"] {
             if !routes.iter().any(|(s, _)| *s == segments(fixed)) {
                 routes.push((segments(fixed), "GET".to_owned()));
             }

@@ -88,16 +88,17 @@ fn openapi_command_prints_the_committed_spec() {
         .output()
         .expect("run palaver openapi");
     assert!(output.status.success());
-    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    let committed: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../openapi/openapi.json"
-        ))
-        .expect("committed spec"),
-    )
-    .expect("JSON");
-    assert!(printed == committed, "regenerate openapi/openapi.json");
+    let printed = String::from_utf8(output.stdout).expect("UTF-8");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../openapi/openapi.json"
+    ))
+    .expect("committed spec");
+    similar_asserts::assert_eq!(
+        committed: committed.trim_end(),
+        printed: printed.trim_end(),
+        "regenerate openapi/openapi.json with `cargo run --quiet -- openapi > openapi/openapi.json`"
+    );
 }
 
 /// Drives the binary through register, login and send with debug logging on, stops it with

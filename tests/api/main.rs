@@ -20,4 +20,5 @@ mod responder;
 mod safety;
 mod tokens;
 mod users;
+mod web;
 mod ws_client;

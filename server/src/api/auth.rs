@@ -39,8 +39,15 @@ fn locked_out(wait: RetryAfter) -> ApiError {
 
 #[OpenApi(tag = "ApiTags::Auth")]
 impl AuthApi {
-    /// Create an account.
-    #[oai(path = "/api/auth/register", method = "post")]
+    /// Create an account
+    ///
+    /// The email must not be registered yet (409 otherwise); the password is 8 to 128
+    /// characters. Log in afterwards to get a token.
+    #[oai(
+        path = "/api/auth/register",
+        method = "post",
+        operation_id = "register"
+    )]
     async fn register(
         &self,
         state: Data<&AppState>,
@@ -65,8 +72,11 @@ impl AuthApi {
         })))
     }
 
-    /// Exchange email and password for a token.
-    #[oai(path = "/api/auth/login", method = "post")]
+    /// Log in
+    ///
+    /// Exchanges email and password for a token. A wrong email and a wrong password get the
+    /// same 401; repeated failures lock the account for a while (429 with `Retry-After`).
+    #[oai(path = "/api/auth/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
         state: Data<&AppState>,
@@ -107,9 +117,15 @@ impl AuthApi {
         }))
     }
 
-    /// Change the caller's password. Every token issued before stops working and the caller's
-    /// live connections are closed; the answer carries a new token for this device.
-    #[oai(path = "/api/auth/password", method = "post")]
+    /// Change the password
+    ///
+    /// Every token issued before stops working and the caller's live connections are closed;
+    /// the answer carries a new token for this device.
+    #[oai(
+        path = "/api/auth/password",
+        method = "post",
+        operation_id = "changePassword"
+    )]
     async fn change_password(
         &self,
         state: Data<&AppState>,
@@ -127,9 +143,15 @@ impl AuthApi {
         }))
     }
 
-    /// Log out everywhere: every token issued so far stops working (this one included) and the
-    /// caller's live connections are closed.
-    #[oai(path = "/api/auth/logout-all", method = "post")]
+    /// Log out everywhere
+    ///
+    /// Every token issued so far stops working (this one included) and the caller's live
+    /// connections are closed.
+    #[oai(
+        path = "/api/auth/logout-all",
+        method = "post",
+        operation_id = "logOutEverywhere"
+    )]
     async fn log_out_everywhere(
         &self,
         state: Data<&AppState>,

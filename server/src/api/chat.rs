@@ -25,12 +25,16 @@ fn parse_optional<T>(
 
 #[OpenApi(tag = "ApiTags::Chat")]
 impl ChatApi {
-    /// Messages the caller sent or received, oldest first within the page.
+    /// List messages
     ///
-    /// Without `after`, the page holds the newest `limit` matching messages (older than `before`
+    /// Messages the caller sent or received, oldest first within the page. Without `after`, the page holds the newest `limit` matching messages (older than `before`
     /// when given: scrolling back). With `after`, it holds the oldest `limit` messages newer than
     /// `after`: catching up after a reconnect.
-    #[oai(path = "/api/chat/messages", method = "get")]
+    #[oai(
+        path = "/api/chat/messages",
+        method = "get",
+        operation_id = "listMessages"
+    )]
     async fn messages(
         &self,
         state: Data<&AppState>,
@@ -60,8 +64,12 @@ impl ChatApi {
         Ok(Json(messages.into_iter().map(MessageView::from).collect()))
     }
 
-    /// Send a message. It is stored before this answers.
-    #[oai(path = "/api/chat/send", method = "post")]
+    /// Send a message
+    ///
+    /// The message is stored before this answers, then pushed to the recipient's live
+    /// connections (and the sender's other devices). When the recipient is BUSY, an
+    /// auto-reply follows within 10 seconds.
+    #[oai(path = "/api/chat/send", method = "post", operation_id = "sendMessage")]
     async fn send(
         &self,
         state: Data<&AppState>,

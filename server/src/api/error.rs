@@ -18,6 +18,7 @@ use crate::store::StoreError;
 
 /// The body of every error answer.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct ErrorBody {
     /// What went wrong, for a person to read.
     pub message: String,
@@ -60,6 +61,14 @@ pub enum ApiError {
     /// says when to try again (seconds).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+}
+
+impl poem_openapi::types::Example for ErrorBody {
+    fn example() -> Self {
+        Self {
+            message: "Recipient not found".to_owned(),
+        }
+    }
 }
 
 /// How long clients are asked to wait when the database is unavailable.

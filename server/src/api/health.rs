@@ -21,16 +21,20 @@ enum ReadyResponse {
 
 #[OpenApi(tag = "ApiTags::Health")]
 impl HealthApi {
-    /// Liveness: the process serves requests.
-    #[oai(path = "/healthz", method = "get")]
+    /// Check liveness
+    ///
+    /// 200 while the process serves requests.
+    #[oai(path = "/healthz", method = "get", operation_id = "checkLiveness")]
     async fn healthz(&self) -> Json<HealthView> {
         Json(HealthView {
             status: "ok".to_owned(),
         })
     }
 
-    /// Readiness: the store answers.
-    #[oai(path = "/readyz", method = "get")]
+    /// Check readiness
+    ///
+    /// 200 when the store answers, 503 when it does not.
+    #[oai(path = "/readyz", method = "get", operation_id = "checkReadiness")]
     async fn readyz(&self, state: Data<&AppState>) -> ReadyResponse {
         match state.store.ping().await {
             Ok(()) => ReadyResponse::Ready(Json(HealthView {

@@ -2,14 +2,23 @@
 
 use chrono::SecondsFormat;
 use poem_openapi::Object;
-use poem_openapi::types::ToJSON;
+use poem_openapi::types::{Example, ToJSON};
 
 use super::schema::{ContentText, EmailText, PasswordText, UuidText};
 use crate::domain::{Message, MessageKind, Status};
+
+/// Ids in the examples: time-ordered UUIDv7s like the real ones.
+const ADA: &str = "0193a5f2-7c1e-7b3a-9f1e-2b6c8d4e5f60";
+const GRACE: &str = "0193a5f2-9d40-7e21-8c3b-5a6f7e8d9c0b";
+const MESSAGE: &str = "0193a5f3-0a4b-7c2d-8e9f-1a2b3c4d5e6f";
+const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwMTkzYTVmMi03YzFlLTdiM2EtOWYxZS0yYjZjOGQ0ZTVmNjAifQ.signature";
+const EXPIRES_AT: &str = "2026-11-28T09:30:00Z";
+
 use crate::store::User;
 
 /// Email and password, for registering and for logging in.
 #[derive(Object)]
+#[oai(example)]
 pub struct CredentialsBody {
     /// Trimmed and compared case-insensitively.
     pub email: EmailText,
@@ -18,6 +27,7 @@ pub struct CredentialsBody {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct Registered {
     /// Always "User registered successfully".
     pub message: String,
@@ -26,6 +36,7 @@ pub struct Registered {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct LoginToken {
     /// Send as `Authorization: Bearer <token>` (or `x-auth-token: <token>`).
     pub token: String,
@@ -36,6 +47,7 @@ pub struct LoginToken {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct PasswordChangeBody {
     /// The password in use now.
     #[oai(validator(max_length = 1024))]
@@ -45,6 +57,7 @@ pub struct PasswordChangeBody {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct PasswordChanged {
     /// Always "Password changed".
     pub message: String,
@@ -56,6 +69,7 @@ pub struct PasswordChanged {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct PasswordBody {
     /// The account's password, to confirm.
     #[oai(validator(max_length = 1024))]
@@ -63,12 +77,14 @@ pub struct PasswordBody {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct Done {
     /// What happened, for a person.
     pub message: String,
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct SendMessageBody {
     /// Optional; when present it must be the caller's own id.
     pub sender: Option<UuidText>,
@@ -79,6 +95,7 @@ pub struct SendMessageBody {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct MessageSent {
     /// Always "Message sent successfully".
     pub message: String,
@@ -87,11 +104,13 @@ pub struct MessageSent {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct StatusBody {
     pub status: Status,
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct StatusUpdated {
     /// Always "User status updated".
     pub message: String,
@@ -99,6 +118,7 @@ pub struct StatusUpdated {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct UserView {
     pub id: String,
     pub email: String,
@@ -116,6 +136,7 @@ impl From<User> for UserView {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct MessageView {
     /// Time-ordered (UUIDv7): usable as a `before`/`after` cursor.
     pub id: String,
@@ -149,6 +170,7 @@ pub fn message_json(message: &Message) -> serde_json::Value {
 }
 
 #[derive(Object)]
+#[oai(example)]
 pub struct HealthView {
     /// "ok" when alive, "ready" when the store answers.
     pub status: String,
@@ -156,6 +178,7 @@ pub struct HealthView {
 
 /// A loaded responder plugin, as its manifest describes it.
 #[derive(Object)]
+#[oai(example)]
 pub struct PluginView {
     pub name: String,
     pub version: String,
@@ -169,4 +192,154 @@ pub struct PluginView {
     pub timeout_ms: Option<u64>,
     /// Whether this plugin answers for BUSY users now.
     pub active: bool,
+}
+
+// Examples: Swagger UI pre-fills request bodies with these and generators put them in docs.
+
+impl Example for CredentialsBody {
+    fn example() -> Self {
+        Self {
+            email: EmailText("ada@example.com".to_owned()),
+            password: PasswordText("correct horse battery".to_owned()),
+        }
+    }
+}
+
+impl Example for Registered {
+    fn example() -> Self {
+        Self {
+            message: "User registered successfully".to_owned(),
+            id: ADA.to_owned(),
+        }
+    }
+}
+
+impl Example for LoginToken {
+    fn example() -> Self {
+        Self {
+            token: TOKEN.to_owned(),
+            user_id: ADA.to_owned(),
+            expires_at: EXPIRES_AT.to_owned(),
+        }
+    }
+}
+
+impl Example for PasswordChangeBody {
+    fn example() -> Self {
+        Self {
+            current_password: "correct horse battery".to_owned(),
+            new_password: PasswordText("battery staple horse".to_owned()),
+        }
+    }
+}
+
+impl Example for PasswordChanged {
+    fn example() -> Self {
+        Self {
+            message: "Password changed".to_owned(),
+            token: TOKEN.to_owned(),
+            user_id: ADA.to_owned(),
+            expires_at: EXPIRES_AT.to_owned(),
+        }
+    }
+}
+
+impl Example for PasswordBody {
+    fn example() -> Self {
+        Self {
+            password: "correct horse battery".to_owned(),
+        }
+    }
+}
+
+impl Example for Done {
+    fn example() -> Self {
+        Self {
+            message: "Logged out everywhere".to_owned(),
+        }
+    }
+}
+
+impl Example for SendMessageBody {
+    fn example() -> Self {
+        Self {
+            sender: None,
+            recipient: UuidText(GRACE.to_owned()),
+            content: ContentText("Lunch at noon?".to_owned()),
+        }
+    }
+}
+
+impl Example for MessageSent {
+    fn example() -> Self {
+        Self {
+            message: "Message sent successfully".to_owned(),
+            id: MESSAGE.to_owned(),
+        }
+    }
+}
+
+impl Example for StatusBody {
+    fn example() -> Self {
+        Self {
+            status: Status::Busy,
+        }
+    }
+}
+
+impl Example for StatusUpdated {
+    fn example() -> Self {
+        Self {
+            message: "User status updated".to_owned(),
+            status: Status::Busy,
+        }
+    }
+}
+
+impl Example for UserView {
+    fn example() -> Self {
+        Self {
+            id: GRACE.to_owned(),
+            email: "grace@example.com".to_owned(),
+            status: Status::Available,
+        }
+    }
+}
+
+impl Example for MessageView {
+    fn example() -> Self {
+        Self {
+            id: MESSAGE.to_owned(),
+            sender: ADA.to_owned(),
+            recipient: GRACE.to_owned(),
+            content: "Lunch at noon?".to_owned(),
+            sent_at: "2026-11-27T12:00:00.000Z".to_owned(),
+            kind: MessageKind::User,
+        }
+    }
+}
+
+impl Example for HealthView {
+    fn example() -> Self {
+        Self {
+            status: "ready".to_owned(),
+        }
+    }
+}
+
+impl Example for PluginView {
+    fn example() -> Self {
+        Self {
+            name: "llm-responder".to_owned(),
+            version: "0.1.0".to_owned(),
+            description:
+                "Palaver's default responder: asks an OpenAI-compatible chat-completion API"
+                    .to_owned(),
+            allowed_hosts: vec!["api.openai.com".to_owned()],
+            memory_mb: 64,
+            fuel: 100_000_000_000_000,
+            timeout_ms: None,
+            active: true,
+        }
+    }
 }

@@ -12,8 +12,10 @@ pub struct PluginsApi;
 
 #[OpenApi(tag = "ApiTags::Plugins")]
 impl PluginsApi {
+    /// List responder plugins
+    ///
     /// The responder plugins loaded now; `active` marks the one that answers for BUSY users.
-    #[oai(path = "/api/plugins", method = "get")]
+    #[oai(path = "/api/plugins", method = "get", operation_id = "listPlugins")]
     async fn list(
         &self,
         state: Data<&AppState>,

@@ -19,8 +19,10 @@ const USER_NOT_FOUND: &str = "User not found";
 
 #[OpenApi(tag = "ApiTags::Users")]
 impl UsersApi {
-    /// Set the caller's status. While BUSY, the responder answers messages for them.
-    #[oai(path = "/api/user/status", method = "put")]
+    /// Set your status
+    ///
+    /// AVAILABLE or BUSY. While BUSY, the responder answers messages for the caller.
+    #[oai(path = "/api/user/status", method = "put", operation_id = "setStatus")]
     async fn set_status(
         &self,
         state: Data<&AppState>,
@@ -37,8 +39,10 @@ impl UsersApi {
         }))
     }
 
-    /// The caller's own profile.
-    #[oai(path = "/api/users/me", method = "get")]
+    /// Get your profile
+    ///
+    /// The caller's own id, email and status.
+    #[oai(path = "/api/users/me", method = "get", operation_id = "getMe")]
     async fn me(
         &self,
         state: Data<&AppState>,
@@ -49,9 +53,11 @@ impl UsersApi {
             .ok_or_else(|| ApiError::not_found(USER_NOT_FOUND))
     }
 
-    /// Delete the caller's account and every message they sent or received, after confirming
+    /// Delete your account
+    ///
+    /// Deletes the caller's account and every message they sent or received, after confirming
     /// the password. Their tokens stop working and their live connections are closed.
-    #[oai(path = "/api/users/me", method = "delete")]
+    #[oai(path = "/api/users/me", method = "delete", operation_id = "deleteMe")]
     async fn delete_me(
         &self,
         state: Data<&AppState>,
@@ -64,8 +70,10 @@ impl UsersApi {
         }))
     }
 
-    /// Find a user by email, e.g. to get a recipient's id.
-    #[oai(path = "/api/users", method = "get")]
+    /// Find a user by email
+    ///
+    /// E.g. to get a recipient's id. 404 when nobody has that email.
+    #[oai(path = "/api/users", method = "get", operation_id = "findUserByEmail")]
     async fn by_email(
         &self,
         state: Data<&AppState>,
@@ -79,8 +87,10 @@ impl UsersApi {
             .ok_or_else(|| ApiError::not_found(USER_NOT_FOUND))
     }
 
+    /// Get a user
+    ///
     /// A user's id, email and status.
-    #[oai(path = "/api/users/:id", method = "get")]
+    #[oai(path = "/api/users/:id", method = "get", operation_id = "getUser")]
     async fn by_id(
         &self,
         state: Data<&AppState>,

@@ -1,0 +1,1 @@
+// Palaver web chat
