@@ -28,7 +28,7 @@ use tower::{Layer, ServiceExt};
 use crate::api::error::{ApiError, error_to_response};
 use crate::api::{self, MAX_BODY_BYTES};
 use crate::auth::{PasswordHasher, Sessions, TokenService, load_or_create_secret};
-use crate::config::{Config, RealtimeSettings};
+use crate::config::{AllowedOrigins, Config, RealtimeSettings};
 use crate::limits::Limits;
 use crate::messaging::Messenger;
 use crate::realtime::{ConnectionCaps, Eviction, Hub, TooManyConnections, socketio, ws};
@@ -61,6 +61,7 @@ pub struct Application {
     realtime: RealtimeSettings,
     /// Engine.IO sessions, capped by `MAX_CONNECTIONS` like the hub's connections.
     sessions: socketio::SessionCounter,
+    origins: AllowedOrigins,
 }
 
 impl Application {
@@ -122,6 +123,7 @@ impl Application {
             state,
             realtime: config.realtime,
             sessions: socketio::SessionCounter::new(config.limits.connections_total),
+            origins: config.cors,
         })
     }
 
@@ -139,6 +141,7 @@ impl Application {
             state,
             realtime,
             sessions,
+            origins,
         } = self;
         let ping_interval = realtime.ping_interval;
         let (socketio_layer, socketio) = socketio::layer(state.clone(), &realtime);
@@ -165,6 +168,11 @@ impl Application {
                 )
             }
         }));
+        // CORS in front of everything, Socket.IO's long-polling included.
+        let app = tower::ServiceBuilder::new()
+            .option_layer(origins.layer())
+            .service(app);
+        let origins = Arc::new(origins);
         let mut connections = auto::Builder::new(TokioExecutor::new());
         connections
             .http1()
@@ -196,11 +204,17 @@ impl Application {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let (app, sessions) = (app.clone(), sessions.clone());
+            let (app, sessions, origins) = (app.clone(), sessions.clone(), origins.clone());
             let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddress(remote));
                 let (app, sessions) = (app.clone(), sessions.clone());
+                let origin_refused =
+                    opens_socket(&req) && !origins.permits_handshake(req.headers());
                 async move {
+                    // Browsers do not apply CORS to WebSocket handshakes: check the origin here.
+                    if origin_refused {
+                        return Ok(refusal(ApiError::forbidden(ORIGIN_REFUSED)));
+                    }
                     // Engine.IO sessions exist before anyone authenticates: count them here,
                     // in front of socketioxide, and refuse past the cap.
                     if socketio::opens_session(&req) {
@@ -208,7 +222,12 @@ impl Application {
                             Some(slot) => {
                                 req.extensions_mut().insert(slot);
                             }
-                            None => return Ok(too_many_sessions()),
+                            None => {
+                                return Ok(refusal(ApiError::unavailable(
+                                    TooManyConnections::Server.to_string(),
+                                    SESSION_RETRY_SECS,
+                                )));
+                            }
                         }
                     }
                     let response = app.oneshot(req).await?;
@@ -245,13 +264,22 @@ impl Application {
     }
 }
 
-/// The answer to a new Engine.IO session past `MAX_CONNECTIONS`: the same 503 the API gives.
-fn too_many_sessions<L>()
--> http::Response<http_body_util::Either<L, BoxBody<bytes::Bytes, std::io::Error>>> {
-    let refusal = ApiError::unavailable(TooManyConnections::Server.to_string(), SESSION_RETRY_SECS)
-        .into_response();
-    http::Response::<BoxBody<bytes::Bytes, std::io::Error>>::from(refusal)
+const ORIGIN_REFUSED: &str =
+    "This origin may not open sockets here; the server's CORS_ALLOWED_ORIGINS does not list it";
+
+/// A refusal in front of socketioxide and poem, in the API's own JSON shape.
+fn refusal<L>(
+    error: ApiError,
+) -> http::Response<http_body_util::Either<L, BoxBody<bytes::Bytes, std::io::Error>>> {
+    http::Response::<BoxBody<bytes::Bytes, std::io::Error>>::from(error.into_response())
         .map(http_body_util::Either::Right)
+}
+
+/// WebSocket and Socket.IO requests: what a page on another origin could open behind CORS's
+/// back.
+fn opens_socket<B>(req: &http::Request<B>) -> bool {
+    let path = req.uri().path();
+    path == "/ws" || path.starts_with(socketio::PATH)
 }
 
 /// The data directory holds the database and possibly the generated JWT secret: only the

@@ -1,9 +1,11 @@
 //! Every setting, read once at start-up from the environment (and an optional `.env` file).
 //! A bad value stops the server with one line that names the variable.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::cors::AllowedOrigins;
 
 /// Tokens live between one second and a year: longer is a token nobody can take back in
 /// practice, and far longer overflows date arithmetic (and RFC 3339's four-digit years).
@@ -27,6 +29,10 @@ pub struct Config {
     pub realtime: RealtimeSettings,
     pub responder: ResponderSettings,
     pub limits: LimitSettings,
+    /// Which other web origins may use the API and the sockets from a browser.
+    pub cors: AllowedOrigins,
+    /// `Some`: serve Prometheus metrics at `/metrics` on this address (its own listener).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// "At most `count` per `per`", with bursts of up to `count`: a token bucket refilled evenly.
@@ -401,6 +407,23 @@ impl Config {
 
         let responder = responder_settings(&get)?;
         let limits = limit_settings(&get)?;
+        let cors = match get("CORS_ALLOWED_ORIGINS") {
+            None => AllowedOrigins::default(),
+            Some(raw) => AllowedOrigins::parse(&raw).map_err(|problem| ConfigError {
+                variable: "CORS_ALLOWED_ORIGINS",
+                problem,
+            })?,
+        };
+        let metrics_addr = get("METRICS_ADDR")
+            .map(|raw| {
+                raw.trim().parse::<SocketAddr>().map_err(|_| ConfigError {
+                    variable: "METRICS_ADDR",
+                    problem: format!(
+                        "must be an address and port such as 127.0.0.1:9100, got {raw:?}"
+                    ),
+                })
+            })
+            .transpose()?;
 
         Ok(Self {
             host,
@@ -413,6 +436,8 @@ impl Config {
             realtime: RealtimeSettings::default(),
             responder,
             limits,
+            cors,
+            metrics_addr,
         })
     }
 }

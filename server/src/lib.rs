@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod domain;
 pub mod limits;
 pub mod messaging;

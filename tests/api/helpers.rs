@@ -80,6 +80,8 @@ pub fn test_config(data_dir: &Path) -> Config {
         realtime: RealtimeSettings::default(),
         responder: Default::default(),
         limits: LimitSettings::default(),
+        cors: Default::default(),
+        metrics_addr: None,
     }
 }
 

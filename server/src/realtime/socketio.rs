@@ -24,10 +24,13 @@ use crate::state::AppState;
 /// (socketioxide's default is 45 s).
 pub const UNAUTHENTICATED_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Where Socket.IO is served (socketioxide's default path).
+pub const PATH: &str = "/socket.io";
+
 /// Whether a request starts a new Engine.IO session: the handshake, which has no `sid` yet.
 pub fn opens_session<B>(req: &http::Request<B>) -> bool {
     let query = req.uri().query().unwrap_or_default();
-    req.uri().path().starts_with("/socket.io")
+    req.uri().path().starts_with(PATH)
         && query.split('&').any(|pair| pair.starts_with("EIO="))
         && !query.split('&').any(|pair| pair.starts_with("sid="))
 }

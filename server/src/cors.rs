@@ -1,0 +1,177 @@
+//! Which web origins may use the server from a browser (`CORS_ALLOWED_ORIGINS`).
+//!
+//! One policy for every transport: the HTTP API gets CORS headers and answered preflights
+//! (tower-http, in front of Socket.IO and poem alike); WebSocket and Socket.IO handshakes, which
+//! browsers do not subject to CORS, are refused with 403 when a browser sends them from an
+//! origin that is neither the server's own nor allowed. Clients that send no `Origin` (servers,
+//! mobile apps, CLIs) are not browsers and are not affected.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// How long a browser may cache a preflight answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// The parsed `CORS_ALLOWED_ORIGINS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Unset: only the server's own pages (the chat page at `/`, Swagger UI) may use it.
+    #[default]
+    SameOriginOnly,
+    /// `*`: any origin. Safe for this API because it never uses cookies: a page on another
+    /// origin can only act with a token its user gave it.
+    Any,
+    /// `https://chat.example.com,http://localhost:5173`: exact origins, lower-cased.
+    List(Vec<HeaderValue>),
+}
+
+impl AllowedOrigins {
+    /// `*`, or comma-separated origins (`scheme://host[:port]`, no path).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw == "*" {
+            return Ok(Self::Any);
+        }
+        let mut origins = Vec::new();
+        for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            origins.push(parse_origin(item)?);
+        }
+        if origins.is_empty() {
+            return Err("must be * or a comma-separated list of origins".to_owned());
+        }
+        Ok(Self::List(origins))
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        match self {
+            Self::SameOriginOnly => false,
+            Self::Any => true,
+            Self::List(list) => origin.to_str().is_ok_and(|o| {
+                list.iter()
+                    .any(|a| a.as_bytes() == o.to_ascii_lowercase().as_bytes())
+            }),
+        }
+    }
+
+    /// The CORS layer for HTTP answers; `None` when no other origin is allowed (then no CORS
+    /// headers at all, and browsers keep other origins out).
+    pub fn layer(&self) -> Option<CorsLayer> {
+        let allow_origin = match self {
+            Self::SameOriginOnly => return None,
+            Self::Any => AllowOrigin::any(),
+            Self::List(list) => AllowOrigin::list(list.iter().cloned()),
+        };
+        Some(
+            CorsLayer::new()
+                .allow_origin(allow_origin)
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("x-auth-token"),
+                    HeaderName::from_static("idempotency-key"),
+                ])
+                .expose_headers([header::RETRY_AFTER])
+                .max_age(PREFLIGHT_MAX_AGE),
+        )
+    }
+
+    /// Whether a WebSocket or Socket.IO handshake with these headers may proceed.
+    pub fn permits_handshake(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        same_origin(origin, headers.get(header::HOST)) || self.allows(origin)
+    }
+}
+
+/// The page's origin names the host it was loaded from: `http://host:port` against `Host`.
+fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(HeaderValue::to_str)) else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
+}
+
+fn parse_origin(raw: &str) -> Result<HeaderValue, String> {
+    let bad = || {
+        format!(
+            "{raw:?} is not an origin such as https://chat.example.com or http://localhost:5173"
+        )
+    };
+    let lower = raw.trim_end_matches('/').to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let valid = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !valid {
+        return Err(bad());
+    }
+    HeaderValue::from_str(&lower).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_str(host).expect("host"));
+        if let Some(origin) = origin {
+            headers.insert(
+                header::ORIGIN,
+                HeaderValue::from_str(origin).expect("origin"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn origins_are_parsed_strictly() {
+        assert_eq!(
+            AllowedOrigins::parse(" * ").expect("any"),
+            AllowedOrigins::Any
+        );
+        assert_eq!(
+            AllowedOrigins::parse("https://Chat.Example.com/, http://localhost:5173")
+                .expect("list"),
+            AllowedOrigins::List(vec![
+                HeaderValue::from_static("https://chat.example.com"),
+                HeaderValue::from_static("http://localhost:5173"),
+            ])
+        );
+        for bad in [
+            "chat.example.com",
+            "https://x.com/path",
+            "ftp://x.com",
+            ",",
+            "https://",
+        ] {
+            assert!(AllowedOrigins::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn handshakes_from_other_origins_need_permission() {
+        let none = AllowedOrigins::SameOriginOnly;
+        assert!(none.permits_handshake(&headers(None, "chat.local:3000")));
+        assert!(
+            none.permits_handshake(&headers(Some("http://chat.local:3000"), "chat.local:3000"))
+        );
+        assert!(!none.permits_handshake(&headers(Some("http://evil.test"), "chat.local:3000")));
+        let list = AllowedOrigins::parse("http://app.test:8080").expect("list");
+        assert!(list.permits_handshake(&headers(Some("http://APP.test:8080"), "api.test")));
+        assert!(!list.permits_handshake(&headers(Some("http://app.test:8081"), "api.test")));
+        assert!(AllowedOrigins::Any.permits_handshake(&headers(Some("http://evil.test"), "x")));
+    }
+}
