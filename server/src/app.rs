@@ -31,6 +31,7 @@ use crate::auth::{PasswordHasher, Sessions, TokenService, load_or_create_secret}
 use crate::config::{AllowedOrigins, Config, RealtimeSettings};
 use crate::limits::Limits;
 use crate::messaging::Messenger;
+use crate::metrics::MetricsServer;
 use crate::realtime::{ConnectionCaps, Eviction, Hub, TooManyConnections, socketio, ws};
 use crate::responder::{Responder, watch_plugins_dir};
 use crate::state::AppState;
@@ -62,6 +63,7 @@ pub struct Application {
     /// Engine.IO sessions, capped by `MAX_CONNECTIONS` like the hub's connections.
     sessions: socketio::SessionCounter,
     origins: AllowedOrigins,
+    metrics: Option<MetricsServer>,
 }
 
 impl Application {
@@ -112,6 +114,10 @@ impl Application {
         };
         crate::limits::sweep_periodically(Arc::downgrade(&limits));
 
+        let metrics = match config.metrics_addr {
+            Some(address) => Some(MetricsServer::bind(address).await?),
+            None => None,
+        };
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address)
             .await
@@ -124,12 +130,18 @@ impl Application {
             realtime: config.realtime,
             sessions: socketio::SessionCounter::new(config.limits.connections_total),
             origins: config.cors,
+            metrics,
         })
     }
 
     /// The address actually bound (the port is the real one when 0 was asked for).
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Where `/metrics` is served, when `METRICS_ADDR` is set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.address().ok())
     }
 
     /// Serves until `shutdown` completes, then closes live connections and lets in-flight
@@ -142,7 +154,14 @@ impl Application {
             realtime,
             sessions,
             origins,
+            metrics,
         } = self;
+        if let Some(metrics) = &metrics
+            && let Ok(at) = metrics.address()
+        {
+            tracing::info!(address = %at, "metrics at /metrics");
+        }
+        let metrics = metrics.map(|m| tokio::spawn(m.run()));
         let ping_interval = realtime.ping_interval;
         let (socketio_layer, socketio) = socketio::layer(state.clone(), &realtime);
         let endpoint: Arc<BoxEndpoint<'static, Response>> =
@@ -223,6 +242,7 @@ impl Application {
                                 req.extensions_mut().insert(slot);
                             }
                             None => {
+                                crate::metrics::rate_limited("connections_total");
                                 return Ok(refusal(ApiError::unavailable(
                                     TooManyConnections::Server.to_string(),
                                     SESSION_RETRY_SECS,
@@ -246,6 +266,9 @@ impl Application {
         }
 
         drop(listener);
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         tracing::info!("draining connections");
         state.hub.evict_all(Eviction::Shutdown);
         socketio.close().await;
@@ -311,6 +334,7 @@ pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Outp
         .data(realtime)
         .catch_all_error(error_to_response)
         .around(add_allow_header)
+        .around(record_metrics)
         .around(telemetry::access_log)
         .map_to_response()
 }
@@ -330,12 +354,19 @@ async fn add_allow_header<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
     Ok(response)
 }
 
-/// The methods each route answers: the OpenAPI operations plus the routes outside the spec.
-fn allowed_methods(path: &str) -> Option<String> {
-    static ROUTES: std::sync::OnceLock<Vec<(Vec<String>, String)>> = std::sync::OnceLock::new();
-    let routes = ROUTES.get_or_init(|| {
+/// A route of the server: its template (`/api/users/{id}`) and the methods it answers.
+struct KnownRoute {
+    template: String,
+    segments: Vec<String>,
+    methods: String,
+}
+
+/// The OpenAPI operations plus the routes outside the spec, read once from the spec itself.
+fn known_routes() -> &'static [KnownRoute] {
+    static ROUTES: std::sync::OnceLock<Vec<KnownRoute>> = std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| {
         let spec: serde_json::Value = serde_json::from_str(&api::spec_json()).unwrap_or_default();
-        let mut routes: Vec<(Vec<String>, String)> = spec["paths"]
+        let mut routes: Vec<KnownRoute> = spec["paths"]
             .as_object()
             .into_iter()
             .flatten()
@@ -346,27 +377,57 @@ fn allowed_methods(path: &str) -> Option<String> {
                     .flatten()
                     .map(|(method, _)| method.to_uppercase())
                     .collect();
-                (segments(template), methods.join(", "))
+                KnownRoute {
+                    template: template.clone(),
+                    segments: segments(template),
+                    methods: methods.join(", "),
+                }
             })
             .collect();
         for fixed in ["/", "/ws", "/openapi.json", "/healthz", "/readyz"] {
-            if !routes.iter().any(|(s, _)| *s == segments(fixed)) {
-                routes.push((segments(fixed), "GET".to_owned()));
+            if !routes.iter().any(|r| r.segments == segments(fixed)) {
+                routes.push(KnownRoute {
+                    template: fixed.to_owned(),
+                    segments: segments(fixed),
+                    methods: "GET".to_owned(),
+                });
             }
         }
         routes
-    });
+    })
+}
+
+fn find_route(path: &str) -> Option<&'static KnownRoute> {
     let wanted = segments(path);
-    routes
-        .iter()
-        .find(|(template, _)| {
-            template.len() == wanted.len()
-                && template
-                    .iter()
-                    .zip(&wanted)
-                    .all(|(t, w)| t == w || t.starts_with('{'))
-        })
-        .map(|(_, methods)| methods.clone())
+    known_routes().iter().find(|route| {
+        route.segments.len() == wanted.len()
+            && route
+                .segments
+                .iter()
+                .zip(&wanted)
+                .all(|(t, w)| t == w || t.starts_with('{'))
+    })
+}
+
+/// The methods a route answers, for `Allow`.
+fn allowed_methods(path: &str) -> Option<String> {
+    find_route(path).map(|route| route.methods.clone())
+}
+
+/// The route a path belongs to, as a metrics label: a fixed set, whatever clients send.
+fn route_label(path: &str) -> &'static str {
+    if let Some(route) = find_route(path) {
+        return route.template.as_str();
+    }
+    for prefix in ["/docs", "/web"] {
+        if path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        {
+            return prefix;
+        }
+    }
+    "unmatched"
 }
 
 fn segments(path: &str) -> Vec<String> {
@@ -374,6 +435,20 @@ fn segments(path: &str) -> Vec<String> {
         .split('/')
         .map(str::to_owned)
         .collect()
+}
+
+/// Counts every answer by route and status, with its latency.
+async fn record_metrics<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = route_label(req.uri().path());
+    let response = next.call(req).await.map(IntoResponse::into_response);
+    let status = match &response {
+        Ok(response) => response.status(),
+        Err(err) => err.status(),
+    };
+    crate::metrics::http_request(method.as_str(), route, status.as_u16(), started.elapsed());
+    response
 }
 
 /// Registration, login and password changes, per client address: each costs an argon2 hash.

@@ -9,6 +9,7 @@ pub mod cors;
 pub mod domain;
 pub mod limits;
 pub mod messaging;
+pub mod metrics;
 pub mod presence;
 pub mod realtime;
 pub mod responder;

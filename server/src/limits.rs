@@ -84,14 +84,21 @@ impl Limits {
     /// One register/login/password request from `address` (IPv6 clients count per /64, which
     /// is what one subscriber usually gets).
     pub fn auth_request(&self, address: IpAddr) -> Result<(), RetryAfter> {
-        check(&self.auth_per_address, &address_key(address))
+        check(
+            "auth_per_address",
+            &self.auth_per_address,
+            &address_key(address),
+        )
     }
 
     /// Whether `email` may try a password now (it may not while locked out).
     pub fn login_allowed(&self, email: &Email) -> Result<(), RetryAfter> {
         let mut lockouts = self.lockouts.lock().unwrap_or_else(|e| e.into_inner());
         match lockouts.get(email) {
-            Some(until) if *until > Instant::now() => Err(RetryAfter(*until - Instant::now())),
+            Some(until) if *until > Instant::now() => {
+                crate::metrics::rate_limited("login_lockout");
+                Err(RetryAfter(*until - Instant::now()))
+            }
             Some(_) => {
                 lockouts.remove(email);
                 Ok(())
@@ -103,23 +110,31 @@ impl Limits {
     /// Counts a wrong password for `email`; past the limit the account is locked out (this
     /// attempt included) until the bucket has room again.
     pub fn login_failed(&self, email: &Email) -> Result<(), RetryAfter> {
-        check(&self.login_failures, email).inspect_err(|wait| {
+        check("login_failures", &self.login_failures, email).inspect_err(|wait| {
             let mut lockouts = self.lockouts.lock().unwrap_or_else(|e| e.into_inner());
             lockouts.insert(email.clone(), Instant::now() + wait.0);
         })
     }
 
     pub fn send(&self, sender: UserId) -> Result<(), RetryAfter> {
-        check(&self.sends, &sender)
+        check("sends", &self.sends, &sender)
     }
 
     /// Whether the responder may run a plugin for `sender` writing to BUSY `recipient`.
     pub fn auto_reply(&self, sender: UserId, recipient: UserId) -> bool {
-        check(&self.auto_replies_per_pair, &(sender, recipient)).is_ok()
-            && self
-                .auto_replies_total
-                .as_ref()
-                .is_none_or(|limiter| limiter.check().is_ok())
+        check(
+            "auto_replies_per_pair",
+            &self.auto_replies_per_pair,
+            &(sender, recipient),
+        )
+        .is_ok()
+            && self.auto_replies_total.as_ref().is_none_or(|limiter| {
+                let allowed = limiter.check().is_ok();
+                if !allowed {
+                    crate::metrics::rate_limited("auto_replies_total");
+                }
+                allowed
+            })
     }
 
     /// Drops the state of keys that are back to a full bucket, so memory follows activity.
@@ -144,11 +159,16 @@ impl Limits {
     }
 }
 
-/// A limit that is switched off allows everything.
-fn check<K: Hash + Eq + Clone>(limiter: &Option<Keyed<K>>, key: &K) -> Result<(), RetryAfter> {
+/// A limit that is switched off allows everything. `name` labels refusals in the metrics.
+fn check<K: Hash + Eq + Clone>(
+    name: &'static str,
+    limiter: &Option<Keyed<K>>,
+    key: &K,
+) -> Result<(), RetryAfter> {
     limiter
         .as_ref()
         .map_or(Ok(()), |limiter| limiter.check(key))
+        .inspect_err(|_| crate::metrics::rate_limited(name))
 }
 
 fn address_key(address: IpAddr) -> IpAddr {

@@ -205,6 +205,7 @@ async fn write_and_push(
                     let answer = match outcome {
                         Ok(Inserted::Stored) => {
                             let message = new.message;
+                            crate::metrics::message_stored(message.kind.as_str());
                             hub.publish(
                                 &[message.recipient, message.sender],
                                 Push::message(message_json(&message)),

@@ -752,7 +752,6 @@ function renderPeerHeader() {
   const status = $("peer-status");
   status.dataset.status = user?.status ?? "";
   status.textContent = user?.status === "BUSY" ? "Busy · auto-replies are on" : statusText(user?.status);
-  messageInput.placeholder = user?.email ? `Message ${user.email}` : "Write a message…";
 }
 
 function renderHistoryTop(conv) {
@@ -1057,7 +1056,7 @@ const live = (() => {
 
   function connect() {
     clearTimeout(retryTimer);
-    if (!running) return;
+    if (!running || socket) return;
     if (!navigator.onLine) {
       setIndicator("offline", "Offline");
       return; // the "online" event reconnects
@@ -1091,6 +1090,18 @@ const live = (() => {
     };
   }
 
+  /** Gives up on the current socket now, without waiting for its closing handshake (which may
+   *  never complete on a dead network), and goes on as if it had closed with `code`. */
+  function drop(code, reason) {
+    const s = socket;
+    if (!s) return;
+    socket = null;
+    stopKeepalive();
+    s.onclose = s.onmessage = s.onopen = null;
+    s.close(code, reason);
+    onClosed({ code }, state.generation);
+  }
+
   async function catchUp(s, generation) {
     // Connected first, then fetch everything newer than the cursor: a message stored in
     // between arrives both ways and shows once (by id).
@@ -1115,7 +1126,7 @@ const live = (() => {
     } catch (err) {
       if (generation !== state.generation || socket !== s) return;
       // Could not catch up: drop this connection and try again later.
-      s.close(4000, "catch-up failed");
+      drop(4000, "catch-up failed");
     }
   }
 
@@ -1178,8 +1189,12 @@ const live = (() => {
     retryTimer = setTimeout(() => reconnect(generation), delay);
   }
 
+  let reconnectRun = 0;
+
   async function reconnect(generation) {
-    if (!running || generation !== state.generation) return;
+    clearTimeout(retryTimer);
+    if (!running || generation !== state.generation || socket) return;
+    const run = ++reconnectRun; // the online event and the retry timer may both get here
     if (!navigator.onLine) {
       setIndicator("offline", "Offline");
       return;
@@ -1188,11 +1203,11 @@ const live = (() => {
     // first, so an expired session ends instead of retrying forever.
     try {
       const me = await api("GET", "/api/users/me");
-      if (generation !== state.generation) return;
+      if (generation !== state.generation || run !== reconnectRun) return;
       state.me.status = me.status;
       renderMyStatus();
     } catch (err) {
-      if (generation !== state.generation) return;
+      if (generation !== state.generation || run !== reconnectRun) return;
       if (err instanceof ApiError && err.status === 401) return; // the session ended
       onClosed({ code: 1006 }, generation);
       return;
@@ -1207,7 +1222,7 @@ const live = (() => {
       socket.send(JSON.stringify({ type: "ping", client_id: "keepalive" }));
       clearTimeout(pongTimer);
       const s = socket;
-      pongTimer = setTimeout(() => s.close(4001, "no pong"), PONG_TIMEOUT_MS);
+      pongTimer = setTimeout(() => socket === s && drop(4001, "no pong"), PONG_TIMEOUT_MS);
     }, KEEPALIVE_MS);
   }
 
@@ -1231,7 +1246,7 @@ const live = (() => {
   window.addEventListener("offline", () => {
     // The socket would linger until a timeout; close it now so the page says so and catches up
     // as soon as the network is back.
-    if (socket) socket.close(4002, "offline");
+    drop(4002, "offline");
     setIndicator("offline", "Offline");
   });
 

@@ -13,6 +13,7 @@ mod durability;
 mod errors;
 mod health;
 mod helpers;
+mod metrics;
 mod persistence;
 mod plugins;
 mod process;

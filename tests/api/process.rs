@@ -12,6 +12,8 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_palaver");
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// `http://host:port` of `/metrics`, when started with `METRICS_ADDR`.
+    pub metrics: Option<String>,
 }
 
 /// Where a server keeps its data: a directory, and on MongoDB a database too.
@@ -66,20 +68,26 @@ impl Server {
                 let _ = lines_tx.send(line);
             }
         });
+        let mut metrics = None;
         let address = loop {
             let line = lines_rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("palaver announces its address");
             let plain = strip_ansi(&line);
-            if let Some(rest) = plain.split("address=").nth(1)
-                && plain.contains("palaver is listening")
-            {
-                break rest.split_whitespace().next().expect("address").to_owned();
+            let Some(rest) = plain.split("address=").nth(1) else {
+                continue;
+            };
+            let address = rest.split_whitespace().next().expect("address").to_owned();
+            if plain.contains("metrics at /metrics") {
+                metrics = Some(format!("http://{address}"));
+            } else if plain.contains("palaver is listening") {
+                break address;
             }
         };
         Self {
             child,
             base: format!("http://{address}"),
+            metrics,
         }
     }
 

@@ -84,7 +84,10 @@ impl PasswordHasher {
     ) -> Result<T, HashError> {
         let permit = tokio::time::timeout(self.max_wait, self.permits.clone().acquire_owned())
             .await
-            .map_err(|_| HashError::Busy)?
+            .map_err(|_| {
+                crate::metrics::rate_limited("password_hashing");
+                HashError::Busy
+            })?
             .context("password hasher is shut down")?;
         // The permit moves into the blocking task: dropping this future (the client went away)
         // does not free the slot while the hash still runs.

@@ -179,12 +179,14 @@ impl Hub {
             if let Some(total) = self.caps.total
                 && self.total.load(Ordering::Relaxed) >= total as u64
             {
+                crate::metrics::rate_limited("connections_total");
                 return Err(TooManyConnections::Server);
             }
             let mine = connections.entry(user).or_default();
             if let Some(per_user) = self.caps.per_user
                 && mine.len() >= per_user
             {
+                crate::metrics::rate_limited("connections_per_user");
                 return Err(TooManyConnections::User(per_user));
             }
             mine.push(connection);
@@ -213,6 +215,7 @@ impl Hub {
                     match connection.queue.try_send(push.clone()) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
+                            crate::metrics::push_dropped();
                             connection.signal.evict(Eviction::Overflow);
                             overflowed.push((*user, connection.id));
                         }

@@ -200,6 +200,7 @@ async fn on_connect(
     // Forward hub pushes to this socket until it disconnects, is evicted or its token expires.
     let expiry = caller.time_left();
     tokio::spawn(async move {
+        let _live = crate::metrics::LiveConnection::open("socketio");
         let expired = tokio::time::sleep(expiry);
         tokio::pin!(expired);
         loop {
@@ -222,6 +223,7 @@ async fn on_connect(
                     // socketioxide's own per-socket buffer is bounded too: full means too slow.
                     Some(push) => if socket.emit(push.event, &push.data).is_err() {
                         tracing::warn!(%user, "socket.io buffer full; disconnecting");
+                        crate::metrics::push_dropped();
                         let _ = socket.disconnect();
                         break;
                     },

@@ -109,6 +109,7 @@ async fn session(
     caller: Caller,
 ) {
     let user = subscription.user;
+    let _live = crate::metrics::LiveConnection::open("websocket");
     let (mut sink, stream) = socket.split();
     let (replies, mut pending_replies) = mpsc::channel::<Reply>(REPLY_QUEUE);
     let expired = tokio::time::sleep(caller.time_left());

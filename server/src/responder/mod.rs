@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use crate::config::{BUILTIN_PLUGIN, ResponderSettings};
 use crate::domain::{Content, Message, MessageKind, MessagePage, UserId};
 use crate::messaging::Messenger;
+use crate::metrics;
 use crate::store::{Store, User};
 use crate::wasm::{
     ChatMessage, HostRules, LLM_RESPONDER_WASM, LlmEndpoint, LoadedPlugin, MAX_CONCURRENT_CALLS,
@@ -116,16 +117,22 @@ impl Responder {
                     this.ask_plugin(&message, &recipient, deadline),
                 )
                 .await
+                .unwrap_or_else(|_| {
+                    tracing::info!(recipient = %recipient.id, "responder missed the deadline; sending the fallback");
+                    Err(Fallback::Deadline)
+                })
             } else {
                 tracing::info!(sender = %sender, recipient = %recipient.id,
                     "auto-reply quota used up; sending the fallback without the plugin");
-                Ok(None)
+                Err(Fallback::Quota)
             };
             let reply = match answer {
-                Ok(Some(reply)) => reply,
-                Ok(None) => this.fallback.clone(),
-                Err(_) => {
-                    tracing::info!(recipient = %recipient.id, "responder missed the deadline; sending the fallback");
+                Ok(reply) => {
+                    metrics::responder_outcome("reply", "", received.elapsed());
+                    reply
+                }
+                Err(reason) => {
+                    metrics::responder_outcome("fallback", reason.label(), received.elapsed());
                     this.fallback.clone()
                 }
             };
@@ -139,15 +146,19 @@ impl Responder {
         });
     }
 
-    /// The plugin's answer, or `None` for "send the fallback" (with the reason logged).
+    /// The plugin's answer, or why the fallback goes instead (logged here).
     async fn ask_plugin(
         &self,
         message: &Message,
         recipient: &User,
         deadline: Instant,
-    ) -> Option<Content> {
-        let _permit = self.permits.acquire().await.ok()?;
-        let plugin = self.active_plugin()?;
+    ) -> Result<Content, Fallback> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Fallback::NoPlugin)?;
+        let plugin = self.active_plugin().ok_or(Fallback::NoPlugin)?;
         let deadline = match plugin.manifest.timeout_ms {
             Some(ms) => deadline.min(Instant::now() + Duration::from_millis(ms)),
             None => deadline,
@@ -190,25 +201,63 @@ impl Responder {
         let outcome = self.host.respond(plugin.clone(), request, deadline).await;
         let plugin_name = &plugin.manifest.name;
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        match outcome {
+        let answer = match outcome {
             Ok(Some(text)) => match Content::parse(text) {
                 Ok(reply) => {
                     tracing::info!(plugin = %plugin_name, elapsed_ms, "plugin answered");
-                    Some(reply)
+                    Ok(reply)
                 }
                 Err(e) => {
                     tracing::info!(plugin = %plugin_name, reason = %e, "plugin reply refused; sending the fallback");
-                    None
+                    Err(Fallback::InvalidReply)
                 }
             },
             Ok(None) => {
                 tracing::info!(plugin = %plugin_name, "plugin declined; sending the fallback");
-                None
+                Err(Fallback::Declined)
             }
             Err(e) => {
                 tracing::info!(plugin = %plugin_name, elapsed_ms, error = %e, "plugin failed; sending the fallback");
-                None
+                Err(Fallback::PluginFailed)
             }
+        };
+        metrics::plugin_call(
+            plugin_name,
+            answer
+                .as_ref()
+                .map_or_else(|reason| reason.label(), |_| "answered"),
+        );
+        answer
+    }
+}
+
+/// Why the standard unavailable message goes instead of a plugin's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// The auto-reply quota for this pair (or in total) is used up: no plugin ran.
+    Quota,
+    /// The deadline passed before the plugin answered.
+    Deadline,
+    /// No plugin is loaded (or the responder is shutting down).
+    NoPlugin,
+    /// The plugin chose not to answer.
+    Declined,
+    /// The plugin trapped, ran out of fuel or memory, hit its own deadline, or returned an error.
+    PluginFailed,
+    /// The plugin's answer is not valid message content (blank or too long).
+    InvalidReply,
+}
+
+impl Fallback {
+    /// The metrics label.
+    fn label(self) -> &'static str {
+        match self {
+            Fallback::Quota => "quota",
+            Fallback::Deadline => "deadline",
+            Fallback::NoPlugin => "no_plugin",
+            Fallback::Declined => "declined",
+            Fallback::PluginFailed => "plugin_failed",
+            Fallback::InvalidReply => "invalid_reply",
         }
     }
 }

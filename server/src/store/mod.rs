@@ -68,6 +68,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Counts real faults in the metrics ("email taken" and "unknown user" are answers).
+    pub fn counted(self) -> Self {
+        match &self {
+            StoreError::Unavailable(_) => crate::metrics::store_error("unavailable"),
+            StoreError::Internal(_) => crate::metrics::store_error("internal"),
+            StoreError::EmailTaken | StoreError::UnknownUser => {}
+        }
+        self
+    }
+
     /// A copy for each of several waiters on one failed operation (anyhow is not `Clone`).
     pub fn duplicate(&self) -> Self {
         match self {

@@ -277,11 +277,12 @@ fn classify(err: MongoError) -> StoreError {
             | ErrorKind::ConnectionPoolCleared { .. }
             | ErrorKind::DnsResolve { .. }
     ) || err.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR);
-    if unreachable {
+    let error = if unreachable {
         StoreError::Unavailable(describe(&err))
     } else {
         StoreError::Internal(err.into())
-    }
+    };
+    error.counted()
 }
 
 /// The position and reason of the one document an ordered `insertMany` refused (the ones before
@@ -311,7 +312,7 @@ fn is_duplicate_key(err: &MongoError) -> bool {
 
 /// Documents only this store writes; a field that does not parse means a corrupted document.
 fn corrupt(what: &str, id: &str, problem: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(anyhow!("stored {what} {id} is corrupt: {problem}"))
+    StoreError::Internal(anyhow!("stored {what} {id} is corrupt: {problem}")).counted()
 }
 
 impl TryFrom<UserDoc> for User {

@@ -109,10 +109,12 @@ impl SqliteStore {
             .pool
             .get()
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable(e.to_string()).counted())?;
         conn.interact(f)
             .await
-            .map_err(|e| StoreError::Internal(anyhow!("SQLite task failed: {e}")))?
+            .map_err(|e| StoreError::Internal(anyhow!("SQLite task failed: {e}")))
+            .and_then(|result| result)
+            .map_err(StoreError::counted)
     }
 }
 

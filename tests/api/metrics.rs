@@ -1,0 +1,324 @@
+//! `METRICS_ADDR`: Prometheus metrics on a listener of their own, counting what happened.
+//! The real binary, so the counts are this server's alone (the recorder is process-wide).
+
+use std::collections::BTreeMap;
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, unique_email};
+use crate::process::{Server, Storage};
+
+/// The samples of one scrape: `name` plus its sorted labels → value.
+struct Scrape(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Scrape {
+    fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').expect("label");
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .collect();
+            samples.push((name.to_owned(), labels, value.parse().expect("value")));
+        }
+        Self(samples)
+    }
+
+    /// The sum over the series of `name` whose labels include all of `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+}
+
+async fn scrape(client: &reqwest::Client, server: &Server) -> (Scrape, String) {
+    let url = format!(
+        "{}/metrics",
+        server.metrics.as_deref().expect("METRICS_ADDR")
+    );
+    let response = client.get(url).send().await.expect("scrape");
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.text().await.expect("body");
+    (Scrape::parse(&text), text)
+}
+
+async fn call(
+    client: &reqwest::Client,
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client.request(method, server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn metrics_count_requests_messages_connections_auto_replies_and_refusals() {
+    let storage = Storage::new();
+    let server = Server::start(
+        &storage,
+        &[
+            ("METRICS_ADDR", "127.0.0.1:0"),
+            ("LOGIN_FAILURE_LIMIT", "1/h"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    use reqwest::Method;
+
+    let mut users = Vec::new();
+    for label in ["ada", "grace"] {
+        let credentials = json!({"email": unique_email(label), "password": PASSWORD});
+        let (status, registered) = call(
+            &client,
+            &server,
+            Method::POST,
+            "/api/auth/register",
+            None,
+            Some(credentials.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, login) = call(
+            &client,
+            &server,
+            Method::POST,
+            "/api/auth/login",
+            None,
+            Some(credentials),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        users.push((
+            registered["id"].as_str().expect("id").to_owned(),
+            login["token"].as_str().expect("token").to_owned(),
+        ));
+    }
+    let [(ada_id, ada), (grace_id, grace)] = <[_; 2]>::try_from(users).expect("two users");
+
+    // Both online over WebSocket: the gauge counts them.
+    let connect = |token: &str| {
+        let url = format!(
+            "{}/ws?token={token}",
+            server.base.replace("http://", "ws://")
+        );
+        tokio_tungstenite::connect_async(url)
+    };
+    let (mut ada_socket, _) = connect(&ada).await.expect("ada's socket");
+    let (_grace_socket, _) = connect(&grace).await.expect("grace's socket");
+
+    for n in 0..3 {
+        let body = json!({"recipient": grace_id, "content": format!("hello {n}")});
+        let (status, _) = call(
+            &client,
+            &server,
+            Method::POST,
+            "/api/chat/send",
+            Some(&ada),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Grace goes BUSY; Ada's next message gets an auto-reply, which Ada's socket receives.
+    let busy = json!({"status": "BUSY"});
+    let (status, _) = call(
+        &client,
+        &server,
+        Method::PUT,
+        "/api/user/status",
+        Some(&grace),
+        Some(busy),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = json!({"recipient": grace_id, "content": "are you there?"});
+    let (status, _) = call(
+        &client,
+        &server,
+        Method::POST,
+        "/api/chat/send",
+        Some(&ada),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    loop {
+        let frame = ada_socket
+            .next()
+            .await
+            .expect("socket open")
+            .expect("frame");
+        let Ok(text) = frame.into_text() else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).unwrap_or_default();
+        if event["message"]["kind"] == "auto_reply" {
+            break;
+        }
+    }
+
+    // Refusals: an unknown user (404), a wrong password (401), then the account's lockout (429).
+    let unknown = format!("/api/users/{}", uuid_like());
+    let (status, _) = call(&client, &server, Method::GET, &unknown, Some(&ada), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let wrong = json!({"email": unique_email("nobody"), "password": "wrong password"});
+    for expected in [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS] {
+        let (status, _) = call(
+            &client,
+            &server,
+            Method::POST,
+            "/api/auth/login",
+            None,
+            Some(wrong.clone()),
+        )
+        .await;
+        assert_eq!(status, expected);
+    }
+    let (status, _) = call(&client, &server, Method::GET, "/no/such/route", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (metrics, text) = scrape(&client, &server).await;
+    let expect = |name: &str, labels: &[(&str, &str)], want: f64| {
+        let got = metrics.value(name, labels);
+        assert_eq!(got, want, "{name} {labels:?}\n{text}");
+    };
+    let send = [
+        ("method", "POST"),
+        ("route", "/api/chat/send"),
+        ("status", "200"),
+    ];
+    expect("palaver_http_requests_total", &send, 4.0);
+    expect(
+        "palaver_http_requests_total",
+        &[("route", "/api/auth/register"), ("status", "201")],
+        2.0,
+    );
+    expect(
+        "palaver_http_requests_total",
+        &[("route", "/api/auth/login"), ("status", "200")],
+        2.0,
+    );
+    expect(
+        "palaver_http_requests_total",
+        &[("route", "/api/auth/login"), ("status", "401")],
+        1.0,
+    );
+    expect(
+        "palaver_http_requests_total",
+        &[("route", "/api/auth/login"), ("status", "429")],
+        1.0,
+    );
+    expect(
+        "palaver_http_requests_total",
+        &[("route", "/api/users/{id}"), ("status", "404")],
+        1.0,
+    );
+    expect(
+        "palaver_http_requests_total",
+        &[("route", "unmatched"), ("status", "404")],
+        1.0,
+    );
+    let latency = [("method", "POST"), ("route", "/api/chat/send")];
+    expect("palaver_http_request_duration_seconds_count", &latency, 4.0);
+    expect("palaver_messages_stored_total", &[("kind", "user")], 4.0);
+    expect(
+        "palaver_messages_stored_total",
+        &[("kind", "auto_reply")],
+        1.0,
+    );
+    expect("palaver_connections", &[("transport", "websocket")], 2.0);
+    expect(
+        "palaver_responder_outcomes_total",
+        &[("outcome", "fallback")],
+        1.0,
+    );
+    expect(
+        "palaver_responder_outcomes_total",
+        &[("outcome", "reply")],
+        0.0,
+    );
+    expect(
+        "palaver_responder_duration_seconds_count",
+        &[("outcome", "fallback")],
+        1.0,
+    );
+    expect(
+        "palaver_plugin_calls_total",
+        &[("plugin", "llm-responder")],
+        1.0,
+    );
+    expect(
+        "palaver_rate_limited_total",
+        &[("limit", "login_failures")],
+        1.0,
+    );
+    expect("palaver_store_errors_total", &[], 0.0);
+    let _ = ada_id;
+
+    // A closed socket leaves the gauge.
+    ada_socket.close(None).await.expect("close");
+    drop(ada_socket);
+    let mut gone = false;
+    for _ in 0..100 {
+        let (metrics, _) = scrape(&client, &server).await;
+        if metrics.value("palaver_connections", &[("transport", "websocket")]) == 1.0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the closed socket is no longer counted");
+}
+
+#[tokio::test]
+async fn without_metrics_addr_nothing_listens_and_the_api_has_no_metrics_route() {
+    let storage = Storage::new();
+    let server = Server::start(&storage, &[]);
+    assert!(server.metrics.is_none());
+    let response = reqwest::get(server.url("/metrics")).await.expect("request");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+fn uuid_like() -> &'static str {
+    "0193a5f2-0000-7000-8000-000000000000"
+}
