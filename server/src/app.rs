@@ -322,7 +322,7 @@ pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Outp
     let api = api::service();
     Route::new()
         .at("/ws", get(ws::websocket))
-        .at("/openapi.json", api.spec_endpoint())
+        .at("/openapi.json", api::spec_endpoint())
         .nest("/docs", api.swagger_ui())
         .nest("/web", web::assets())
         .nest("/", api)

@@ -277,8 +277,17 @@ function addMessages(messages, { live = false } = {}) {
   for (const message of messages) {
     const peer = peerOf(message);
     const conv = conversation(peer);
-    if (conv.messages.has(message.id)) continue;
+    const known = conv.messages.get(message.id);
+    if (known && !known.local) continue;
     conv.messages.set(message.id, message);
+    if (known) {
+      // The server's copy of a send shown from its acknowledgement: redraw it with the
+      // server's time instead of ours.
+      messageNodes.get(`m:${message.id}`)?.remove();
+      messageNodes.delete(`m:${message.id}`);
+      changed.add(conv);
+      continue;
+    }
     conv.sorted = null;
     changed.add(conv);
     // My own send, pushed back to me: it replaces its pending bubble (matched by id once the
@@ -759,7 +768,11 @@ function renderHistoryTop(conv) {
   button.hidden = !conv.historyLoaded || !conv.hasOlder;
   button.disabled = conv.loadingOlder;
   button.textContent = conv.loadingOlder ? "Loading…" : "Load older messages";
-  $("history-start").hidden = !conv.historyLoaded || conv.hasOlder || conv.messages.size === 0;
+  const start = $("history-start");
+  start.hidden = !conv.historyLoaded || conv.hasOlder;
+  start.textContent = conv.messages.size
+    ? "This is the beginning of your conversation."
+    : "No messages yet. Say hello!";
   messagesScroll.setAttribute("aria-busy", String(conv.loadingOlder));
 }
 
@@ -982,7 +995,15 @@ function confirmSend(clientId, id) {
     // The push has not arrived (or never will, if the socket is down): show the message now;
     // the push or a catch-up page carries the same id and replaces nothing.
     addMessages([
-      { id, sender: state.me.id, recipient: p.peer, content: p.content, sent_at: new Date().toISOString(), kind: "user" },
+      {
+        id,
+        sender: state.me.id,
+        recipient: p.peer,
+        content: p.content,
+        sent_at: new Date().toISOString(),
+        kind: "user",
+        local: true, // until the push or a fetched page brings the server's copy
+      },
     ]);
   } else if (state.openPeer === p.peer) {
     renderMessages();

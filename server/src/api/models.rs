@@ -87,6 +87,7 @@ pub struct Done {
 #[oai(example)]
 pub struct SendMessageBody {
     /// Optional; when present it must be the caller's own id.
+    #[oai(skip_serializing_if_is_none)]
     pub sender: Option<UuidText>,
     /// The recipient's user id.
     pub recipient: UuidText,
