@@ -15,6 +15,7 @@ mod health;
 mod helpers;
 mod metrics;
 mod persistence;
+mod personas;
 mod plugins;
 mod process;
 mod realtime;

@@ -16,6 +16,7 @@ mod health;
 mod helpers;
 mod mongo_outage;
 mod persistence;
+mod personas;
 mod process;
 mod realtime;
 mod safety;

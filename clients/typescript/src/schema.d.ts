@@ -177,6 +177,34 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/users/me/responder": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get your responder
+         * @description Which plugin answers for the caller while they are BUSY, and their settings for it.
+         *     Until they choose: the server's default plugin and no settings.
+         */
+        get: operations["getMyResponder"];
+        /**
+         * Choose your responder
+         * @description Picks the plugin that answers for the caller while they are BUSY, with their own settings
+         *     (a persona, a language, an away message: whatever the plugin's `user_settings` offer).
+         *     404 for a plugin that is not loaded; 400 for a key the plugin does not let users set or a
+         *     value over 4,000 characters.
+         */
+        put: operations["setMyResponder"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/users": {
         parameters: {
             query?: never;
@@ -444,7 +472,13 @@ export interface components {
          *       ],
          *       "memory_mb": 64,
          *       "fuel": 100000000000000,
-         *       "active": true
+         *       "active": true,
+         *       "user_settings": [
+         *         {
+         *           "key": "persona",
+         *           "description": "How to answer for you, in your own words"
+         *         }
+         *       ]
          *     }
          */
         PluginView: {
@@ -464,6 +498,8 @@ export interface components {
             timeout_ms?: number;
             /** @description Whether this plugin answers for BUSY users now. */
             active: boolean;
+            /** @description What users may set for themselves (`PUT /api/users/me/responder`). */
+            user_settings: components["schemas"]["UserSettingView"][];
         };
         /**
          * Registered
@@ -477,6 +513,48 @@ export interface components {
             message: string;
             /** @description The new user's id. */
             id: string;
+        };
+        /**
+         * ResponderBody
+         * @description Which plugin should answer for the caller while they are BUSY, with their settings for it.
+         * @example {
+         *       "plugin": "llm-responder",
+         *       "config": {
+         *         "language": "French",
+         *         "persona": "Friendly and short. I'm in meetings until 5 pm."
+         *       }
+         *     }
+         */
+        ResponderBody: {
+            /** @description A loaded plugin's name (`GET /api/plugins`). */
+            plugin: string;
+            /**
+             * @description Only keys the plugin lists in `user_settings`, each value at most 4,000 characters.
+             *     Omitted: no settings. Replaces the previous settings as a whole.
+             * @default {}
+             */
+            config: {
+                [key: string]: string;
+            };
+        };
+        /**
+         * ResponderView
+         * @description A user's responder: which plugin answers for them while they are BUSY, and their settings.
+         * @example {
+         *       "plugin": "llm-responder",
+         *       "config": {
+         *         "language": "French",
+         *         "persona": "Friendly and short. I'm in meetings until 5 pm."
+         *       }
+         *     }
+         */
+        ResponderView: {
+            /** @description A plugin name, as `GET /api/plugins` lists them. */
+            plugin: string;
+            /** @description The user's own settings for it (keys from the plugin's `user_settings`). */
+            config: {
+                [key: string]: string;
+            };
         };
         /**
          * SendMessageBody
@@ -524,6 +602,15 @@ export interface components {
             /** @description Always "User status updated". */
             message: string;
             status: components["schemas"]["Status"];
+        };
+        /**
+         * UserSettingView
+         * @description A setting users may give a plugin for themselves.
+         */
+        UserSettingView: {
+            key: string;
+            /** @description What it means, for a form label. */
+            description: string;
         };
         /**
          * UserView
@@ -1586,6 +1673,256 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Done"];
+                };
+            };
+            /** @description The request is malformed or a value is invalid. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No token, or the token is invalid or expired; or wrong login credentials. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token is valid but does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The user or recipient does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body took too long to arrive. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The email is already registered. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is larger than the limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body was not sent as `application/json`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
+            429: {
+                headers: {
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault on our side; the details are in the server log. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The database cannot be reached, or the server is too busy, right now; `Retry-After`
+             *     says when to try again (seconds).
+             */
+            503: {
+                headers: {
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    getMyResponder: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ResponderView"];
+                };
+            };
+            /** @description The request is malformed or a value is invalid. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No token, or the token is invalid or expired; or wrong login credentials. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token is valid but does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The user or recipient does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body took too long to arrive. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The email is already registered. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is larger than the limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body was not sent as `application/json`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
+            429: {
+                headers: {
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault on our side; the details are in the server log. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The database cannot be reached, or the server is too busy, right now; `Retry-After`
+             *     says when to try again (seconds).
+             */
+            503: {
+                headers: {
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    setMyResponder: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResponderBody"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ResponderView"];
                 };
             };
             /** @description The request is malformed or a value is invalid. */

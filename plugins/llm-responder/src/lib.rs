@@ -7,6 +7,10 @@
 //! - `system_prompt`: replaces the default instructions (`{email}` becomes the busy user's email)
 //! - `max_tokens`: an upper bound on the answer's length (default 200)
 //!
+//! Keys each user may set for themselves (the manifest's `user_config`):
+//! - `persona`: how to answer for them, in their own words; added to the instructions
+//! - `language`: the language to answer in (default: the language of the last message)
+//!
 //! Any failure (non-2xx including 429, malformed JSON, no choices, empty content) is an `err`,
 //! so the host sends the standard "unavailable" message instead.
 
@@ -34,9 +38,18 @@ fn config<'a>(request: &'a RespondRequest, key: &str) -> Option<&'a str> {
 /// The chat-completion request: instructions, then the conversation as user/assistant turns
 /// (the busy user's own messages are the assistant's).
 fn completion_request(request: &RespondRequest, model: &str) -> Value {
-    let prompt = config(request, "system_prompt")
+    let mut prompt = config(request, "system_prompt")
         .unwrap_or(DEFAULT_PROMPT)
         .replace("{email}", &request.recipient_email);
+    if let Some(persona) = config(request, "persona") {
+        // The user's words come after the operator's rules, framed as theirs, so they shape the
+        // tone and content without replacing the rules.
+        prompt.push_str("\n\nThe busy user's own instructions for these replies: ");
+        prompt.push_str(persona);
+    }
+    if let Some(language) = config(request, "language") {
+        prompt.push_str(&format!("\n\nAlways answer in {language}."));
+    }
     let max_tokens = config(request, "max_tokens")
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(200);

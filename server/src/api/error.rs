@@ -14,6 +14,7 @@ use crate::auth::HashError;
 use crate::domain::ValidationError;
 use crate::limits::RetryAfter;
 use crate::messaging::SendError;
+use crate::responder::ChoiceError;
 use crate::store::StoreError;
 
 /// The body of every error answer.
@@ -162,6 +163,20 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Internal(cause) => Self::internal(format!("{cause:#}")),
+        }
+    }
+}
+
+impl From<ChoiceError> for ApiError {
+    fn from(err: ChoiceError) -> Self {
+        match err {
+            ChoiceError::Store(err) => err.into(),
+            ChoiceError::UnknownPlugin(_) | ChoiceError::NoSuchUser => {
+                Self::not_found(err.to_string())
+            }
+            ChoiceError::NotSettable { .. } | ChoiceError::TooLong(_) => {
+                Self::bad_request(err.to_string())
+            }
         }
     }
 }

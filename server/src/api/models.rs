@@ -5,7 +5,9 @@ use poem_openapi::Object;
 use poem_openapi::types::{Example, ToJSON};
 
 use super::schema::{ContentText, EmailText, PasswordText, UuidText};
-use crate::domain::{Message, MessageKind, Status};
+use std::collections::BTreeMap;
+
+use crate::domain::{Message, MessageKind, ResponderChoice, Status};
 
 /// Ids in the examples: time-ordered UUIDv7s like the real ones.
 const ADA: &str = "0193a5f2-7c1e-7b3a-9f1e-2b6c8d4e5f60";
@@ -177,6 +179,46 @@ pub struct HealthView {
     pub status: String,
 }
 
+/// A user's responder: which plugin answers for them while they are BUSY, and their settings.
+#[derive(Object)]
+#[oai(example)]
+pub struct ResponderView {
+    /// A plugin name, as `GET /api/plugins` lists them.
+    pub plugin: String,
+    /// The user's own settings for it (keys from the plugin's `user_settings`).
+    pub config: BTreeMap<String, String>,
+}
+
+impl From<ResponderChoice> for ResponderView {
+    fn from(choice: ResponderChoice) -> Self {
+        Self {
+            plugin: choice.plugin,
+            config: choice.config,
+        }
+    }
+}
+
+/// Which plugin should answer for the caller while they are BUSY, with their settings for it.
+#[derive(Object)]
+#[oai(example)]
+pub struct ResponderBody {
+    /// A loaded plugin's name (`GET /api/plugins`).
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub plugin: String,
+    /// Only keys the plugin lists in `user_settings`, each value at most 4,000 characters.
+    /// Omitted: no settings. Replaces the previous settings as a whole.
+    #[oai(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// A setting users may give a plugin for themselves.
+#[derive(Object)]
+pub struct UserSettingView {
+    pub key: String,
+    /// What it means, for a form label.
+    pub description: String,
+}
+
 /// A loaded responder plugin, as its manifest describes it.
 #[derive(Object)]
 #[oai(example)]
@@ -193,6 +235,8 @@ pub struct PluginView {
     pub timeout_ms: Option<u64>,
     /// Whether this plugin answers for BUSY users now.
     pub active: bool,
+    /// What users may set for themselves (`PUT /api/users/me/responder`).
+    pub user_settings: Vec<UserSettingView>,
 }
 
 // Examples: Swagger UI pre-fills request bodies with these and generators put them in docs.
@@ -341,6 +385,32 @@ impl Example for PluginView {
             fuel: 100_000_000_000_000,
             timeout_ms: None,
             active: true,
+            user_settings: vec![UserSettingView {
+                key: "persona".to_owned(),
+                description: "How to answer for you, in your own words".to_owned(),
+            }],
         }
+    }
+}
+
+impl Example for ResponderView {
+    fn example() -> Self {
+        Self {
+            plugin: "llm-responder".to_owned(),
+            config: [
+                ("persona", "Friendly and short. I'm in meetings until 5 pm."),
+                ("language", "French"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        }
+    }
+}
+
+impl Example for ResponderBody {
+    fn example() -> Self {
+        let ResponderView { plugin, config } = ResponderView::example();
+        Self { plugin, config }
     }
 }

@@ -4,7 +4,7 @@ use poem_openapi::payload::Json;
 
 use super::ApiTags;
 use super::error::ApiError;
-use super::models::PluginView;
+use super::models::{PluginView, UserSettingView};
 use super::security::AuthUser;
 use crate::state::AppState;
 
@@ -38,6 +38,15 @@ impl PluginsApi {
                     fuel: p.manifest.fuel,
                     timeout_ms: p.manifest.timeout_ms,
                     active: active.as_deref() == Some(p.manifest.name.as_str()),
+                    user_settings: p
+                        .manifest
+                        .user_config
+                        .iter()
+                        .map(|(key, description)| UserSettingView {
+                            key: key.clone(),
+                            description: description.clone(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         ))

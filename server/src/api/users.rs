@@ -5,11 +5,13 @@ use poem_openapi::payload::Json;
 
 use super::ApiTags;
 use super::error::ApiError;
-use super::models::{Done, PasswordBody, StatusBody, StatusUpdated, UserView};
+use super::models::{
+    Done, PasswordBody, ResponderBody, ResponderView, StatusBody, StatusUpdated, UserView,
+};
 use super::schema::{EmailText, UuidText};
 use super::security::AuthUser;
 use crate::account;
-use crate::domain::{Email, UserId};
+use crate::domain::{Email, ResponderChoice, UserId};
 use crate::presence::update_status;
 use crate::state::AppState;
 
@@ -68,6 +70,49 @@ impl UsersApi {
         Ok(Json(Done {
             message: "Account deleted".to_owned(),
         }))
+    }
+
+    /// Get your responder
+    ///
+    /// Which plugin answers for the caller while they are BUSY, and their settings for it.
+    /// Until they choose: the server's default plugin and no settings.
+    #[oai(
+        path = "/api/users/me/responder",
+        method = "get",
+        operation_id = "getMyResponder"
+    )]
+    async fn my_responder(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+    ) -> Result<Json<ResponderView>, ApiError> {
+        let choice = state.responder.choice_of(user).await?;
+        Ok(Json(choice.into()))
+    }
+
+    /// Choose your responder
+    ///
+    /// Picks the plugin that answers for the caller while they are BUSY, with their own settings
+    /// (a persona, a language, an away message: whatever the plugin's `user_settings` offer).
+    /// 404 for a plugin that is not loaded; 400 for a key the plugin does not let users set or a
+    /// value over 4,000 characters.
+    #[oai(
+        path = "/api/users/me/responder",
+        method = "put",
+        operation_id = "setMyResponder"
+    )]
+    async fn set_my_responder(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        body: Json<ResponderBody>,
+    ) -> Result<Json<ResponderView>, ApiError> {
+        let Json(ResponderBody { plugin, config }) = body;
+        let choice = state
+            .responder
+            .choose(user, ResponderChoice { plugin, config })
+            .await?;
+        Ok(Json(choice.into()))
     }
 
     /// Find a user by email

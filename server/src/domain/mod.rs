@@ -6,6 +6,7 @@ mod idempotency;
 mod ids;
 mod message;
 mod password;
+mod responder;
 mod status;
 mod text;
 
@@ -15,6 +16,7 @@ pub use idempotency::{IDEMPOTENCY_WINDOW, IdempotencyKey, MAX_KEY_CHARS};
 pub use ids::{MessageId, UserId};
 pub use message::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Message, MessageKind, MessagePage};
 pub use password::{MAX_LEN as PASSWORD_MAX, MIN_LEN as PASSWORD_MIN, Password};
+pub use responder::{MAX_SETTING_CHARS, ResponderChoice};
 pub use status::Status;
 pub use text::is_invisible;
 

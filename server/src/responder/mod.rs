@@ -7,7 +7,7 @@
 
 mod watcher;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,12 @@ use chrono::SecondsFormat;
 use tokio::sync::Semaphore;
 
 use crate::config::{BUILTIN_PLUGIN, ResponderSettings};
-use crate::domain::{Content, Message, MessageKind, MessagePage, UserId};
+use crate::domain::{
+    Content, MAX_SETTING_CHARS, Message, MessageKind, MessagePage, ResponderChoice, UserId,
+};
 use crate::messaging::Messenger;
 use crate::metrics;
-use crate::store::{Store, User};
+use crate::store::{Store, StoreError, User};
 use crate::wasm::{
     ChatMessage, HostRules, LLM_RESPONDER_WASM, LlmEndpoint, LoadedPlugin, MAX_CONCURRENT_CALLS,
     Manifest, NetworkPolicy, PluginHost, RespondRequest,
@@ -86,6 +88,51 @@ impl Responder {
         self.host
             .get(&self.settings.plugin)
             .or_else(|| self.host.get(BUILTIN_PLUGIN))
+    }
+
+    /// The user's responder: their choice, or the default plugin with no settings of theirs.
+    pub async fn choice_of(&self, user: UserId) -> Result<ResponderChoice, StoreError> {
+        Ok(match self.store.responder_choice(user).await? {
+            Some(choice) => choice,
+            None => ResponderChoice {
+                plugin: self.default_plugin_name(),
+                config: BTreeMap::new(),
+            },
+        })
+    }
+
+    /// Checks `choice` against the loaded plugin's manifest, then stores it.
+    pub async fn choose(
+        &self,
+        user: UserId,
+        choice: ResponderChoice,
+    ) -> Result<ResponderChoice, ChoiceError> {
+        let plugin = self
+            .host
+            .get(&choice.plugin)
+            .ok_or_else(|| ChoiceError::UnknownPlugin(choice.plugin.clone()))?;
+        let settable = &plugin.manifest.user_config;
+        for (key, value) in &choice.config {
+            if !settable.contains_key(key) {
+                return Err(ChoiceError::NotSettable {
+                    key: key.clone(),
+                    plugin: choice.plugin.clone(),
+                    settable: settable.keys().cloned().collect(),
+                });
+            }
+            if value.chars().count() > MAX_SETTING_CHARS {
+                return Err(ChoiceError::TooLong(key.clone()));
+            }
+        }
+        if !self.store.set_responder_choice(user, &choice).await? {
+            return Err(ChoiceError::NoSuchUser);
+        }
+        Ok(choice)
+    }
+
+    fn default_plugin_name(&self) -> String {
+        self.active_plugin()
+            .map_or_else(|| BUILTIN_PLUGIN.to_owned(), |p| p.manifest.name.clone())
     }
 
     /// Called once `message` is stored for a BUSY `recipient`; returns at once.
@@ -158,7 +205,23 @@ impl Responder {
             .acquire()
             .await
             .map_err(|_| Fallback::NoPlugin)?;
-        let plugin = self.active_plugin().ok_or(Fallback::NoPlugin)?;
+        let choice = match self.store.responder_choice(recipient.id).await {
+            Ok(choice) => choice,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the user's responder; using the default");
+                None
+            }
+        };
+        // The user's plugin when it is loaded; else the default, without the user's settings
+        // (they were checked against the other plugin's keys).
+        let chosen = choice.and_then(|c| Some((self.host.get(&c.plugin)?, c.config)));
+        let (plugin, user_config) = match chosen {
+            Some((plugin, config)) => (plugin, config),
+            None => (
+                self.active_plugin().ok_or(Fallback::NoPlugin)?,
+                BTreeMap::new(),
+            ),
+        };
         let deadline = match plugin.manifest.timeout_ms {
             Some(ms) => deadline.min(Instant::now() + Duration::from_millis(ms)),
             None => deadline,
@@ -175,24 +238,26 @@ impl Responder {
                 vec![message.clone()]
             }
         };
-        let mut config: Vec<(String, String)> = plugin
-            .manifest
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        // The manifest's defaults, then the operator's settings, then the user's own (only the
+        // keys the manifest lets users set, should it have changed since they chose).
+        let mut config = plugin.manifest.config.clone();
         if plugin.manifest.name == BUILTIN_PLUGIN {
             if let Some(url) = &self.settings.llm_api_url {
-                config.push(("llm_api_url".into(), url.to_string()));
+                config.insert("llm_api_url".into(), url.to_string());
             }
-            config.push(("llm_model".into(), self.settings.llm_model.clone()));
+            config.insert("llm_model".into(), self.settings.llm_model.clone());
         }
+        config.extend(
+            user_config
+                .into_iter()
+                .filter(|(key, _)| plugin.manifest.user_config.contains_key(key)),
+        );
         let request = RespondRequest {
             message: chat_message(message),
             history: history.iter().map(chat_message).collect(),
             recipient_id: recipient.id.to_string(),
             recipient_email: recipient.email.to_string(),
-            config,
+            config: config.into_iter().collect(),
             time_left_ms: deadline
                 .saturating_duration_since(Instant::now())
                 .as_millis() as u64,
@@ -228,6 +293,36 @@ impl Responder {
                 .map_or_else(|reason| reason.label(), |_| "answered"),
         );
         answer
+    }
+}
+
+/// Why a responder choice was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChoiceError {
+    #[error("No plugin named {0:?} is loaded")]
+    UnknownPlugin(String),
+    #[error("{}", not_settable(key, plugin, settable))]
+    NotSettable {
+        key: String,
+        plugin: String,
+        settable: Vec<String>,
+    },
+    #[error("The setting {0:?} is longer than {MAX_SETTING_CHARS} characters")]
+    TooLong(String),
+    #[error("User not found")]
+    NoSuchUser,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn not_settable(key: &str, plugin: &str, settable: &[String]) -> String {
+    if settable.is_empty() {
+        format!("The plugin {plugin:?} has no settings users can change (got {key:?})")
+    } else {
+        format!(
+            "{key:?} is not a setting of the plugin {plugin:?}; it takes: {}",
+            settable.join(", ")
+        )
     }
 }
 

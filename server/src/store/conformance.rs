@@ -10,7 +10,8 @@ use super::testing::{fresh_database_name, test_mongodb_uri};
 use super::{Inserted, MongoStore, NewMessage, NewUser, SqliteStore, Store, StoreError};
 use crate::config::{MongoSettings, MongoUri, SqliteSynchronous};
 use crate::domain::{
-    Email, IdempotencyKey, Message, MessageId, MessageKind, MessagePage, Status, UserId,
+    Email, IdempotencyKey, Message, MessageId, MessageKind, MessagePage, ResponderChoice, Status,
+    UserId,
 };
 
 fn email(local: &str) -> Email {
@@ -441,6 +442,59 @@ async fn tokens_are_revoked_and_users_deleted(store: Arc<dyn Store>) {
     assert_eq!(page(&store, b, MessagePage::default()).await, ids(&kept));
 }
 
+async fn responder_choices_are_kept_per_user(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "a").await, user(&store, "b").await);
+    assert_eq!(store.responder_choice(a).await.expect("read"), None);
+    let persona = ResponderChoice {
+        plugin: "llm-responder".into(),
+        config: [
+            (
+                "persona".to_owned(),
+                "Short, warm; I'm back at 5 pm. \"Quotes\" and émoji 🎉".to_owned(),
+            ),
+            ("language".to_owned(), "French".to_owned()),
+        ]
+        .into(),
+    };
+    assert!(store.set_responder_choice(a, &persona).await.expect("set"));
+    assert_eq!(
+        store.responder_choice(a).await.expect("read"),
+        Some(persona)
+    );
+    assert_eq!(
+        store.responder_choice(b).await.expect("read"),
+        None,
+        "b is untouched"
+    );
+    let away = ResponderChoice {
+        plugin: "away-message".into(),
+        config: [("message".to_owned(), "Out until Monday".to_owned())].into(),
+    };
+    assert!(store.set_responder_choice(a, &away).await.expect("replace"));
+    assert_eq!(
+        store.responder_choice(a).await.expect("read"),
+        Some(away.clone())
+    );
+    // Other changes to the user leave the choice alone.
+    store.set_status(a, Status::Busy).await.expect("status");
+    store.revoke_tokens(a, None).await.expect("revoke");
+    assert_eq!(
+        store.responder_choice(a).await.expect("read"),
+        Some(away.clone())
+    );
+
+    let nobody = UserId::new();
+    assert!(
+        !store
+            .set_responder_choice(nobody, &away)
+            .await
+            .expect("unknown user")
+    );
+    assert_eq!(store.responder_choice(nobody).await.expect("read"), None);
+    assert!(store.delete_user(a).await.expect("delete"));
+    assert_eq!(store.responder_choice(a).await.expect("read"), None);
+}
+
 async fn answers_pings(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
 }
@@ -506,6 +560,7 @@ macro_rules! every_check {
                 one_bad_message_never_fails_its_batch,
                 idempotency_keys_store_a_send_once,
                 tokens_are_revoked_and_users_deleted,
+                responder_choices_are_kept_per_user,
                 answers_pings,
             );
         )*

@@ -10,7 +10,7 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
-use crate::domain::{Email, IdempotencyKey, Message, MessagePage, Status, UserId};
+use crate::domain::{Email, IdempotencyKey, Message, MessagePage, ResponderChoice, Status, UserId};
 
 /// A registered user as the API shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +121,14 @@ pub trait Store: Send + Sync + 'static {
     async fn password_hash(&self, id: UserId) -> Result<Option<String>, StoreError>;
     /// Deletes the user and every message they sent or received; false when no such user.
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError>;
+    /// The user's own responder choice; `None` until they make one (or when they do not exist).
+    async fn responder_choice(&self, id: UserId) -> Result<Option<ResponderChoice>, StoreError>;
+    /// Replaces the user's responder choice; false when no such user.
+    async fn set_responder_choice(
+        &self,
+        id: UserId,
+        choice: &ResponderChoice,
+    ) -> Result<bool, StoreError>;
     /// Everyone `user` has exchanged at least one message with (not `user` itself).
     async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
     /// Messages `user` sent or received, selected by `page`, oldest first.

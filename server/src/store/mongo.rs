@@ -24,7 +24,8 @@ use super::{
 };
 use crate::config::MongoSettings;
 use crate::domain::{
-    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessageKind, MessagePage, Status, UserId,
+    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessageKind, MessagePage, ResponderChoice,
+    Status, UserId,
 };
 
 /// The database when neither the settings nor the URI's path name one.
@@ -59,6 +60,9 @@ struct UserDoc {
     /// See `Store::revoke_tokens`; absent in documents from before it existed.
     #[serde(default)]
     token_version: i64,
+    /// Absent until the user chooses a responder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    responder: Option<ResponderChoice>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -384,6 +388,7 @@ impl Store for MongoStore {
             status: Status::default().as_str().to_owned(),
             created_at: bson::DateTime::now(),
             token_version: 0,
+            responder: None,
         };
         match self.users.insert_one(&doc).await {
             Ok(_) => Ok(User {
@@ -577,6 +582,32 @@ impl Store for MongoStore {
             .await
             .map_err(classify)?;
         Ok(found.map(|doc| doc.password_hash))
+    }
+
+    async fn responder_choice(&self, id: UserId) -> Result<Option<ResponderChoice>, StoreError> {
+        let found = self
+            .users
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(classify)?;
+        Ok(found.and_then(|doc| doc.responder))
+    }
+
+    async fn set_responder_choice(
+        &self,
+        id: UserId,
+        choice: &ResponderChoice,
+    ) -> Result<bool, StoreError> {
+        let choice = bson::to_document(choice).map_err(|e| StoreError::Internal(e.into()))?;
+        let updated = self
+            .users
+            .update_one(
+                doc! { "_id": id.to_string() },
+                doc! { "$set": { "responder": choice } },
+            )
+            .await
+            .map_err(classify)?;
+        Ok(updated.matched_count > 0)
     }
 
     /// The user first, so no new token works and no new send passes authentication while

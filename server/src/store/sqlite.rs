@@ -14,7 +14,8 @@ use super::{
 };
 use crate::config::SqliteSynchronous;
 use crate::domain::{
-    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessageKind, MessagePage, Status, UserId,
+    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessageKind, MessagePage, ResponderChoice,
+    Status, UserId,
 };
 
 /// Applied in order; `PRAGMA user_version` records how many have run.
@@ -45,6 +46,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE messages ADD COLUMN idempotency TEXT;
     CREATE INDEX messages_by_idempotency ON messages (idempotency)
         WHERE idempotency IS NOT NULL;
+"#,
+    // The user's responder choice, as JSON ({"plugin", "config"}); NULL until they choose.
+    r#"
+    ALTER TABLE users ADD COLUMN responder TEXT;
 "#,
 ];
 
@@ -451,6 +456,46 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(internal)
+        })
+        .await
+    }
+
+    async fn responder_choice(&self, id: UserId) -> Result<Option<ResponderChoice>, StoreError> {
+        self.with_conn(move |conn| {
+            let stored: Option<Option<String>> = conn
+                .query_row(
+                    "SELECT responder FROM users WHERE id = ?1",
+                    [id.to_string()],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(internal)?;
+            stored
+                .flatten()
+                .map(|json| {
+                    serde_json::from_str(&json).map_err(|e| {
+                        StoreError::Internal(anyhow!("stored responder of {id} is corrupt: {e}"))
+                    })
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    async fn set_responder_choice(
+        &self,
+        id: UserId,
+        choice: &ResponderChoice,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(choice).map_err(|e| StoreError::Internal(e.into()))?;
+        self.with_conn(move |conn| {
+            let updated = conn
+                .execute(
+                    "UPDATE users SET responder = ?1 WHERE id = ?2",
+                    (json, id.to_string()),
+                )
+                .map_err(internal)?;
+            Ok(updated > 0)
         })
         .await
     }

@@ -35,7 +35,15 @@ pub struct Manifest {
     /// Default configuration handed to the plugin.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// The settings users may give the plugin for themselves: key → what it means, for a form.
+    /// Every other key (the `[config]` defaults, the host's) stays the operator's.
+    #[serde(default)]
+    pub user_config: BTreeMap<String, String>,
 }
+
+/// Keys the host sets for the operator; no user may override them.
+pub const OPERATOR_KEYS: &[&str] = &["llm_api_url", "llm_model"];
+const MAX_KEY_LEN: usize = 64;
 
 fn default_memory_mb() -> u64 {
     DEFAULT_MEMORY_MB
@@ -65,6 +73,25 @@ impl Manifest {
         if manifest.fuel == 0 {
             return Err("fuel must be positive".into());
         }
+        for (key, description) in &manifest.user_config {
+            let valid = key.len() <= MAX_KEY_LEN
+                && key.starts_with(|c: char| c.is_ascii_lowercase())
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "user_config key {key:?} must be lower-case letters, digits and _ \
+                     (starting with a letter, at most {MAX_KEY_LEN})"
+                ));
+            }
+            if OPERATOR_KEYS.contains(&key.as_str()) {
+                return Err(format!("user_config key {key:?} is the operator's"));
+            }
+            if description.trim().is_empty() {
+                return Err(format!("user_config key {key:?} needs a description"));
+            }
+        }
         Ok(manifest)
     }
 
@@ -79,6 +106,21 @@ impl Manifest {
             fuel: DEFAULT_FUEL,
             timeout_ms: None,
             config: BTreeMap::new(),
+            user_config: [
+                (
+                    "persona",
+                    "How to answer for you, in your own words: tone, what to say, when you are \
+                     back (e.g. \"Friendly and short. I'm in meetings until 5 pm.\")",
+                ),
+                (
+                    "language",
+                    "The language to answer in (e.g. \"French\"); unset: the language of the \
+                     message",
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         }
     }
 }
@@ -111,6 +153,9 @@ mod tests {
             "name = \"a\"\nversion = \"1\"\nmemory_mb = 100000",
             "name = \"a\"\nversion = \"1\"\nfuel = 0",
             "name = \"a\"\nversion = \"1\"\nsurprise = true",
+            "name = \"a\"\nversion = \"1\"\n[user_config]\nllm_model = \"x\"",
+            "name = \"a\"\nversion = \"1\"\n[user_config]\n\"Bad Key\" = \"x\"",
+            "name = \"a\"\nversion = \"1\"\n[user_config]\nmessage = \" \"",
             "version = \"1\"",
         ] {
             assert!(Manifest::parse(text).is_err(), "{text}");
