@@ -142,6 +142,10 @@ pub struct ResponderSettings {
     pub plugin: String,
     /// Hosts plugins may call (exact names or `*.example.com`), besides the LLM's.
     pub allowed_hosts: Vec<String>,
+    /// A plugin that fails this many calls in a row is benched (`None`: never).
+    pub bench_after: Option<u32>,
+    /// ... for this long; then it gets one call to prove itself.
+    pub bench_for: Duration,
 }
 
 pub const DEFAULT_FALLBACK_MESSAGE: &str =
@@ -159,6 +163,8 @@ impl Default for ResponderSettings {
             plugins_dir: None,
             plugin: BUILTIN_PLUGIN.into(),
             allowed_hosts: Vec::new(),
+            bench_after: Some(5),
+            bench_for: Duration::from_secs(60),
         }
     }
 }
@@ -535,7 +541,31 @@ fn responder_settings(
             .into_string(),
     };
     let plugin = get("RESPONDER_PLUGIN").map_or(defaults.plugin, |p| p.trim().to_owned());
+    let bench_after = match get("PLUGIN_BENCH_AFTER") {
+        None => defaults.bench_after,
+        Some(raw) => raw
+            .trim()
+            .parse::<u32>()
+            .map(|n| (n > 0).then_some(n))
+            .map_err(|_| ConfigError {
+                variable: "PLUGIN_BENCH_AFTER",
+                problem: format!("must be a whole number of failures (0: never), got {raw:?}"),
+            })?,
+    };
+    let bench_for = match get("PLUGIN_BENCH_FOR") {
+        None => defaults.bench_for,
+        Some(raw) => parse_ttl(&raw)
+            .filter(|d| *d <= Duration::from_secs(24 * 60 * 60))
+            .ok_or_else(|| ConfigError {
+                variable: "PLUGIN_BENCH_FOR",
+                problem: format!(
+                    "must be a duration from 1s to 24h, such as 60s or 5m, got {raw:?}"
+                ),
+            })?,
+    };
     Ok(ResponderSettings {
+        bench_after,
+        bench_for,
         llm_api_url,
         llm_api_key: get("LLM_API_KEY").map(|k| Secret::new(k.trim().to_owned())),
         llm_model: get("LLM_MODEL").map_or(defaults.llm_model, |m| m.trim().to_owned()),

@@ -282,10 +282,16 @@ async fn metrics_count_requests_messages_connections_auto_replies_and_refusals()
         &[("outcome", "fallback")],
         1.0,
     );
+    // No LLM_API_URL: the built-in responder is not even run.
+    expect(
+        "palaver_responder_outcomes_total",
+        &[("outcome", "fallback"), ("reason", "no_llm")],
+        1.0,
+    );
     expect(
         "palaver_plugin_calls_total",
         &[("plugin", "llm-responder")],
-        1.0,
+        0.0,
     );
     expect(
         "palaver_rate_limited_total",

@@ -313,3 +313,95 @@ async fn an_internal_address_the_operator_did_not_name_is_refused() {
         "never reached"
     );
 }
+
+/// Fails fast on every call (its fetch answer is over the 1 MiB cap) until the stub changes.
+#[tokio::test]
+async fn a_plugin_that_keeps_failing_is_benched_then_comes_back_by_itself() {
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b'x'; 2 << 20]))
+        .mount(&stub)
+        .await;
+    let manifest = format!(
+        "name = \"flaky\"\nversion = \"1\"\nallowed_hosts = [\"127.0.0.1\"]\n[config]\nmode = \"fetch\"\nurl = \"{}/\"\n",
+        stub.uri()
+    );
+    let dir = plugins_dir("flaky", "hostile.wasm", &manifest);
+    let path = dir.path().to_path_buf();
+    let app = TestApp::spawn_configured(move |config| {
+        config.responder.plugins_dir = Some(path);
+        config.responder.plugin = "flaky".into();
+        config.responder.allowed_hosts = vec!["127.0.0.1".into()];
+        config.responder.bench_after = Some(2);
+        config.responder.bench_for = Duration::from_millis(1500);
+        config.sqlite_synchronous = SqliteSynchronous::Normal;
+    })
+    .await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    app.set_status(&bob, "BUSY").await;
+    let mut socket = app.ws(&alice).await;
+    let mut reply_to = async |text: &str| -> String {
+        let sent = app.send_ok(&alice, &bob, text).await;
+        loop {
+            let frame = socket.next_json().await;
+            if frame["type"] == "message" && frame["message"]["id"] != sent.as_str() {
+                return frame["message"]["content"]
+                    .as_str()
+                    .expect("content")
+                    .to_owned();
+            }
+        }
+    };
+    let calls = async || stub.received_requests().await.map_or(0, |r| r.len());
+    let flaky = async || -> Value {
+        let listed = app.get("/api/plugins", &alice.token).await;
+        listed
+            .body
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .find(|p| p["name"] == "flaky")
+            .expect("flaky")
+            .clone()
+    };
+
+    for n in 1..=2 {
+        assert_eq!(reply_to(&format!("failure {n}")).await, FALLBACK);
+    }
+    assert_eq!(calls().await, 2);
+    let benched = flaky().await;
+    assert_eq!(benched["state"], "benched", "{benched}");
+    assert_eq!(benched["consecutive_failures"], 2);
+    assert!(benched["benched_until"].is_string(), "{benched}");
+    let error = benched["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("response body over 1048576 bytes"),
+        "{error}"
+    );
+
+    // Benched: the fallback comes without the plugin running.
+    let started = Instant::now();
+    assert_eq!(reply_to("while benched").await, FALLBACK);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(calls().await, 2, "the benched plugin did not run");
+
+    // The cool-down ends by itself; the plugin (its host answering sensibly now) answers again.
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("Back in business"))
+        .with_priority(1)
+        .mount(&stub)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flaky().await["state"] == "benched" {
+        assert!(Instant::now() < deadline, "the bench never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reply_to("are you back?").await, "Back in business");
+    let healthy = flaky().await;
+    assert_eq!(healthy["state"], "ready");
+    assert_eq!(healthy["consecutive_failures"], 0);
+}

@@ -254,7 +254,8 @@ export interface paths {
         };
         /**
          * List responder plugins
-         * @description The responder plugins loaded now; `active` marks the one that answers for BUSY users.
+         * @description The responder plugins loaded now; `active` marks the default one (for users who chose
+         *     none), `user_settings` what users may set, `state` whether it is benched for failing.
          */
         get: operations["listPlugins"];
         put?: never;
@@ -460,6 +461,8 @@ export interface components {
             /** @description When the new token stops working (RFC 3339). */
             expires_at: string;
         };
+        /** @enum {string} */
+        PluginState: "ready" | "benched";
         /**
          * PluginView
          * @description A loaded responder plugin, as its manifest describes it.
@@ -478,7 +481,9 @@ export interface components {
          *           "key": "persona",
          *           "description": "How to answer for you, in your own words"
          *         }
-         *       ]
+         *       ],
+         *       "state": "ready",
+         *       "consecutive_failures": 0
          *     }
          */
         PluginView: {
@@ -500,6 +505,20 @@ export interface components {
             active: boolean;
             /** @description What users may set for themselves (`PUT /api/users/me/responder`). */
             user_settings: components["schemas"]["UserSettingView"][];
+            /**
+             * @description "ready", or "benched": it failed too many calls in a row and sits out a cool-down (its
+             *     users get the standard message without it running); it comes back by itself.
+             */
+            state: components["schemas"]["PluginState"] & unknown;
+            /**
+             * Format: uint32
+             * @description Failed calls in a row (an answer or a decline resets it).
+             */
+            consecutive_failures: number;
+            /** @description Why the latest failed call failed. */
+            last_error?: string;
+            /** @description While benched: when it gets its next chance (RFC 3339). */
+            benched_until?: string;
         };
         /**
          * Registered

@@ -237,6 +237,24 @@ pub struct PluginView {
     pub active: bool,
     /// What users may set for themselves (`PUT /api/users/me/responder`).
     pub user_settings: Vec<UserSettingView>,
+    /// "ready", or "benched": it failed too many calls in a row and sits out a cool-down (its
+    /// users get the standard message without it running); it comes back by itself.
+    pub state: PluginState,
+    /// Failed calls in a row (an answer or a decline resets it).
+    pub consecutive_failures: u32,
+    /// Why the latest failed call failed.
+    #[oai(skip_serializing_if_is_none)]
+    pub last_error: Option<String>,
+    /// While benched: when it gets its next chance (RFC 3339).
+    #[oai(skip_serializing_if_is_none)]
+    pub benched_until: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum PluginState {
+    Ready,
+    Benched,
 }
 
 // Examples: Swagger UI pre-fills request bodies with these and generators put them in docs.
@@ -389,6 +407,10 @@ impl Example for PluginView {
                 key: "persona".to_owned(),
                 description: "How to answer for you, in your own words".to_owned(),
             }],
+            state: PluginState::Ready,
+            consecutive_failures: 0,
+            last_error: None,
+            benched_until: None,
         }
     }
 }

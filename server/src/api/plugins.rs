@@ -4,7 +4,9 @@ use poem_openapi::payload::Json;
 
 use super::ApiTags;
 use super::error::ApiError;
-use super::models::{PluginView, UserSettingView};
+use chrono::SecondsFormat;
+
+use super::models::{PluginState, PluginView, UserSettingView};
 use super::security::AuthUser;
 use crate::state::AppState;
 
@@ -14,7 +16,8 @@ pub struct PluginsApi;
 impl PluginsApi {
     /// List responder plugins
     ///
-    /// The responder plugins loaded now; `active` marks the one that answers for BUSY users.
+    /// The responder plugins loaded now; `active` marks the default one (for users who chose
+    /// none), `user_settings` what users may set, `state` whether it is benched for failing.
     #[oai(path = "/api/plugins", method = "get", operation_id = "listPlugins")]
     async fn list(
         &self,
@@ -29,7 +32,8 @@ impl PluginsApi {
         Ok(Json(
             plugins
                 .iter()
-                .map(|p| PluginView {
+                .map(|p| (p, state.responder.health(p)))
+                .map(|(p, health)| PluginView {
                     name: p.manifest.name.clone(),
                     version: p.manifest.version.clone(),
                     description: p.manifest.description.clone(),
@@ -47,6 +51,16 @@ impl PluginsApi {
                             description: description.clone(),
                         })
                         .collect(),
+                    state: if health.benched_until.is_some() {
+                        PluginState::Benched
+                    } else {
+                        PluginState::Ready
+                    },
+                    consecutive_failures: health.consecutive_failures,
+                    last_error: health.last_error,
+                    benched_until: health
+                        .benched_until
+                        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
                 })
                 .collect(),
         ))

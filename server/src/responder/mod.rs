@@ -5,6 +5,7 @@
 //! At most one run is in flight per (sender, recipient) pair: a message that arrives while one
 //! is running gets no second auto-reply (the one on its way answers the conversation).
 
+mod bench;
 mod watcher;
 
 use std::collections::{BTreeMap, HashSet};
@@ -26,7 +27,10 @@ use crate::wasm::{
     Manifest, NetworkPolicy, PluginHost, RespondRequest,
 };
 
+pub use bench::Health;
 pub use watcher::watch_plugins_dir;
+
+use bench::{Bench, Call};
 
 /// Messages of the conversation a plugin sees.
 const HISTORY: u32 = 20;
@@ -39,6 +43,9 @@ pub struct Responder {
     fallback: Content,
     in_flight: Mutex<HashSet<(UserId, UserId)>>,
     permits: Semaphore,
+    bench: Bench,
+    /// The embedded LLM responder (a `PLUGINS_DIR` plugin may replace it under the same name).
+    builtin: Arc<LoadedPlugin>,
 }
 
 impl Responder {
@@ -65,22 +72,29 @@ impl Responder {
             }),
         )?;
         let host = PluginHost::new(network)?;
-        host.load(Manifest::builtin(llm_host), LLM_RESPONDER_WASM)?;
+        let builtin = host.load(Manifest::builtin(llm_host), LLM_RESPONDER_WASM)?;
         let fallback = Content::parse(settings.fallback_message.clone())
             .map_err(|e| anyhow::anyhow!("FALLBACK_MESSAGE: {e}"))?;
         Ok(Arc::new(Self {
             host,
             store,
             messenger,
-            settings,
             fallback,
             in_flight: Mutex::new(HashSet::new()),
             permits: Semaphore::new(MAX_CONCURRENT_CALLS as usize),
+            bench: Bench::new(settings.bench_after, settings.bench_for),
+            builtin,
+            settings,
         }))
     }
 
     pub fn plugins(&self) -> &Arc<PluginHost> {
         &self.host
+    }
+
+    /// How a plugin has fared lately (failures in a row, last error, benched until).
+    pub fn health(&self, plugin: &Arc<LoadedPlugin>) -> Health {
+        self.bench.health(plugin)
     }
 
     /// The plugin that answers now: `RESPONDER_PLUGIN` if loaded, else the built-in one.
@@ -222,6 +236,13 @@ impl Responder {
                 BTreeMap::new(),
             ),
         };
+        if Arc::ptr_eq(&plugin, &self.builtin) && self.settings.llm_api_url.is_none() {
+            return Err(Fallback::NoLlm);
+        }
+        if self.bench.is_benched(&plugin) {
+            tracing::debug!(plugin = %plugin.manifest.name, "plugin benched; sending the fallback without it");
+            return Err(Fallback::Benched);
+        }
         let deadline = match plugin.manifest.timeout_ms {
             Some(ms) => deadline.min(Instant::now() + Duration::from_millis(ms)),
             None => deadline,
@@ -263,6 +284,7 @@ impl Responder {
                 .as_millis() as u64,
         };
         let started = Instant::now();
+        let call = Call::start(&self.bench, plugin.clone());
         let outcome = self.host.respond(plugin.clone(), request, deadline).await;
         let plugin_name = &plugin.manifest.name;
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -270,19 +292,23 @@ impl Responder {
             Ok(Some(text)) => match Content::parse(text) {
                 Ok(reply) => {
                     tracing::info!(plugin = %plugin_name, elapsed_ms, "plugin answered");
+                    call.finish(Ok(()));
                     Ok(reply)
                 }
                 Err(e) => {
                     tracing::info!(plugin = %plugin_name, reason = %e, "plugin reply refused; sending the fallback");
+                    call.finish(Err(&format!("the reply was refused: {e}")));
                     Err(Fallback::InvalidReply)
                 }
             },
             Ok(None) => {
                 tracing::info!(plugin = %plugin_name, "plugin declined; sending the fallback");
+                call.finish(Ok(()));
                 Err(Fallback::Declined)
             }
             Err(e) => {
                 tracing::info!(plugin = %plugin_name, elapsed_ms, error = %e, "plugin failed; sending the fallback");
+                call.finish(Err(&e.to_string()));
                 Err(Fallback::PluginFailed)
             }
         };
@@ -335,6 +361,10 @@ enum Fallback {
     Deadline,
     /// No plugin is loaded (or the responder is shutting down).
     NoPlugin,
+    /// The built-in LLM responder would answer, but no `LLM_API_URL` is configured.
+    NoLlm,
+    /// The plugin failed too often lately and sits out its cool-down.
+    Benched,
     /// The plugin chose not to answer.
     Declined,
     /// The plugin trapped, ran out of fuel or memory, hit its own deadline, or returned an error.
@@ -350,6 +380,8 @@ impl Fallback {
             Fallback::Quota => "quota",
             Fallback::Deadline => "deadline",
             Fallback::NoPlugin => "no_plugin",
+            Fallback::NoLlm => "no_llm",
+            Fallback::Benched => "benched",
             Fallback::Declined => "declined",
             Fallback::PluginFailed => "plugin_failed",
             Fallback::InvalidReply => "invalid_reply",
