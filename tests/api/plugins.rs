@@ -405,3 +405,109 @@ async fn a_plugin_that_keeps_failing_is_benched_then_comes_back_by_itself() {
     assert_eq!(healthy["state"], "ready");
     assert_eq!(healthy["consecutive_failures"], 0);
 }
+
+/// What a plugin may not do with `http-fetch`: set headers the host owns, or get the LLM key
+/// sent anywhere but the one request `LLM_API_URL` names. Bob tries each through his own
+/// responder settings.
+#[tokio::test]
+async fn plugin_requests_get_no_forged_headers_and_the_llm_key_only_on_the_llm_call() {
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("listed"))
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("posted"))
+        .mount(&stub)
+        .await;
+    let manifest = format!(
+        "name = \"probe\"\nversion = \"1\"\nallowed_hosts = [\"127.0.0.1\"]\n\
+         [config]\nmode = \"fetch\"\nurl = \"{uri}/v1/models\"\n\
+         [user_config]\nurl = \"where\"\nmethod = \"how\"\nheader = \"with what\"\n",
+        uri = stub.uri()
+    );
+    let dir = plugins_dir("probe", "hostile.wasm", &manifest);
+    let (path, llm) = (
+        dir.path().to_path_buf(),
+        format!("{}/v1/chat/completions", stub.uri()),
+    );
+    let app = TestApp::spawn_configured(move |config| {
+        config.responder.plugins_dir = Some(path);
+        config.responder.plugin = "probe".into();
+        config.responder.allowed_hosts = vec!["127.0.0.1".into()];
+        config.responder.llm_api_url = Some(llm.parse().expect("url"));
+        config.responder.llm_api_key = Some(palaver::config::Secret::new("sk-test-key".into()));
+        // Seven refusals in a row would bench the plugin, and eleven auto-replies use up the
+        // pair's hourly quota, before the last check.
+        config.responder.bench_after = None;
+        config.limits.auto_replies_per_pair = None;
+        config.sqlite_synchronous = SqliteSynchronous::Normal;
+    })
+    .await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    app.set_status(&bob, "BUSY").await;
+    let mut socket = app.ws(&alice).await;
+    let mut try_with = async |settings: Value| -> (String, Option<wiremock::Request>) {
+        let before = stub.received_requests().await.map_or(0, |r| r.len());
+        let choice = serde_json::json!({"plugin": "probe", "config": settings});
+        let chosen = app
+            .request(
+                reqwest::Method::PUT,
+                "/api/users/me/responder",
+                Some(&bob.token),
+                Some(choice),
+            )
+            .await;
+        assert_eq!(chosen.status, StatusCode::OK, "{}", chosen.body);
+        let sent = app.send_ok(&alice, &bob, "ping").await;
+        let reply = loop {
+            let frame = socket.next_json().await;
+            if frame["type"] == "message" && frame["message"]["id"] != sent.as_str() {
+                break frame["message"]["content"]
+                    .as_str()
+                    .expect("content")
+                    .to_owned();
+            }
+        };
+        let requests = stub.received_requests().await.unwrap_or_default();
+        (reply, requests.get(before).cloned())
+    };
+    let llm_url = format!("{}/v1/chat/completions", stub.uri());
+    let has_key = |request: &wiremock::Request| {
+        request
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+    };
+
+    // Same origin as the LLM, other paths or methods: no key.
+    let (reply, request) = try_with(serde_json::json!({})).await;
+    assert_eq!(reply, "listed");
+    assert_eq!(has_key(&request.expect("GET /v1/models")), None);
+    let files = format!("{}/v1/files", stub.uri());
+    let (reply, request) = try_with(serde_json::json!({"method": "POST", "url": files})).await;
+    assert_eq!(reply, "posted");
+    assert_eq!(has_key(&request.expect("POST /v1/files")), None);
+    let (_, request) = try_with(serde_json::json!({"url": llm_url})).await;
+    assert_eq!(has_key(&request.expect("GET on the LLM's path")), None);
+
+    // Headers the host owns are refused outright: the fallback, and nothing is sent.
+    for header in [
+        "Authorization: Bearer forged",
+        "Host: internal.example",
+        "Proxy-Authorization: Basic x",
+        "Cookie: session=1",
+        "Transfer-Encoding: chunked",
+        "Content-Length: 5",
+        "Connection: close",
+    ] {
+        let (reply, request) = try_with(serde_json::json!({"header": header})).await;
+        assert_eq!(reply, FALLBACK, "{header}");
+        assert!(request.is_none(), "{header} was sent");
+    }
+
+    // The LLM call itself (POST to LLM_API_URL) is the one that carries the key.
+    let (reply, request) = try_with(serde_json::json!({"method": "POST", "url": llm_url})).await;
+    let request = request.unwrap_or_else(|| panic!("the LLM call was not made: {reply}"));
+    assert_eq!(has_key(&request).as_deref(), Some("Bearer sk-test-key"));
+}

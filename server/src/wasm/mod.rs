@@ -74,7 +74,9 @@ pub struct LoadedPlugin {
 struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: CallLimits,
+    /// Lines this call has logged; past [`MAX_LOG_LINES`] the rest are counted, not written.
+    logged: u32,
     plugin: String,
     granted: Arc<HostRules>,
     network: NetworkPolicy,
@@ -94,7 +96,16 @@ impl self::palaver::responder::types::Host for CallState {}
 
 impl self::palaver::responder::host::Host for CallState {
     async fn log(&mut self, level: LogLevel, message: String) {
-        let message: String = message.chars().take(2000).collect();
+        self.logged = self.logged.saturating_add(1);
+        if self.logged > MAX_LOG_LINES {
+            return;
+        }
+        // One line, escaped: a plugin cannot forge log lines with newlines or escape codes.
+        let message: String = message
+            .chars()
+            .take(MAX_LOG_CHARS)
+            .flat_map(char::escape_debug)
+            .collect();
         let plugin = &self.plugin;
         match level {
             LogLevel::Debug => tracing::debug!(%plugin, "{message}"),
@@ -113,6 +124,91 @@ impl self::palaver::responder::host::Host for CallState {
             tracing::info!(plugin = %self.plugin, %reason, "plugin http-fetch refused or failed");
         }
         result
+    }
+}
+
+/// Log lines one call may write, and how long each may be.
+const MAX_LOG_LINES: u32 = 20;
+const MAX_LOG_CHARS: usize = 1_000;
+
+/// A call's resource limits. `StoreLimits` caps each linear memory on its own; a component may
+/// hold several memories (and instances), so the manifest's `memory_mb` is also enforced on
+/// their sum here, and the counts are capped so one call cannot take the pool's slots.
+struct CallLimits {
+    each: StoreLimits,
+    budget: usize,
+    used: usize,
+}
+
+impl CallLimits {
+    fn new(budget: usize) -> Self {
+        Self {
+            each: StoreLimitsBuilder::new()
+                .memory_size(budget)
+                .instances(MAX_INSTANCES_PER_CALL)
+                .memories(MAX_MEMORIES_PER_CALL)
+                .tables(MAX_TABLES_PER_CALL)
+                .trap_on_grow_failure(true)
+                .build(),
+            budget,
+            used: 0,
+        }
+    }
+}
+
+/// Per call: far more than a Rust, JavaScript or Python component uses, far less than the pool.
+const MAX_INSTANCES_PER_CALL: usize = 32;
+const MAX_MEMORIES_PER_CALL: usize = 4;
+const MAX_TABLES_PER_CALL: usize = 32;
+
+impl wasmtime::ResourceLimiter for CallLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if !self.each.memory_growing(current, desired, maximum)? {
+            return Ok(false);
+        }
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.budget {
+            wasmtime::bail!(
+                "the plugin's memories would exceed {} bytes in total",
+                self.budget
+            );
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.each.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.each.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.each.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.each.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.each.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.each.memories()
     }
 }
 
@@ -281,10 +377,8 @@ impl PluginHost {
         let state = CallState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size((plugin.manifest.memory_mb as usize) << 20)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: CallLimits::new((plugin.manifest.memory_mb as usize) << 20),
+            logged: 0,
             plugin: plugin.manifest.name.clone(),
             granted: plugin.granted.clone(),
             network: self.network.clone(),
@@ -309,6 +403,10 @@ impl PluginHost {
             instance.call_respond(&mut store, &request).await
         };
         let outcome = tokio::time::timeout_at(deadline.into(), call).await;
+        let dropped = store.data().logged.saturating_sub(MAX_LOG_LINES);
+        if dropped > 0 {
+            tracing::warn!(plugin = %plugin.manifest.name, dropped, "plugin log lines dropped (at most {MAX_LOG_LINES} per call)");
+        }
         // After a timeout the store cannot be entered again; it is dropped with this function.
         log_output(&plugin.manifest.name, "stdout", &stdout);
         log_output(&plugin.manifest.name, "stderr", &stderr);
@@ -357,4 +455,38 @@ fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
             }
         })
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::ResourceLimiter;
+
+    use super::CallLimits;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn the_memory_cap_holds_for_all_of_a_calls_memories_together() {
+        let mut limits = CallLimits::new(16 * MIB);
+        assert!(
+            limits
+                .memory_growing(0, 10 * MIB, None)
+                .expect("first memory")
+        );
+        // A second memory may not take the rest of the pool: the budget is the call's.
+        assert!(limits.memory_growing(0, 10 * MIB, None).is_err());
+        assert!(
+            limits
+                .memory_growing(0, 6 * MIB, None)
+                .expect("within the total")
+        );
+        // Growing the first memory further does not fit any more.
+        assert!(limits.memory_growing(10 * MIB, 11 * MIB, None).is_err());
+        // One memory alone over the cap traps too.
+        assert!(
+            CallLimits::new(16 * MIB)
+                .memory_growing(0, 17 * MIB, None)
+                .is_err()
+        );
+    }
 }

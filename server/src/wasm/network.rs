@@ -58,31 +58,53 @@ impl HostRules {
     }
 }
 
-/// True for addresses a plugin must not reach unless the operator named the host.
+/// True for addresses a plugin must not reach unless the operator named the host: everything
+/// that is not globally routable (std's `is_global` is unstable, so the IANA special-purpose
+/// registries are spelled out here), and IPv6 forms that embed an IPv4 address are judged by it.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_multicast()
+                || v4.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
                 || (a == 198 && (b == 18 || b == 19)) // benchmarking
+                || a >= 240 // reserved (and broadcast)
         }
         IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded = |high: u16, low: u16| {
+                let [h1, h2] = high.to_be_bytes();
+                let [l1, l2] = low.to_be_bytes();
+                std::net::Ipv4Addr::new(h1, h2, l1, l2)
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            // NAT64 (64:ff9b::/96): the IPv4 address it translates to decides.
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_internal(IpAddr::V4(embedded(segments[6], segments[7])));
+            }
+            let first = segments[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
+                || segments[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible (deprecated)
+                || (first == 0x64 && segments[1] == 0xff9b) // local-use NAT64 (64:ff9b:1::/48)
+                || (first == 0x100 && segments[1..4] == [0, 0, 0]) // discard-only
+                || (first == 0x2001 && segments[1] < 0x200) // IETF assignments, Teredo
+                || first == 0x2002 // 6to4: relays reach any IPv4 address, private ones too
+                || (first == 0x2001 && segments[1] == 0x0db8) // documentation
                 || (first & 0xfe00) == 0xfc00 // unique local
                 || (first & 0xffc0) == 0xfe80 // link local
+                || (first & 0xffc0) == 0xfec0 // site local (deprecated)
         }
     }
 }
@@ -122,6 +144,9 @@ impl NetworkPolicy {
         let client = reqwest::Client::builder()
             // A redirect could leave the allowed hosts.
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy (HTTP(S)_PROXY, ALL_PROXY) would resolve names itself, past the
+            // private-address filter below.
+            .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver {
                 operator: operator.clone(),
             }))
@@ -180,17 +205,27 @@ impl NetworkPolicy {
         let method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| format!("invalid method {:?}", request.method))?;
 
-        let mut builder = self.client.request(method, url.clone()).timeout(timeout);
+        let mut builder = self
+            .client
+            .request(method.clone(), url.clone())
+            .timeout(timeout);
         for (name, value) in &request.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("invalid header name {name:?}"))?;
+            if is_reserved_header(&name) {
+                return Err(format!("plugins may not set the {name} header"));
+            }
             let value =
                 HeaderValue::from_str(value).map_err(|_| format!("invalid value for {name}"))?;
             builder = builder.header(name, value);
         }
+        // The key goes with the very request LLM_API_URL names (method and path), nothing else
+        // on that origin.
         if let Some(llm) = &self.llm
             && let Some(key) = &llm.api_key
+            && method == Method::POST
             && same_origin(&llm.url, &url)
+            && llm.url.path() == url.path()
         {
             let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
                 .map_err(|_| "LLM_API_KEY is not a valid header value".to_owned())?;
@@ -221,6 +256,29 @@ impl NetworkPolicy {
             body,
         })
     }
+}
+
+/// Headers the host owns: where the request goes and who it claims to be (`Host`,
+/// credentials, cookies, proxies), how the connection behaves (hop-by-hop), and how long the
+/// body is (the host frames it).
+fn is_reserved_header(name: &HeaderName) -> bool {
+    const RESERVED: &[&str] = &[
+        "host",
+        "authorization",
+        "cookie",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+    ];
+    let name = name.as_str();
+    RESERVED.contains(&name) || name.starts_with("proxy-")
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
@@ -270,10 +328,30 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:10.0.0.1",
+            // What a review found slipping through.
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "2002:a00:1::1",
+            "2002:5db8:d822::1",
+            "fec0::1",
+            "192.0.0.8",
+            "240.0.0.1",
+            "255.255.255.254",
+            "192.0.2.1",
+            "2001:db8::1",
+            "2001::1",
+            "::10.0.0.1",
+            "100::1",
         ] {
             assert!(is_internal(ip.parse().expect("ip")), "{ip}");
         }
-        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+        for ip in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "64:ff9b::5db8:d822",
+            "2a00:1450:4001::200e",
+        ] {
             assert!(!is_internal(ip.parse().expect("ip")), "{ip}");
         }
     }

@@ -1,5 +1,6 @@
 //! A responder that misbehaves on purpose, for Palaver's sandbox tests. The config key `mode`
-//! picks how; `url` is the target of the HTTP modes.
+//! picks how; `url` is the target of the HTTP modes, `method` its method (default GET) and
+//! `header` one `Name: value` header to send.
 
 wit_bindgen::generate!({ path: "../../wit", world: "responder" });
 
@@ -39,10 +40,15 @@ impl Guest for Hostile {
             // slower than the deadline).
             "fetch" => {
                 let url = config(&request, "url").unwrap_or("http://example.com/").to_owned();
+                let headers = config(&request, "header")
+                    .and_then(|h| h.split_once(':'))
+                    .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+                    .into_iter()
+                    .collect();
                 let response = http_fetch(&HttpRequest {
-                    method: "GET".into(),
+                    method: config(&request, "method").unwrap_or("GET").into(),
                     url,
-                    headers: Vec::new(),
+                    headers,
                     body: None,
                     timeout_ms: None,
                 })?;
