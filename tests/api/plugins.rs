@@ -511,3 +511,36 @@ async fn plugin_requests_get_no_forged_headers_and_the_llm_key_only_on_the_llm_c
     let request = request.unwrap_or_else(|| panic!("the LLM call was not made: {reply}"));
     assert_eq!(has_key(&request).as_deref(), Some("Bearer sk-test-key"));
 }
+
+/// An operator's `llm-responder` replaces the built-in one while its files are there; removing
+/// them brings the built-in one back, without a restart.
+#[tokio::test]
+async fn removing_an_override_of_the_built_in_responder_brings_it_back() {
+    let manifest = "name = \"llm-responder\"\nversion = \"9.9.9\"\ndescription = \"override\"\n\
+                    [config]\nmessage = \"the override answers\"\n";
+    let dir = plugins_dir("llm-responder", "away_message.wasm", manifest);
+    let app = app_with_plugin(&dir, "llm-responder", Duration::from_secs(5), &[]).await;
+    let user = app.user("viewer").await;
+    let version = async || -> String {
+        let listed = app.get("/api/plugins", &user.token).await;
+        let plugins = listed.body.as_array().expect("array").clone();
+        assert_eq!(plugins.len(), 1, "{plugins:?}");
+        plugins[0]["version"].as_str().expect("version").to_owned()
+    };
+    assert_eq!(version().await, "9.9.9");
+    let (reply, _) = busy_bob_answers(&app).await;
+    assert_eq!(reply["content"], "the override answers");
+
+    std::fs::remove_file(dir.path().join("llm-responder.wasm")).expect("remove");
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while version().await == "9.9.9" {
+        assert!(
+            Instant::now() < give_up,
+            "the built-in responder never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The built-in one answers again (no LLM configured here: the standard message).
+    let (reply, _) = busy_bob_answers(&app).await;
+    assert_eq!(reply["content"], FALLBACK);
+}

@@ -72,7 +72,7 @@ impl Responder {
             }),
         )?;
         let host = PluginHost::new(network)?;
-        let builtin = host.load(Manifest::builtin(llm_host), LLM_RESPONDER_WASM)?;
+        let builtin = host.load_builtin(Manifest::builtin(llm_host), LLM_RESPONDER_WASM)?;
         let fallback = Content::parse(settings.fallback_message.clone())
             .map_err(|e| anyhow::anyhow!("FALLBACK_MESSAGE: {e}"))?;
         Ok(Arc::new(Self {

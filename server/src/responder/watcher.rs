@@ -2,26 +2,31 @@
 //! two seconds and load what changed, unload what went away. A plugin that fails to load is
 //! logged and skipped; it never stops the server.
 //!
-//! Polling (not inotify) because it is two dozen lines, works on every filesystem including
-//! network and container mounts, and a plugin change is not latency-critical.
+//! Polling (not inotify) because it is a few dozen lines, works on every filesystem including
+//! network and container mounts, and a plugin change is not latency-critical. Reading files and
+//! compiling components is blocking work: it runs on the blocking pool, never on a worker.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context;
+
 use crate::config::BUILTIN_PLUGIN;
-use crate::wasm::PluginHost;
+use crate::wasm::{Manifest, PluginHost};
 
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What a plugin's files looked like when it was last loaded.
 type Fingerprint = (Option<SystemTime>, u64, Option<SystemTime>, u64);
 
+/// Path of a `.wasm` → its fingerprint and the plugin name it loaded as ("" if it failed).
+type Seen = HashMap<PathBuf, (Fingerprint, String)>;
+
 /// Loads the folder now, then keeps it in sync until the host is dropped.
 pub async fn watch_plugins_dir(host: &Arc<PluginHost>, dir: PathBuf) {
-    let mut seen = HashMap::new();
-    sync(host, &dir, &mut seen);
+    let mut seen = sync_blocking(host.clone(), dir.clone(), Seen::new()).await;
     let weak: Weak<PluginHost> = Arc::downgrade(host);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
@@ -29,9 +34,22 @@ pub async fn watch_plugins_dir(host: &Arc<PluginHost>, dir: PathBuf) {
         loop {
             ticker.tick().await;
             let Some(host) = weak.upgrade() else { break };
-            sync(&host, &dir, &mut seen);
+            seen = sync_blocking(host, dir.clone(), seen).await;
         }
     });
+}
+
+async fn sync_blocking(host: Arc<PluginHost>, dir: PathBuf, mut seen: Seen) -> Seen {
+    let kept = seen.clone();
+    tokio::task::spawn_blocking(move || {
+        sync(&host, &dir, &mut seen);
+        seen
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "PLUGINS_DIR sync failed");
+        kept
+    })
 }
 
 fn fingerprint(wasm: &Path) -> Option<Fingerprint> {
@@ -45,7 +63,35 @@ fn fingerprint(wasm: &Path) -> Option<Fingerprint> {
     ))
 }
 
-fn sync(host: &PluginHost, dir: &Path, seen: &mut HashMap<PathBuf, (Fingerprint, String)>) {
+/// Why a pair was not loaded this time.
+enum Skip {
+    /// A file changed while it was read (a copy in progress): try again next time.
+    InFlux,
+    /// Broken until its files change.
+    Broken(anyhow::Error),
+}
+
+/// Reads `<name>.toml` and `<name>.wasm` as one consistent pair: if either changes while they
+/// are read, nothing is loaded (new code never runs under an old manifest, or the reverse).
+fn read_pair(wasm_path: &Path, before: Fingerprint) -> Result<(Manifest, Vec<u8>), Skip> {
+    let manifest_path = wasm_path.with_extension("toml");
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))
+        .map_err(Skip::Broken)?;
+    let wasm = std::fs::read(wasm_path)
+        .with_context(|| format!("reading {}", wasm_path.display()))
+        .map_err(Skip::Broken)?;
+    let text_again = std::fs::read_to_string(&manifest_path).unwrap_or_default();
+    if fingerprint(wasm_path) != Some(before) || text_again != text || wasm.len() as u64 != before.1
+    {
+        return Err(Skip::InFlux);
+    }
+    let manifest = Manifest::parse(&text)
+        .map_err(|e| Skip::Broken(anyhow::anyhow!("{}: {e}", manifest_path.display())))?;
+    Ok((manifest, wasm))
+}
+
+fn sync(host: &PluginHost, dir: &Path, seen: &mut Seen) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -66,16 +112,28 @@ fn sync(host: &PluginHost, dir: &Path, seen: &mut HashMap<PathBuf, (Fingerprint,
         if seen.get(&path).is_some_and(|(known, _)| *known == print) {
             continue;
         }
-        match host.load_file(&path) {
-            Ok(plugin) if plugin.manifest.name == BUILTIN_PLUGIN => {
-                tracing::info!(path = %path.display(), "plugin replaces the built-in llm-responder");
-                seen.insert(path, (print, plugin.manifest.name.clone()));
-            }
+        let loaded = read_pair(&path, print)
+            .and_then(|(manifest, wasm)| host.load(manifest, &wasm).map_err(Skip::Broken));
+        match loaded {
             Ok(plugin) => {
-                tracing::info!(plugin = %plugin.manifest.name, version = %plugin.manifest.version, "plugin loaded");
-                seen.insert(path, (print, plugin.manifest.name.clone()));
+                if plugin.manifest.name == BUILTIN_PLUGIN {
+                    tracing::info!(path = %path.display(), "plugin replaces the built-in llm-responder");
+                } else {
+                    tracing::info!(plugin = %plugin.manifest.name, version = %plugin.manifest.version, "plugin loaded");
+                }
+                let previous = seen.insert(path, (print, plugin.manifest.name.clone()));
+                // The file now holds another plugin: the old name goes.
+                if let Some((_, old)) = previous
+                    && !old.is_empty()
+                    && old != plugin.manifest.name
+                {
+                    host.unload(&old);
+                }
             }
-            Err(e) => {
+            Err(Skip::InFlux) => {
+                tracing::debug!(path = %path.display(), "plugin files changing; retrying later");
+            }
+            Err(Skip::Broken(e)) => {
                 tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "plugin skipped");
                 // Remember the failure so it is not retried until the files change.
                 seen.insert(path, (print, String::new()));
@@ -84,8 +142,12 @@ fn sync(host: &PluginHost, dir: &Path, seen: &mut HashMap<PathBuf, (Fingerprint,
     }
     seen.retain(|path, (_, name)| {
         let keep = present.contains(path);
-        if !keep && !name.is_empty() && name != BUILTIN_PLUGIN && host.unload(name) {
-            tracing::info!(plugin = %name, "plugin removed");
+        if !keep && !name.is_empty() && host.unload(name) {
+            if name == BUILTIN_PLUGIN {
+                tracing::info!("plugin override removed; the built-in llm-responder is back");
+            } else {
+                tracing::info!(plugin = %name, "plugin removed");
+            }
         }
         keep
     });

@@ -14,7 +14,6 @@ mod manifest;
 mod network;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -220,6 +219,9 @@ pub struct PluginHost {
     linker: Linker<CallState>,
     network: NetworkPolicy,
     plugins: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
+    /// Plugins compiled into the binary: unloading a `PLUGINS_DIR` plugin of the same name
+    /// brings these back.
+    builtins: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
 }
 
 impl PluginHost {
@@ -263,6 +265,7 @@ impl PluginHost {
             linker,
             network,
             plugins: RwLock::new(HashMap::new()),
+            builtins: RwLock::new(HashMap::new()),
         }))
     }
 
@@ -294,20 +297,36 @@ impl PluginHost {
         Ok(plugin)
     }
 
-    /// Loads `<name>.wasm` with its `<name>.toml`.
-    pub fn load_file(&self, wasm_path: &Path) -> anyhow::Result<Arc<LoadedPlugin>> {
-        let manifest_path = wasm_path.with_extension("toml");
-        let text = std::fs::read_to_string(&manifest_path)
-            .with_context(|| format!("reading {}", manifest_path.display()))?;
-        let manifest = Manifest::parse(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
-        let wasm =
-            std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
-        self.load(manifest, &wasm)
+    /// Loads a plugin compiled into the binary; it comes back whenever a plugin of the same
+    /// name is unloaded.
+    pub fn load_builtin(
+        &self,
+        manifest: Manifest,
+        wasm: &[u8],
+    ) -> anyhow::Result<Arc<LoadedPlugin>> {
+        let plugin = self.load(manifest, wasm)?;
+        self.builtins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(plugin.manifest.name.clone(), plugin.clone());
+        Ok(plugin)
     }
 
+    /// Removes a plugin (a built-in one of that name takes its place again).
     pub fn unload(&self, name: &str) -> bool {
-        self.write().remove(name).is_some()
+        let builtin = self
+            .builtins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        let mut plugins = self.write();
+        match builtin {
+            Some(builtin) => plugins
+                .insert(name.to_owned(), builtin.clone())
+                .is_some_and(|replaced| !Arc::ptr_eq(&replaced, &builtin)),
+            None => plugins.remove(name).is_some(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
