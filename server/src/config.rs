@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::cors::AllowedOrigins;
+pub use crate::wasm::HostPattern;
 
 /// Tokens live between one second and a year: longer is a token nobody can take back in
 /// practice, and far longer overflows date arithmetic (and RFC 3339's four-digit years).
@@ -140,8 +141,9 @@ pub struct ResponderSettings {
     pub plugins_dir: Option<PathBuf>,
     /// The plugin that answers; the built-in `llm-responder` unless set.
     pub plugin: String,
-    /// Hosts plugins may call (exact names or `*.example.com`), besides the LLM's.
-    pub allowed_hosts: Vec<String>,
+    /// Hosts plugins may call (exact names or `*.example.com`, with optional ports), besides
+    /// the LLM's.
+    pub allowed_hosts: Vec<HostPattern>,
     /// A plugin that fails this many calls in a row is benched (`None`: never).
     pub bench_after: Option<u32>,
     /// ... for this long; then it gets one call to prove itself.
@@ -576,10 +578,16 @@ fn responder_settings(
         allowed_hosts: get("PLUGIN_ALLOWED_HOSTS")
             .map(|list| {
                 list.split(',')
-                    .map(|h| h.trim().to_owned())
+                    .map(str::trim)
                     .filter(|h| !h.is_empty())
-                    .collect()
+                    .map(HostPattern::parse)
+                    .collect::<Result<Vec<_>, _>>()
             })
+            .transpose()
+            .map_err(|problem| ConfigError {
+                variable: "PLUGIN_ALLOWED_HOSTS",
+                problem,
+            })?
             .unwrap_or_default(),
     })
 }
@@ -711,7 +719,10 @@ mod tests {
         .expect("valid")
         .responder;
         assert_eq!(set.timeout, Duration::from_millis(2500));
-        assert_eq!(set.allowed_hosts, ["api.example.com", "*.models.dev"]);
+        let hosts: Vec<String> = set.allowed_hosts.iter().map(|h| h.to_string()).collect();
+        assert_eq!(hosts, ["api.example.com", "*.models.dev"]);
+        let bad = config(&[("PLUGIN_ALLOWED_HOSTS", "api.example.com, https://x.com/")]);
+        assert_eq!(bad.err().map(|e| e.variable), Some("PLUGIN_ALLOWED_HOSTS"));
         assert!(!format!("{set:?}").contains("sk-test"));
     }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use palaver::config::SqliteSynchronous;
+use palaver::config::{HostPattern, SqliteSynchronous};
 use palaver::wasm::PLUGIN_BUILD_DIR;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -33,7 +33,10 @@ async fn app_with_plugin(
     allowed: &[&str],
 ) -> TestApp {
     let (path, name) = (dir.path().to_path_buf(), name.to_owned());
-    let allowed: Vec<String> = allowed.iter().map(|h| h.to_string()).collect();
+    let allowed: Vec<HostPattern> = allowed
+        .iter()
+        .map(|h| HostPattern::parse(h).expect("host pattern"))
+        .collect();
     TestApp::spawn_configured(move |config| {
         config.responder.plugins_dir = Some(path);
         config.responder.plugin = name;
@@ -144,11 +147,12 @@ async fn a_host_call_slower_than_the_deadline_is_cut_off() {
         .await;
     let timeout = Duration::from_millis(1000);
     let manifest = format!(
-        "name = \"slow\"\nversion = \"1\"\nallowed_hosts = [\"127.0.0.1\"]\n[config]\nmode = \"fetch\"\nurl = \"{}/\"\n",
-        slow.uri()
+        "name = \"slow\"\nversion = \"1\"\nallowed_hosts = [\"{host}\"]\n[config]\nmode = \"fetch\"\nurl = \"{}/\"\n",
+        slow.uri(),
+        host = slow.address()
     );
     let dir = plugins_dir("slow", "hostile.wasm", &manifest);
-    let app = app_with_plugin(&dir, "slow", timeout, &["127.0.0.1"]).await;
+    let app = app_with_plugin(&dir, "slow", timeout, &[&slow.address().to_string()]).await;
     let (reply, elapsed) = busy_bob_answers(&app).await;
     assert_eq!(reply["content"], FALLBACK);
     assert!(
@@ -299,11 +303,13 @@ async fn an_internal_address_the_operator_did_not_name_is_refused() {
         .mount(&internal)
         .await;
     let manifest = format!(
-        "name = \"sneaky\"\nversion = \"1\"\nallowed_hosts = [\"127.0.0.1\"]\n[config]\nmode = \"fetch\"\nurl = \"{}/\"\n",
-        internal.uri()
+        "name = \"sneaky\"\nversion = \"1\"\nallowed_hosts = [\"{host}\"]\n[config]\nmode = \"fetch\"\nurl = \"{}/\"\n",
+        internal.uri(),
+        host = internal.address()
     );
     let dir = plugins_dir("sneaky", "hostile.wasm", &manifest);
-    let app = app_with_plugin(&dir, "sneaky", Duration::from_secs(3), &["*.0.0.1"]).await;
+    let pattern = format!("*.0.0.1:{}", internal.address().port());
+    let app = app_with_plugin(&dir, "sneaky", Duration::from_secs(3), &[&pattern]).await;
     let (reply, elapsed) = busy_bob_answers(&app).await;
     assert_eq!(reply["content"], FALLBACK);
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
@@ -323,15 +329,17 @@ async fn a_plugin_that_keeps_failing_is_benched_then_comes_back_by_itself() {
         .mount(&stub)
         .await;
     let manifest = format!(
-        "name = \"flaky\"\nversion = \"1\"\nallowed_hosts = [\"127.0.0.1\"]\n[config]\nmode = \"fetch\"\nurl = \"{}/\"\n",
-        stub.uri()
+        "name = \"flaky\"\nversion = \"1\"\nallowed_hosts = [\"{host}\"]\n[config]\nmode = \"fetch\"\nurl = \"{}/\"\n",
+        stub.uri(),
+        host = stub.address()
     );
+    let allowed = HostPattern::parse(&stub.address().to_string()).expect("pattern");
     let dir = plugins_dir("flaky", "hostile.wasm", &manifest);
     let path = dir.path().to_path_buf();
     let app = TestApp::spawn_configured(move |config| {
         config.responder.plugins_dir = Some(path);
         config.responder.plugin = "flaky".into();
-        config.responder.allowed_hosts = vec!["127.0.0.1".into()];
+        config.responder.allowed_hosts = vec![allowed];
         config.responder.bench_after = Some(2);
         config.responder.bench_for = Duration::from_millis(1500);
         config.sqlite_synchronous = SqliteSynchronous::Normal;
@@ -421,12 +429,14 @@ async fn plugin_requests_get_no_forged_headers_and_the_llm_key_only_on_the_llm_c
         .mount(&stub)
         .await;
     let manifest = format!(
-        "name = \"probe\"\nversion = \"1\"\nallowed_hosts = [\"127.0.0.1\"]\n\
+        "name = \"probe\"\nversion = \"1\"\nallowed_hosts = [\"{host}\"]\n\
          [config]\nmode = \"fetch\"\nurl = \"{uri}/v1/models\"\n\
          [user_config]\nurl = \"where\"\nmethod = \"how\"\nheader = \"with what\"\n",
-        uri = stub.uri()
+        uri = stub.uri(),
+        host = stub.address()
     );
     let dir = plugins_dir("probe", "hostile.wasm", &manifest);
+    let allowed = HostPattern::parse(&stub.address().to_string()).expect("pattern");
     let (path, llm) = (
         dir.path().to_path_buf(),
         format!("{}/v1/chat/completions", stub.uri()),
@@ -434,7 +444,7 @@ async fn plugin_requests_get_no_forged_headers_and_the_llm_key_only_on_the_llm_c
     let app = TestApp::spawn_configured(move |config| {
         config.responder.plugins_dir = Some(path);
         config.responder.plugin = "probe".into();
-        config.responder.allowed_hosts = vec!["127.0.0.1".into()];
+        config.responder.allowed_hosts = vec![allowed];
         config.responder.llm_api_url = Some(llm.parse().expect("url"));
         config.responder.llm_api_key = Some(palaver::config::Secret::new("sk-test-key".into()));
         // Seven refusals in a row would bench the plugin, and eleven auto-replies use up the
@@ -543,4 +553,50 @@ async fn removing_an_override_of_the_built_in_responder_brings_it_back() {
     // The built-in one answers again (no LLM configured here: the standard message).
     let (reply, _) = busy_bob_answers(&app).await;
     assert_eq!(reply["content"], FALLBACK);
+}
+
+/// Allowing a host allows the port named with it (or 80 and 443), not every port of the host.
+#[tokio::test]
+async fn another_port_of_an_allowed_host_is_refused() {
+    let allowed = MockServer::start().await;
+    let other = MockServer::start().await;
+    for stub in [&allowed, &other] {
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("reached"))
+            .mount(stub)
+            .await;
+    }
+    let manifest = format!(
+        "name = \"porty\"\nversion = \"1\"\nallowed_hosts = [\"{host}\"]\n[config]\nmode = \"fetch\"\nurl = \"{url}/\"\n",
+        host = allowed.address(),
+        url = other.uri()
+    );
+    let dir = plugins_dir("porty", "hostile.wasm", &manifest);
+    let pattern = allowed.address().to_string();
+    let app = app_with_plugin(&dir, "porty", Duration::from_secs(3), &[&pattern]).await;
+    let (reply, _) = busy_bob_answers(&app).await;
+    assert_eq!(reply["content"], FALLBACK);
+    assert_eq!(other.received_requests().await.map(|r| r.len()), Some(0));
+}
+
+/// A pattern that is not a host (a URL, a wildcard over a top-level domain) rejects the plugin
+/// when its manifest is read, with the reason in the log; the server carries on without it.
+#[tokio::test]
+async fn a_manifest_with_a_bad_host_pattern_is_rejected() {
+    let dir = plugins_dir(
+        "careless",
+        "away_message.wasm",
+        "name = \"careless\"\nversion = \"1\"\nallowed_hosts = [\"https://api.example.com/v1\"]\n",
+    );
+    let app = app_with_plugin(&dir, "careless", Duration::from_secs(3), &[]).await;
+    let user = app.user("viewer").await;
+    let listed = app.get("/api/plugins", &user.token).await;
+    let names: Vec<&str> = listed
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["llm-responder"]);
 }

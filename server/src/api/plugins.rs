@@ -37,7 +37,12 @@ impl PluginsApi {
                     name: p.manifest.name.clone(),
                     version: p.manifest.version.clone(),
                     description: p.manifest.description.clone(),
-                    allowed_hosts: p.manifest.allowed_hosts.clone(),
+                    allowed_hosts: p
+                        .manifest
+                        .allowed_hosts
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
                     memory_mb: p.manifest.memory_mb,
                     fuel: p.manifest.fuel,
                     timeout_ms: p.manifest.timeout_ms,

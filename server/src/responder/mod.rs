@@ -23,8 +23,8 @@ use crate::messaging::Messenger;
 use crate::metrics;
 use crate::store::{Store, StoreError, User};
 use crate::wasm::{
-    ChatMessage, HostRules, LLM_RESPONDER_WASM, LlmEndpoint, LoadedPlugin, MAX_CONCURRENT_CALLS,
-    Manifest, NetworkPolicy, PluginHost, RespondRequest,
+    ChatMessage, HostPattern, HostRules, LLM_RESPONDER_WASM, LlmEndpoint, LoadedPlugin,
+    MAX_CONCURRENT_CALLS, Manifest, NetworkPolicy, PluginHost, RespondRequest,
 };
 
 pub use bench::Health;
@@ -54,16 +54,18 @@ impl Responder {
         store: Arc<dyn Store>,
         messenger: Arc<Messenger>,
     ) -> anyhow::Result<Arc<Self>> {
-        let llm_host = settings
-            .llm_api_url
-            .as_ref()
-            .and_then(|u| u.host_str())
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned());
+        // LLM_API_URL's host, on its port, is always the operator's.
+        let llm_host = settings.llm_api_url.as_ref().and_then(|url| {
+            Some(HostPattern::exact(
+                url.host_str()?,
+                url.port_or_known_default()?,
+            ))
+        });
         let operator_hosts = settings
             .allowed_hosts
             .iter()
-            .map(String::as_str)
-            .chain(llm_host.as_deref());
+            .cloned()
+            .chain(llm_host.clone());
         let network = NetworkPolicy::new(
             HostRules::new(operator_hosts),
             settings.llm_api_url.clone().map(|url| LlmEndpoint {

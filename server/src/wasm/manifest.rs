@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::network::HostPattern;
+
 /// Hard ceilings, whatever a manifest asks for.
 pub const MAX_MEMORY_MB: u64 = 256;
 pub const DEFAULT_MEMORY_MB: u64 = 64;
@@ -24,7 +26,7 @@ pub struct Manifest {
     /// Hosts the plugin may call with `http-fetch` (exact names, or `*.example.com`); it gets
     /// only those the operator also allows.
     #[serde(default)]
-    pub allowed_hosts: Vec<String>,
+    pub allowed_hosts: Vec<HostPattern>,
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u64,
     #[serde(default = "default_fuel")]
@@ -96,7 +98,7 @@ impl Manifest {
     }
 
     /// The manifest of the built-in responder: it may call exactly the LLM's host.
-    pub fn builtin(llm_host: Option<String>) -> Self {
+    pub fn builtin(llm_host: Option<HostPattern>) -> Self {
         Self {
             name: "llm-responder".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -144,6 +146,7 @@ mod tests {
         assert_eq!(manifest.memory_mb, DEFAULT_MEMORY_MB);
         assert_eq!(manifest.fuel, DEFAULT_FUEL);
         assert_eq!(manifest.config["message"], "Back soon");
+        assert_eq!(manifest.allowed_hosts[0].to_string(), "api.example.com");
     }
 
     #[test]
@@ -153,6 +156,8 @@ mod tests {
             "name = \"a\"\nversion = \"1\"\nmemory_mb = 100000",
             "name = \"a\"\nversion = \"1\"\nfuel = 0",
             "name = \"a\"\nversion = \"1\"\nsurprise = true",
+            "name = \"a\"\nversion = \"1\"\nallowed_hosts = [\"https://api.example.com/\"]",
+            "name = \"a\"\nversion = \"1\"\nallowed_hosts = [\"*.com\"]",
             "name = \"a\"\nversion = \"1\"\n[user_config]\nllm_model = \"x\"",
             "name = \"a\"\nversion = \"1\"\n[user_config]\n\"Bad Key\" = \"x\"",
             "name = \"a\"\nversion = \"1\"\n[user_config]\nmessage = \" \"",

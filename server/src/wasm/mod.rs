@@ -27,7 +27,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use manifest::Manifest;
-pub use network::{HostRules, LlmEndpoint, NetworkPolicy};
+pub use network::{HostPattern, HostRules, LlmEndpoint, NetworkPolicy};
 
 wasmtime::component::bindgen!({
     path: "../plugins/wit",

@@ -1,7 +1,6 @@
 //! `http-fetch` for plugins: only allowed hosts, no redirects, no private addresses unless the
 //! operator named the host, a timeout clipped to the call's deadline, and a capped body.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,35 +25,175 @@ pub struct LlmEndpoint {
     pub api_key: Option<String>,
 }
 
-/// Host patterns: exact names, or `*.example.com` for any subdomain.
+/// Ports a pattern without one allows: the default ports of http and https.
+const DEFAULT_PORTS: [u16; 2] = [80, 443];
+
+/// One allow-list entry, checked when it is read (`PLUGIN_ALLOWED_HOSTS`, a manifest's
+/// `allowed_hosts`): `api.example.com`, `*.example.com` (its subdomains, not itself), an IP
+/// address (`10.0.0.5`, `[fd00::1]`), each with an optional `:port`. Without a port only 80 and
+/// 443 are allowed: naming a host is not permission to reach its database port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    host: HostMatch,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostMatch {
+    /// A host name or an IP address (IPv6 without brackets), lower-case.
+    Exact(String),
+    /// `.example.com`: any name ending so.
+    Subdomains(String),
+}
+
+impl HostPattern {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let text = raw.trim().to_ascii_lowercase();
+        let bad = |why: &str| format!("host pattern {raw:?} {why}");
+        if text.is_empty() {
+            return Err(bad("is empty"));
+        }
+        if text.contains("://") || text.contains('/') || text.contains('@') {
+            return Err(bad("must be a host (and port), not a URL"));
+        }
+        // `[v6]:port`, `[v6]`, a bare IPv6 address, or `host[:port]`.
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (inside, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("has an unclosed ["))?;
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("has junk after ]"))?,
+                ),
+            };
+            (inside.to_owned(), port.map(str::to_owned))
+        } else if text.parse::<std::net::Ipv6Addr>().is_ok() {
+            (text.clone(), None)
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, port)) => (host.to_owned(), Some(port.to_owned())),
+                None => (text.clone(), None),
+            }
+        };
+        let port = port
+            .map(|p| p.parse::<u16>().ok().filter(|p| *p > 0))
+            .map(|p| p.ok_or_else(|| bad("has a port that is not 1-65535")))
+            .transpose()?;
+        if host.parse::<IpAddr>().is_ok() {
+            return Ok(Self {
+                host: HostMatch::Exact(host),
+                port,
+            });
+        }
+        let (wildcard, name) = match host.strip_prefix("*.") {
+            Some(name) => (true, name),
+            None => (false, host.as_str()),
+        };
+        if name.contains('*') {
+            return Err(bad("may only start with *. (a wildcard for subdomains)"));
+        }
+        let labels: Vec<&str> = name.split('.').collect();
+        let valid = name.len() <= 253
+            && labels.iter().all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid {
+            return Err(bad("is not a valid host name"));
+        }
+        if wildcard && labels.len() < 2 {
+            return Err(bad("would allow a whole top-level domain"));
+        }
+        let host = if wildcard {
+            HostMatch::Subdomains(format!(".{name}"))
+        } else {
+            HostMatch::Exact(name.to_owned())
+        };
+        Ok(Self { host, port })
+    }
+
+    /// A host with its exact port, e.g. `LLM_API_URL`'s.
+    pub fn exact(host: &str, port: u16) -> Self {
+        Self {
+            host: HostMatch::Exact(host.trim_matches(['[', ']']).to_ascii_lowercase()),
+            port: Some(port),
+        }
+    }
+
+    fn matches_host(&self, host: &str) -> bool {
+        match &self.host {
+            HostMatch::Exact(exact) => *exact == host,
+            HostMatch::Subdomains(suffix) => host.ends_with(suffix.as_str()),
+        }
+    }
+
+    fn matches_port(&self, port: u16) -> bool {
+        self.port
+            .map_or(DEFAULT_PORTS.contains(&port), |p| p == port)
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            HostMatch::Exact(host) if host.contains(':') => write!(f, "[{host}]")?,
+            HostMatch::Exact(host) => f.write_str(host)?,
+            HostMatch::Subdomains(suffix) => write!(f, "*{suffix}")?,
+        }
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for HostPattern {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        Self::parse(raw)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HostPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A set of host patterns.
 #[derive(Debug, Default)]
 pub struct HostRules {
-    exact: HashSet<String>,
-    suffixes: Vec<String>,
+    patterns: Vec<HostPattern>,
 }
 
 impl HostRules {
-    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut rules = Self::default();
-        for pattern in patterns {
-            let pattern = pattern.trim().to_ascii_lowercase();
-            if let Some(domain) = pattern.strip_prefix("*.") {
-                rules.suffixes.push(format!(".{domain}"));
-            } else if !pattern.is_empty() {
-                rules.exact.insert(pattern);
-            }
+    pub fn new(patterns: impl IntoIterator<Item = HostPattern>) -> Self {
+        Self {
+            patterns: patterns.into_iter().collect(),
         }
-        rules
     }
 
-    pub fn allows(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.exact.contains(&host) || self.suffixes.iter().any(|s| host.ends_with(s.as_str()))
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
+        self.patterns
+            .iter()
+            .any(|p| p.matches_host(&host) && p.matches_port(port))
     }
 
-    /// Named exactly: trusted to point anywhere, private addresses included.
+    /// Named exactly (not by a wildcard): trusted to point anywhere, private addresses included.
     pub fn names(&self, host: &str) -> bool {
-        self.exact.contains(&host.to_ascii_lowercase())
+        let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
+        self.patterns
+            .iter()
+            .any(|p| matches!(&p.host, HostMatch::Exact(exact) if *exact == host))
     }
 }
 
@@ -159,16 +298,10 @@ impl NetworkPolicy {
         })
     }
 
-    /// The hosts a plugin may call: what its manifest asks for that the operator also allows.
-    pub fn grant(&self, requested: &[String]) -> Arc<HostRules> {
-        let granted = requested
-            .iter()
-            .filter(|pattern| {
-                let pattern = pattern.trim_start_matches("*.");
-                self.operator.allows(pattern) || self.operator.allows(&format!("x.{pattern}"))
-            })
-            .map(String::as_str);
-        Arc::new(HostRules::new(granted))
+    /// The hosts a plugin may call: its manifest's patterns. Each request must match them and
+    /// the operator's too, so a plugin gets the intersection.
+    pub fn grant(&self, requested: &[HostPattern]) -> Arc<HostRules> {
+        Arc::new(HostRules::new(requested.iter().cloned()))
     }
 
     /// One request on behalf of a plugin. Every refusal is an error string for the guest.
@@ -184,9 +317,10 @@ impl NetworkPolicy {
         }
         let host = url.host_str().ok_or("the URL has no host")?.to_owned();
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        if !granted.allows(bare_host) || !self.operator.allows(bare_host) {
+        let port = url.port_or_known_default().ok_or("the URL has no port")?;
+        if !granted.allows(bare_host, port) || !self.operator.allows(bare_host, port) {
             return Err(format!(
-                "host {bare_host} is not on this plugin's allowed list"
+                "{bare_host} port {port} is not on this plugin's allowed list"
             ));
         }
         if let Ok(ip) = bare_host.parse::<IpAddr>()
@@ -302,16 +436,69 @@ fn describe(err: reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    fn rules(patterns: &[&str]) -> HostRules {
+        HostRules::new(patterns.iter().map(|p| HostPattern::parse(p).expect(p)))
+    }
+
     #[test]
-    fn host_rules_match_exact_names_and_subdomains() {
-        let rules = HostRules::new(["api.example.com", "*.models.dev", "127.0.0.1"]);
-        assert!(rules.allows("api.example.com"));
-        assert!(rules.allows("API.example.com"));
-        assert!(!rules.allows("evil.example.com"));
-        assert!(rules.allows("eu.models.dev"));
-        assert!(!rules.allows("models.dev.evil.com"));
+    fn host_rules_match_names_subdomains_and_ports() {
+        let rules = rules(&[
+            "api.example.com",
+            "*.models.dev",
+            "127.0.0.1:8080",
+            "[::1]:9000",
+        ]);
+        assert!(rules.allows("api.example.com", 443));
+        assert!(rules.allows("API.example.com", 80));
+        // A named host is not every port of it.
+        assert!(!rules.allows("api.example.com", 6379));
+        assert!(!rules.allows("evil.example.com", 443));
+        assert!(rules.allows("eu.models.dev", 443));
+        assert!(
+            !rules.allows("models.dev", 443),
+            "a wildcard is subdomains only"
+        );
+        assert!(!rules.allows("models.dev.evil.com", 443));
+        assert!(rules.allows("127.0.0.1", 8080));
+        assert!(!rules.allows("127.0.0.1", 8081));
+        assert!(rules.allows("[::1]", 9000));
         assert!(rules.names("127.0.0.1"));
         assert!(!rules.names("eu.models.dev"));
+    }
+
+    #[test]
+    fn host_patterns_are_checked_when_read() {
+        for good in [
+            "api.example.com",
+            "*.example.com:8443",
+            "10.0.0.5:80",
+            "[fd00::1]:443",
+            "::1",
+        ] {
+            let pattern = HostPattern::parse(good).expect(good);
+            assert_eq!(
+                HostPattern::parse(&pattern.to_string()),
+                Ok(pattern),
+                "{good}"
+            );
+        }
+        for bad in [
+            "",
+            "https://api.example.com",
+            "api.example.com/v1",
+            "*",
+            "*.com",
+            "api.*.com",
+            "bad host.com",
+            "-x.example.com",
+            "api.example.com:0",
+            "api.example.com:99999",
+            "api.example.com:http",
+            "[::1",
+            "user@example.com",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -357,16 +544,17 @@ mod tests {
     }
 
     #[test]
-    fn plugins_get_the_intersection_of_what_they_ask_and_the_operator_allows() {
-        let policy = NetworkPolicy::new(HostRules::new(["api.example.com", "*.models.dev"]), None)
-            .expect("policy");
-        let granted = policy.grant(&[
-            "api.example.com".into(),
-            "evil.com".into(),
-            "eu.models.dev".into(),
-        ]);
-        assert!(granted.allows("api.example.com"));
-        assert!(granted.allows("eu.models.dev"));
-        assert!(!granted.allows("evil.com"));
+    fn a_plugins_grant_is_what_its_manifest_names() {
+        let policy =
+            NetworkPolicy::new(rules(&["api.example.com", "*.models.dev"]), None).expect("policy");
+        let asked: Vec<HostPattern> = ["api.example.com", "evil.com", "eu.models.dev"]
+            .iter()
+            .map(|p| HostPattern::parse(p).expect("pattern"))
+            .collect();
+        let granted = policy.grant(&asked);
+        assert!(granted.allows("api.example.com", 443));
+        assert!(granted.allows("eu.models.dev", 443));
+        // Granted by the manifest, but the operator's rules are checked on every request too.
+        assert!(!policy.operator.allows("evil.com", 443));
     }
 }
