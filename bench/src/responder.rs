@@ -80,6 +80,72 @@ pub async fn overhead() -> anyhow::Result<()> {
             us(h.max())
         );
     }
+    plugins_by_language(&host).await
+}
+
+/// The example plugins that answer alike in three languages: size, compile time, and
+/// instantiate + call. The JavaScript and Python ones are built outside cargo (npm, pip); the
+/// bench says how when they are missing.
+async fn plugins_by_language(host: &std::sync::Arc<PluginHost>) -> anyhow::Result<()> {
+    const CALLS: u64 = 300;
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/examples");
+    let plugins = [
+        (
+            "Rust",
+            Path::new(PLUGIN_BUILD_DIR).join("away_message.wasm"),
+            examples.join("away-message/away_message.toml"),
+            "cargo build (automatic)",
+        ),
+        (
+            "JavaScript",
+            examples.join("js-away/js_away.wasm"),
+            examples.join("js-away/js_away.toml"),
+            "(cd plugins/examples/js-away && npm ci && npm run build)",
+        ),
+        (
+            "Python",
+            examples.join("py-away/py_away.wasm"),
+            examples.join("py-away/py_away.toml"),
+            "plugins/examples/py-away/build.sh",
+        ),
+    ];
+    println!();
+    println!("the away-message example in three languages, {CALLS} calls each (pooling allocator)");
+    println!(
+        "{:<12} {:>9} {:>11} {:>10} {:>10} {:>10}",
+        "", "size MB", "compile ms", "median µs", "p99 µs", "max µs"
+    );
+    for (language, wasm_path, manifest_path, build) in plugins {
+        let Ok(wasm) = std::fs::read(&wasm_path) else {
+            println!("{language:<12} not built: {build}");
+            continue;
+        };
+        let manifest = Manifest::parse(&std::fs::read_to_string(&manifest_path)?)
+            .map_err(anyhow::Error::msg)?;
+        let started = Instant::now();
+        let plugin = host.load(manifest, &wasm)?;
+        let compile = started.elapsed();
+        let deadline = || Instant::now() + Duration::from_secs(10);
+        for _ in 0..20 {
+            host.run(&plugin, request(), deadline()).await?;
+        }
+        let mut calls = Histogram::<u64>::new(3)?;
+        for _ in 0..CALLS {
+            let started = Instant::now();
+            let reply = host.run(&plugin, request(), deadline()).await?;
+            calls.record(started.elapsed().as_nanos() as u64)?;
+            anyhow::ensure!(reply.is_some(), "{language}: no reply");
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        println!(
+            "{language:<12} {:>9.1} {:>11.0} {:>10.1} {:>10.1} {:>10.1}",
+            wasm.len() as f64 / 1e6,
+            compile.as_secs_f64() * 1000.0,
+            us(calls.value_at_quantile(0.5)),
+            us(calls.value_at_quantile(0.99)),
+            us(calls.max())
+        );
+    }
     Ok(())
 }
 
