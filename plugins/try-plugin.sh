@@ -23,9 +23,10 @@ account() {
   call POST /api/auth/register "" "{\"email\":\"$email\",\"password\":\"$password\"}" >/dev/null
   call POST /api/auth/login "" "{\"email\":\"$email\",\"password\":\"$password\"}"
 }
-# A plugin just dropped into PLUGINS_DIR shows up within the folder's 2 s re-read.
+# A plugin just dropped into PLUGINS_DIR shows up after the folder's next re-read (every 2 s)
+# and its compilation: seconds for a Rust component, more for JavaScript and Python engines.
 lister_token=$(account lister | json '["token"]')
-for _ in $(seq 1 100); do
+for _ in $(seq 1 "$(( ${TRY_PLUGIN_WAIT_S:-120} * 10 ))"); do
   listed=$(call GET /api/plugins "$lister_token" |
     python3 -c "import json,sys; print(any(p['name']=='$plugin' for p in json.load(sys.stdin)))")
   [ "$listed" = True ] && break

@@ -155,7 +155,9 @@ impl CallLimits {
     }
 }
 
-/// Per call: far more than a Rust, JavaScript or Python component uses, far less than the pool.
+/// Per call: more than the examples create (a Rust component a handful of core instances,
+/// componentize-py's 14; with `--stub-wasi` it would be 38, see plugins/examples/py-away), far
+/// less than the pool.
 const MAX_INSTANCES_PER_CALL: usize = 32;
 const MAX_MEMORIES_PER_CALL: usize = 4;
 const MAX_TABLES_PER_CALL: usize = 32;
