@@ -600,3 +600,107 @@ async fn a_manifest_with_a_bad_host_pattern_is_rejected() {
         .collect();
     assert_eq!(names, ["llm-responder"]);
 }
+
+/// `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` in the server's environment do not apply to
+/// plugins: a proxy would resolve names itself, past the private-address filter. The proxy
+/// here is a port nobody listens on, so a plugin request through it could not succeed.
+#[tokio::test]
+async fn plugin_requests_ignore_proxy_settings() {
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("direct"))
+        .mount(&stub)
+        .await;
+    let manifest = format!(
+        "name = \"direct\"\nversion = \"1\"\nallowed_hosts = [\"{host}\"]\n[config]\nmode = \"fetch\"\nurl = \"{url}/\"\n",
+        host = stub.address(),
+        url = stub.uri()
+    );
+    let dir = plugins_dir("direct", "hostile.wasm", &manifest);
+    let storage = crate::process::Storage::new();
+    let (plugins, allowed) = (dir.path().display().to_string(), stub.address().to_string());
+    let dead_proxy = "http://127.0.0.1:9";
+    let server = crate::process::Server::start(
+        &storage,
+        &[
+            ("PLUGINS_DIR", &plugins),
+            ("RESPONDER_PLUGIN", "direct"),
+            ("PLUGIN_ALLOWED_HOSTS", &allowed),
+            ("HTTP_PROXY", dead_proxy),
+            ("http_proxy", dead_proxy),
+            ("HTTPS_PROXY", dead_proxy),
+            ("ALL_PROXY", dead_proxy),
+        ],
+    );
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let mut tokens = Vec::new();
+    for label in ["alice", "bob"] {
+        let body = serde_json::json!({"email": crate::helpers::unique_email(label), "password": crate::helpers::PASSWORD});
+        let registered: Value = client
+            .post(server.url("/api/auth/register"))
+            .json(&body)
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("json");
+        let login: Value = client
+            .post(server.url("/api/auth/login"))
+            .json(&body)
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        tokens.push((
+            registered["id"].as_str().expect("id").to_owned(),
+            login["token"].as_str().expect("token").to_owned(),
+        ));
+    }
+    let [(_, alice), (bob_id, bob)] = <[_; 2]>::try_from(tokens).expect("two users");
+    client
+        .put(server.url("/api/user/status"))
+        .bearer_auth(&bob)
+        .json(&serde_json::json!({"status": "BUSY"}))
+        .send()
+        .await
+        .expect("busy");
+    let sent = client
+        .post(server.url("/api/chat/send"))
+        .bearer_auth(&alice)
+        .json(&serde_json::json!({"recipient": bob_id, "content": "hi"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(sent.status(), StatusCode::OK);
+    // The auto-reply is stored within the responder's deadline (10 s).
+    let give_up = Instant::now() + Duration::from_secs(11);
+    let reply = loop {
+        let page: Value = client
+            .get(server.url(&format!("/api/chat/messages?with={bob_id}")))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .expect("history")
+            .json()
+            .await
+            .expect("json");
+        let auto = page
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|m| m["kind"] == "auto_reply")
+            .cloned();
+        if let Some(auto) = auto {
+            break auto;
+        }
+        assert!(Instant::now() < give_up, "no auto-reply");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reply["content"], "direct");
+}
