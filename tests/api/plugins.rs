@@ -632,6 +632,11 @@ async fn plugin_requests_ignore_proxy_settings() {
             ("ALL_PROXY", dead_proxy),
         ],
     );
+    assert_eq!(busy_reply(&server).await, "direct");
+}
+
+/// Against a server process: Alice writes to BUSY Bob; Bob's auto-reply, once stored.
+async fn busy_reply(server: &crate::process::Server) -> String {
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -702,5 +707,47 @@ async fn plugin_requests_ignore_proxy_settings() {
         assert!(Instant::now() < give_up, "no auto-reply");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(reply["content"], "direct");
+    reply["content"].as_str().expect("content").to_owned()
+}
+
+/// A plugin cannot forge server log lines (its newlines are escaped) or flood the log (20 lines
+/// per call are written, the rest counted).
+#[tokio::test]
+async fn plugin_log_lines_are_escaped_and_capped() {
+    let dir = plugins_dir("loud", "hostile.wasm", &hostile_manifest("loud", "log", ""));
+    let storage = crate::process::Storage::new();
+    let plugins = dir.path().display().to_string();
+    let server = crate::process::Server::start(
+        &storage,
+        &[("PLUGINS_DIR", &plugins), ("RESPONDER_PLUGIN", "loud")],
+    );
+    assert_eq!(busy_reply(&server).await, "logged");
+    let mut lines = Vec::new();
+    loop {
+        let line = server
+            .log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the server logs the dropped lines");
+        let line = crate::process::strip_ansi(&line);
+        let done = line.contains("plugin log lines dropped");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let from_plugin: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("plugin=loud") && l.contains("line "))
+        .collect();
+    assert_eq!(from_plugin.len(), 20, "{lines:#?}");
+    assert!(
+        from_plugin[0].contains("line 0\\nFORGED"),
+        "escaped: {}",
+        from_plugin[0]
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("FORGED")), "{lines:#?}");
+    assert!(
+        lines.last().is_some_and(|l| l.contains("dropped=30")),
+        "{lines:#?}"
+    );
 }

@@ -14,6 +14,8 @@ pub struct Server {
     pub base: String,
     /// `http://host:port` of `/metrics`, when started with `METRICS_ADDR`.
     pub metrics: Option<String>,
+    /// The server's log lines after the start-up announcement, ANSI colours removed.
+    pub log: std::sync::mpsc::Receiver<String>,
 }
 
 /// Where a server keeps its data: a directory, and on MongoDB a database too.
@@ -88,6 +90,7 @@ impl Server {
             child,
             base: format!("http://{address}"),
             metrics,
+            log: lines_rx,
         }
     }
 

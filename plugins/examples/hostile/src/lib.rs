@@ -4,7 +4,7 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "responder" });
 
-use palaver::responder::host::{HttpRequest, http_fetch};
+use palaver::responder::host::{HttpRequest, LogLevel, http_fetch, log};
 
 struct Hostile;
 
@@ -53,6 +53,17 @@ impl Guest for Hostile {
                     timeout_ms: None,
                 })?;
                 Ok(Some(String::from_utf8_lossy(&response.body).into_owned()))
+            }
+            // Tries to forge log lines (a newline, then what looks like a server line) and to
+            // flood the log.
+            "log" => {
+                for n in 0..50 {
+                    log(
+                        LogLevel::Error,
+                        &format!("line {n}\nFORGED 2026-01-01T00:00:00Z ERROR palaver: fake"),
+                    );
+                }
+                Ok(Some("logged".into()))
             }
             "panic" => panic!("hostile plugin panicking on purpose"),
             "error" => Err("hostile plugin refusing on purpose".into()),
