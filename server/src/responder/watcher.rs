@@ -64,6 +64,7 @@ fn fingerprint(wasm: &Path) -> Option<Fingerprint> {
 }
 
 /// Why a pair was not loaded this time.
+#[derive(Debug)]
 enum Skip {
     /// A file changed while it was read (a copy in progress): try again next time.
     InFlux,
@@ -151,4 +152,38 @@ fn sync(host: &PluginHost, dir: &Path, seen: &mut Seen) {
         }
         keep
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = "name = \"pair\"\nversion = \"1\"\n";
+
+    #[test]
+    fn a_pair_that_changes_while_it_is_read_is_not_loaded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let wasm = dir.path().join("pair.wasm");
+        std::fs::write(&wasm, b"\0asm old code").expect("wasm");
+        std::fs::write(wasm.with_extension("toml"), MANIFEST).expect("toml");
+        let before = fingerprint(&wasm).expect("fingerprint");
+        let (manifest, bytes) = read_pair(&wasm, before).expect("a settled pair reads");
+        assert_eq!(
+            (manifest.name.as_str(), bytes.as_slice()),
+            ("pair", &b"\0asm old code"[..])
+        );
+
+        // New code lands after the fingerprint was taken (a copy in progress): not loaded now,
+        // and not remembered as broken either, so the next look loads the finished pair.
+        std::fs::write(&wasm, b"\0asm new code, longer").expect("wasm");
+        assert!(matches!(read_pair(&wasm, before), Err(Skip::InFlux)));
+        std::fs::write(
+            wasm.with_extension("toml"),
+            "name = \"pair\"\nversion = \"2\"\n",
+        )
+        .expect("toml");
+        let settled = fingerprint(&wasm).expect("fingerprint");
+        let (manifest, _) = read_pair(&wasm, settled).expect("reads once settled");
+        assert_eq!(manifest.version, "2");
+    }
 }
