@@ -548,9 +548,8 @@ export interface components {
             /** @description A loaded plugin's name (`GET /api/plugins`). */
             plugin: string;
             /**
-             * @description Only keys the plugin lists in `user_settings`, each value at most 4,000 characters.
-             *     Omitted: no settings. Replaces the previous settings as a whole.
-             * @default {}
+             * @description Only keys the plugin lists in `user_settings`, each value at most 4,000 characters;
+             *     `{}` for none. Replaces the previous settings as a whole.
              */
             config: {
                 [key: string]: string;

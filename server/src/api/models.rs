@@ -205,9 +205,8 @@ pub struct ResponderBody {
     /// A loaded plugin's name (`GET /api/plugins`).
     #[oai(validator(min_length = 1, max_length = 64))]
     pub plugin: String,
-    /// Only keys the plugin lists in `user_settings`, each value at most 4,000 characters.
-    /// Omitted: no settings. Replaces the previous settings as a whole.
-    #[oai(default)]
+    /// Only keys the plugin lists in `user_settings`, each value at most 4,000 characters;
+    /// `{}` for none. Replaces the previous settings as a whole.
     pub config: BTreeMap<String, String>,
 }
 
