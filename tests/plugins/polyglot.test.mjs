@@ -165,7 +165,7 @@ for (const { name: plugin, manifest } of PLUGINS) {
 
     before(async () => {
       bob = await newUser(`${plugin}-bob`);
-      const chosen = await api("PUT", "/api/users/me/responder", { token: bob.token, body: { plugin } });
+      const chosen = await api("PUT", "/api/users/me/responder", { token: bob.token, body: { plugin, config: {} } });
       assert.equal(chosen.status, 200, JSON.stringify(chosen.body));
       const busy = await api("PUT", "/api/user/status", { token: bob.token, body: { status: "BUSY" } });
       assert.equal(busy.status, 200, JSON.stringify(busy.body));
