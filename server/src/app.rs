@@ -397,15 +397,16 @@ fn known_routes() -> &'static [KnownRoute] {
     })
 }
 
+/// Runs for every request (the metrics' route label): compares segment by segment, no
+/// allocation.
 fn find_route(path: &str) -> Option<&'static KnownRoute> {
-    let wanted = segments(path);
     known_routes().iter().find(|route| {
-        route.segments.len() == wanted.len()
-            && route
-                .segments
-                .iter()
-                .zip(&wanted)
-                .all(|(t, w)| t == w || t.starts_with('{'))
+        let mut wanted = path.trim_end_matches('/').split('/');
+        route
+            .segments
+            .iter()
+            .all(|t| wanted.next().is_some_and(|w| t == w || t.starts_with('{')))
+            && wanted.next().is_none()
     })
 }
 

@@ -29,6 +29,18 @@ async fn preflight(app: &TestApp, origin: &str) -> reqwest::Response {
         .expect("preflight")
 }
 
+/// A new user's `GET /api/users/me`, as a page on `origin` sends it.
+async fn me_from(app: &TestApp, origin: &str) -> reqwest::Response {
+    let user = app.user("cors").await;
+    app.client
+        .get(app.url("/api/users/me"))
+        .header("Origin", origin)
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("request")
+}
+
 fn header(response: &reqwest::Response, name: &str) -> Option<String> {
     response
         .headers()
@@ -62,15 +74,7 @@ async fn an_allowed_origin_gets_preflights_and_readable_answers() {
     }
 
     // The real request: the answer is readable by the page, Retry-After included.
-    let user = app.user("cors").await;
-    let response = app
-        .client
-        .get(app.url("/api/users/me"))
-        .header("Origin", ALLOWED)
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .expect("request");
+    let response = me_from(&app, ALLOWED).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         header(&response, "access-control-allow-origin").as_deref(),
@@ -89,15 +93,7 @@ async fn without_the_setting_no_other_origin_is_allowed() {
     let app = TestApp::spawn().await;
     let response = preflight(&app, ALLOWED).await;
     assert_eq!(header(&response, "access-control-allow-origin"), None);
-    let user = app.user("no-cors").await;
-    let response = app
-        .client
-        .get(app.url("/api/users/me"))
-        .header("Origin", ALLOWED)
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .expect("request");
+    let response = me_from(&app, ALLOWED).await;
     assert_eq!(header(&response, "access-control-allow-origin"), None);
 }
 

@@ -7,42 +7,10 @@ use std::sync::{Arc, Mutex};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::PASSWORD;
-use crate::process::{Server, Storage};
+use crate::process::{Account, Server, Storage};
 
 const SENDERS: usize = 8;
 const PER_SENDER: usize = 40;
-
-struct Account {
-    id: String,
-    token: String,
-}
-
-async fn account(client: &reqwest::Client, server: &Server, label: &str) -> Account {
-    let credentials = json!({"email": format!("{label}@example.com"), "password": PASSWORD});
-    let registered: Value = client
-        .post(server.url("/api/auth/register"))
-        .json(&credentials)
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("json");
-    let login: Value = client
-        .post(server.url("/api/auth/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    Account {
-        id: registered["id"].as_str().expect("id").to_owned(),
-        token: login["token"].as_str().expect("token").to_owned(),
-    }
-}
 
 /// Sends `content` with `content` as its idempotency key; `Some(id)` once acknowledged.
 async fn send(
@@ -99,8 +67,8 @@ async fn acknowledged_sends_survive_kill_9_and_retries_store_nothing_twice() {
     let server = Server::start(&storage, &env);
     let client = reqwest::Client::new();
     let (alice, bob) = (
-        account(&client, &server, "alice").await,
-        account(&client, &server, "bob").await,
+        server.account(&client, "alice").await,
+        server.account(&client, "bob").await,
     );
     let alice = Arc::new(alice);
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();

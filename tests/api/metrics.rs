@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, unique_email};
+use crate::helpers::unique_email;
 use crate::process::{Server, Storage};
 
 /// The samples of one scrape: `name` plus its sorted labels → value.
@@ -105,35 +105,10 @@ async fn metrics_count_requests_messages_connections_auto_replies_and_refusals()
     let client = reqwest::Client::new();
     use reqwest::Method;
 
-    let mut users = Vec::new();
-    for label in ["ada", "grace"] {
-        let credentials = json!({"email": unique_email(label), "password": PASSWORD});
-        let (status, registered) = call(
-            &client,
-            &server,
-            Method::POST,
-            "/api/auth/register",
-            None,
-            Some(credentials.clone()),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED);
-        let (status, login) = call(
-            &client,
-            &server,
-            Method::POST,
-            "/api/auth/login",
-            None,
-            Some(credentials),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        users.push((
-            registered["id"].as_str().expect("id").to_owned(),
-            login["token"].as_str().expect("token").to_owned(),
-        ));
-    }
-    let [(ada_id, ada), (grace_id, grace)] = <[_; 2]>::try_from(users).expect("two users");
+    // Two registrations (201) and two logins (200), counted below.
+    let ada = server.account(&client, "ada").await.token;
+    let grace = server.account(&client, "grace").await;
+    let (grace_id, grace) = (grace.id, grace.token);
 
     // Both online over WebSocket: the gauge counts them.
     let connect = |token: &str| {
@@ -299,7 +274,6 @@ async fn metrics_count_requests_messages_connections_auto_replies_and_refusals()
         1.0,
     );
     expect("palaver_store_errors_total", &[], 0.0);
-    let _ = ada_id;
 
     // A closed socket leaves the gauge.
     ada_socket.close(None).await.expect("close");

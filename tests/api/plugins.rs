@@ -641,33 +641,9 @@ async fn busy_reply(server: &crate::process::Server) -> String {
         .no_proxy()
         .build()
         .expect("client");
-    let mut tokens = Vec::new();
-    for label in ["alice", "bob"] {
-        let body = serde_json::json!({"email": crate::helpers::unique_email(label), "password": crate::helpers::PASSWORD});
-        let registered: Value = client
-            .post(server.url("/api/auth/register"))
-            .json(&body)
-            .send()
-            .await
-            .expect("register")
-            .json()
-            .await
-            .expect("json");
-        let login: Value = client
-            .post(server.url("/api/auth/login"))
-            .json(&body)
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        tokens.push((
-            registered["id"].as_str().expect("id").to_owned(),
-            login["token"].as_str().expect("token").to_owned(),
-        ));
-    }
-    let [(_, alice), (bob_id, bob)] = <[_; 2]>::try_from(tokens).expect("two users");
+    let alice = server.account(&client, "alice").await.token;
+    let bob = server.account(&client, "bob").await;
+    let (bob_id, bob) = (bob.id, bob.token);
     client
         .put(server.url("/api/user/status"))
         .bearer_auth(&bob)

@@ -18,6 +18,12 @@ pub struct Server {
     pub log: std::sync::mpsc::Receiver<String>,
 }
 
+/// A registered user of a server process: id and token.
+pub struct Account {
+    pub id: String,
+    pub token: String,
+}
+
 /// Where a server keeps its data: a directory, and on MongoDB a database too.
 pub struct Storage {
     pub dir: tempfile::TempDir,
@@ -96,6 +102,36 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Registers `label@example.com` and logs in (each server has its own database).
+    pub async fn account(&self, client: &reqwest::Client, label: &str) -> Account {
+        let credentials = serde_json::json!({
+            "email": format!("{label}@example.com"),
+            "password": crate::helpers::PASSWORD,
+        });
+        let registered: serde_json::Value = client
+            .post(self.url("/api/auth/register"))
+            .json(&credentials)
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("json");
+        let login: serde_json::Value = client
+            .post(self.url("/api/auth/login"))
+            .json(&credentials)
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        Account {
+            id: registered["id"].as_str().expect("id").to_owned(),
+            token: login["token"].as_str().expect("token").to_owned(),
+        }
     }
 
     /// SIGKILL: no draining, no flushing, nothing.
