@@ -28,14 +28,17 @@ use tower::{Layer, ServiceExt};
 use crate::api::error::{ApiError, error_to_response};
 use crate::api::{self, MAX_BODY_BYTES};
 use crate::auth::{PasswordHasher, Sessions, TokenService, load_or_create_secret};
+use crate::cluster::{Cluster, Parts as ClusterParts};
 use crate::config::{AllowedOrigins, Config, RealtimeSettings};
 use crate::limits::Limits;
-use crate::messaging::Messenger;
+use crate::messaging::{BusyRecipients, FanOut, Messaging, Sequencer, Writer};
 use crate::metrics::MetricsServer;
-use crate::realtime::{ConnectionCaps, Eviction, Hub, TooManyConnections, socketio, ws};
+use crate::realtime::{
+    ConnectionCaps, Eviction, Hub, LocalFanOut, TooManyConnections, socketio, ws,
+};
 use crate::responder::{Responder, watch_plugins_dir};
 use crate::state::AppState;
-use crate::store::{MongoStore, SqliteStore, Store};
+use crate::store::{ClusterLog, MongoStore, SqliteStore, Store};
 use crate::{telemetry, web};
 
 /// The client's address, carried from the accept loop to the shared service.
@@ -72,16 +75,27 @@ impl Application {
         create_private_dir(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
-        let store: Arc<dyn Store> = match &config.mongodb {
-            Some(mongo) => Arc::new(MongoStore::connect(mongo).await?),
-            None => Arc::new(
-                SqliteStore::open(
-                    &config.data_dir.join("palaver.db"),
-                    config.sqlite_synchronous,
-                )
-                .await?,
-            ),
-        };
+        let (store, cluster_log): (Arc<dyn Store>, Option<Arc<dyn ClusterLog>>) =
+            match &config.mongodb {
+                Some(mongo) => {
+                    let mut mongo = MongoStore::connect(mongo).await?;
+                    if let Some(cluster) = &config.cluster {
+                        mongo = mongo.with_origin(cluster.node_id.clone());
+                    }
+                    let mongo = Arc::new(mongo);
+                    (mongo.clone(), Some(mongo))
+                }
+                None => (
+                    Arc::new(
+                        SqliteStore::open(
+                            &config.data_dir.join("palaver.db"),
+                            config.sqlite_synchronous,
+                        )
+                        .await?,
+                    ),
+                    None,
+                ),
+            };
         let secret = load_or_create_secret(config.jwt_secret.clone(), &config.data_dir)?;
         let hub = Hub::new(
             config.realtime.queue_capacity,
@@ -91,14 +105,47 @@ impl Application {
             },
         );
         let limits = Arc::new(Limits::new(&config.limits));
-        let messenger = Arc::new(Messenger::start(store.clone(), hub.clone()));
-        let responder = Responder::new(config.responder.clone(), store.clone(), messenger.clone())
+        let ids = Arc::new(Sequencer::new());
+        let local: Arc<dyn FanOut> = LocalFanOut::new(hub.clone());
+        let (fanout, orphans): (Arc<dyn FanOut>, _) = match (&config.cluster, cluster_log) {
+            (None, _) => (local, None),
+            (Some(settings), Some(log)) => {
+                let (orphans, orphaned) = tokio::sync::mpsc::unbounded_channel();
+                let parts = ClusterParts {
+                    store: store.clone(),
+                    log,
+                    local,
+                    ids: ids.clone(),
+                    orphans,
+                    responder_timeout: config.responder.timeout,
+                };
+                (Cluster::join(settings, parts).await?, Some(orphaned))
+            }
+            (Some(_), None) => anyhow::bail!("MONGODB_URI: a cluster needs MongoDB"),
+        };
+        let writer = Arc::new(Writer::start(store.clone(), fanout.clone(), ids));
+        let responder = Responder::new(config.responder.clone(), store.clone(), writer.clone())
             .context("starting the responder")?;
+        if let Some(mut orphaned) = orphans {
+            let responder = responder.clone();
+            tokio::spawn(async move {
+                while let Some(message) = orphaned.recv().await {
+                    responder.clone().orphaned(message);
+                }
+            });
+        }
+        let messaging = Arc::new(Messaging::new(
+            store.clone(),
+            writer,
+            fanout,
+            responder.clone(),
+            limits.clone(),
+        ));
         if let Some(dir) = &config.responder.plugins_dir {
             watch_plugins_dir(responder.plugins(), dir.clone()).await;
         }
         let state = AppState {
-            messenger,
+            messaging,
             responder,
             store: store.clone(),
             passwords: Arc::new(PasswordHasher::new(

@@ -34,6 +34,123 @@ pub struct Config {
     pub cors: AllowedOrigins,
     /// `Some`: serve Prometheus metrics at `/metrics` on this address (its own listener).
     pub metrics_addr: Option<SocketAddr>,
+    /// `Some`: this node is one of a cluster that fans out through NATS (`NATS_URL`).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How a node joins a cluster: see README "Running a cluster".
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub nats_url: NatsUrl,
+    /// This node's name (`NODE_ID`), unique in the cluster; kept on every message it stores.
+    pub node_id: String,
+    /// The first token(s) of every NATS subject the cluster uses (`NATS_SUBJECT_PREFIX`), so
+    /// that several clusters can share one NATS.
+    pub subject_prefix: String,
+}
+
+/// One or more NATS server URLs, comma-separated (`nats://`, `tls://`, `ws://`, `wss://`). They
+/// may carry credentials (`nats://user:password@host`, `nats://token@host`), so `Debug` and
+/// [`NatsUrl::redacted`] replace any user part with `***`.
+#[derive(Clone)]
+pub struct NatsUrl(Secret);
+
+impl NatsUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url = Self(Secret::new(raw.trim().to_owned()));
+        for server in url.expose().split(',') {
+            let server = server.trim();
+            let ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| server.starts_with(scheme) && server.len() > scheme.len());
+            if !ok {
+                return Err(format!(
+                    "must be nats://host:port (or tls://, ws://, wss://; several separated by \
+                     commas), got {:?}",
+                    Self::redact(server)
+                ));
+            }
+        }
+        Ok(url)
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The servers with any user, password or token replaced by `***`.
+    pub fn redacted(&self) -> String {
+        self.expose()
+            .split(',')
+            .map(|server| Self::redact(server.trim()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn redact(server: &str) -> String {
+        let Some(start) = server.find("://").map(|i| i + 3) else {
+            return server.to_owned();
+        };
+        match server.rfind('@').filter(|&at| at >= start) {
+            Some(at) => format!("{}***{}", &server[..start], &server[at..]),
+            None => server.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for NatsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `NODE_ID`: 1 to 64 of `A-Z a-z 0-9 - _` (it is a NATS-safe token and a stored field).
+fn parse_node_id(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let ok = (1..=64).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!(
+            "must be 1 to 64 letters, digits, '-' or '_', got {raw:?}"
+        ))
+    }
+}
+
+/// `NATS_SUBJECT_PREFIX`: dot-separated tokens of `A-Z a-z 0-9 - _`.
+fn parse_subject_prefix(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let ok = raw.len() <= 128
+        && raw.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!(
+            "must be dot-separated tokens of letters, digits, '-' or '_' (such as \
+             palaver or acme.chat), got {raw:?}"
+        ))
+    }
+}
+
+/// A node name nobody else has: the host's name (when the environment tells it) and randomness.
+fn generated_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .and_then(|h| parse_node_id(&h).ok())
+        .map(|h| h.chars().take(40).collect::<String>())
+        .unwrap_or_else(|| "node".to_owned());
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}-{suffix}")
 }
 
 /// "At most `count` per `per`", with bursts of up to `count`: a token bucket refilled evenly.
@@ -433,6 +550,52 @@ impl Config {
             })
             .transpose()?;
 
+        let cluster = match get("NATS_URL") {
+            None => None,
+            Some(raw) => {
+                let nats_url = NatsUrl::parse(&raw).map_err(|problem| ConfigError {
+                    variable: "NATS_URL",
+                    problem,
+                })?;
+                // A generated secret or an embedded file would differ on every node.
+                if mongodb.is_none() {
+                    return Err(ConfigError {
+                        variable: "MONGODB_URI",
+                        problem: "must be set when NATS_URL is: the nodes of a cluster share \
+                                  one MongoDB database"
+                            .to_owned(),
+                    });
+                }
+                if jwt_secret.is_none() {
+                    return Err(ConfigError {
+                        variable: "JWT_SECRET",
+                        problem: "must be set when NATS_URL is: every node must sign and check \
+                                  tokens with the same secret"
+                            .to_owned(),
+                    });
+                }
+                let node_id = match get("NODE_ID") {
+                    None => generated_node_id(),
+                    Some(raw) => parse_node_id(&raw).map_err(|problem| ConfigError {
+                        variable: "NODE_ID",
+                        problem,
+                    })?,
+                };
+                let subject_prefix = match get("NATS_SUBJECT_PREFIX") {
+                    None => "palaver".to_owned(),
+                    Some(raw) => parse_subject_prefix(&raw).map_err(|problem| ConfigError {
+                        variable: "NATS_SUBJECT_PREFIX",
+                        problem,
+                    })?,
+                };
+                Some(ClusterSettings {
+                    nats_url,
+                    node_id,
+                    subject_prefix,
+                })
+            }
+        };
+
         Ok(Self {
             host,
             port,
@@ -446,6 +609,7 @@ impl Config {
             limits,
             cors,
             metrics_addr,
+            cluster,
         })
     }
 }
@@ -763,5 +927,56 @@ mod tests {
         let secret = "s".repeat(40);
         let config = config(&[("JWT_SECRET", &secret)]).expect("valid");
         assert!(!format!("{config:?}").contains(&secret));
+    }
+
+    #[test]
+    fn a_cluster_node_needs_a_shared_database_and_secret() {
+        let nats = ("NATS_URL", "nats://127.0.0.1:4222");
+        let mongo = ("MONGODB_URI", "mongodb://127.0.0.1:27017/chat");
+        let secret = ("JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        assert!(config(&[]).expect("single node").cluster.is_none());
+        assert_eq!(
+            config(&[nats, secret]).err().map(|e| e.variable),
+            Some("MONGODB_URI")
+        );
+        assert_eq!(
+            config(&[nats, mongo]).err().map(|e| e.variable),
+            Some("JWT_SECRET")
+        );
+        let cluster = config(&[nats, mongo, secret, ("NODE_ID", "eu-1")])
+            .expect("cluster")
+            .cluster
+            .expect("cluster settings");
+        assert_eq!(cluster.node_id, "eu-1");
+        assert_eq!(cluster.subject_prefix, "palaver");
+        let generated = config(&[nats, mongo, secret]).expect("cluster").cluster;
+        assert!(generated.is_some_and(|c| parse_node_id(&c.node_id).is_ok()));
+        for (variable, bad) in [
+            ("NATS_URL", "http://127.0.0.1:4222"),
+            ("NATS_URL", "nats://a:4222,"),
+            ("NODE_ID", "eu 1"),
+            ("NATS_SUBJECT_PREFIX", "chat.>"),
+            ("NATS_SUBJECT_PREFIX", "chat..x"),
+        ] {
+            let mut vars = vec![nats, mongo, secret];
+            vars.retain(|(name, _)| *name != variable);
+            vars.push((variable, bad));
+            assert_eq!(
+                config(&vars).err().map(|e| e.variable),
+                Some(variable),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn nats_credentials_never_show() {
+        let url = NatsUrl::parse("nats://user:s3cret@a:4222, tls://tok3n@b:4222").expect("url");
+        assert_eq!(url.redacted(), "nats://***@a:4222,tls://***@b:4222");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let refused = NatsUrl::parse("http://user:s3cret@a")
+            .err()
+            .unwrap_or_default();
+        assert!(!refused.contains("s3cret"), "{refused}");
     }
 }

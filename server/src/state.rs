@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use crate::auth::{PasswordHasher, Sessions};
 use crate::limits::Limits;
-use crate::messaging::Messenger;
+use crate::messaging::Messaging;
 use crate::realtime::Hub;
 use crate::responder::Responder;
 use crate::store::Store;
@@ -14,7 +14,7 @@ pub struct AppState {
     pub passwords: Arc<PasswordHasher>,
     pub sessions: Arc<Sessions>,
     pub hub: Arc<Hub>,
-    pub messenger: Arc<Messenger>,
+    pub messaging: Arc<Messaging>,
     pub responder: Arc<Responder>,
     pub limits: Arc<Limits>,
 }

@@ -82,6 +82,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         limits: LimitSettings::default(),
         cors: Default::default(),
         metrics_addr: None,
+        cluster: None,
     }
 }
 

@@ -9,7 +9,7 @@ use super::models::{MessageSent, MessageView, SendMessageBody};
 use super::schema::{KeyText, PageLimit, UuidText};
 use super::security::AuthUser;
 use crate::domain::{MessageId, MessagePage, UserId, ValidationError};
-use crate::messaging::{SendRequest, send_message};
+use crate::messaging::SendRequest;
 use crate::state::AppState;
 
 pub struct ChatApi;
@@ -60,7 +60,7 @@ impl ChatApi {
         {
             return Err(ApiError::not_found("User not found"));
         }
-        let messages = state.store.list_messages(user, &page).await?;
+        let messages = state.messaging.history(user, page).await?;
         Ok(Json(messages.into_iter().map(MessageView::from).collect()))
     }
 
@@ -87,7 +87,7 @@ impl ChatApi {
             content: body.content.0,
             idempotency_key: idempotency_key.0.map(|k| k.0),
         };
-        let message = send_message(&state, user, request).await?;
+        let message = state.messaging.send(user, request).await?;
         Ok(Json(MessageSent {
             message: "Message sent successfully".to_owned(),
             id: message.id.to_string(),

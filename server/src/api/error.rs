@@ -191,6 +191,7 @@ impl From<SendError> for ApiError {
                 Self::conflict("This idempotency key was already used for a different message")
             }
             SendError::Store(err) => err.into(),
+            SendError::Unavailable(down) => Self::unavailable(down.0, UNAVAILABLE_RETRY_SECS),
             SendError::TooFast(wait) => Self::too_many_requests(
                 format!(
                     "You are sending messages too fast; try again in {} s",

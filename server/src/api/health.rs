@@ -36,16 +36,20 @@ impl HealthApi {
     /// 200 when the store answers, 503 when it does not.
     #[oai(path = "/readyz", method = "get", operation_id = "checkReadiness")]
     async fn readyz(&self, state: Data<&AppState>) -> ReadyResponse {
-        match state.store.ping().await {
-            Ok(()) => ReadyResponse::Ready(Json(HealthView {
-                status: "ready".to_owned(),
-            })),
-            Err(e) => {
-                tracing::warn!(error = %e, "readiness check failed");
-                ReadyResponse::NotReady(Json(ErrorBody {
-                    message: "The database is unavailable".to_owned(),
-                }))
-            }
+        if let Err(e) = state.store.ping().await {
+            tracing::warn!(error = %e, "readiness check failed");
+            return ReadyResponse::NotReady(Json(ErrorBody {
+                message: "The database is unavailable".to_owned(),
+            }));
         }
+        if let Err(e) = state.messaging.health() {
+            tracing::warn!(error = %e, "readiness check failed");
+            return ReadyResponse::NotReady(Json(ErrorBody {
+                message: e.to_string(),
+            }));
+        }
+        ReadyResponse::Ready(Json(HealthView {
+            status: "ready".to_owned(),
+        }))
     }
 }

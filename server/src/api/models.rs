@@ -2,7 +2,7 @@
 
 use chrono::SecondsFormat;
 use poem_openapi::Object;
-use poem_openapi::types::{Example, ToJSON};
+use poem_openapi::types::Example;
 
 use super::schema::{ContentText, EmailText, PasswordText, UuidText};
 use std::collections::BTreeMap;
@@ -163,13 +163,6 @@ impl From<Message> for MessageView {
             kind: message.kind,
         }
     }
-}
-
-/// A message as every transport shows it (HTTP lists, WebSocket and Socket.IO pushes).
-pub fn message_json(message: &Message) -> serde_json::Value {
-    MessageView::from(message.clone())
-        .to_json()
-        .unwrap_or(serde_json::Value::Null)
 }
 
 #[derive(Object)]
@@ -433,5 +426,30 @@ impl Example for ResponderBody {
     fn example() -> Self {
         let ResponderView { plugin, config } = ResponderView::example();
         Self { plugin, config }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem_openapi::types::ToJSON;
+
+    use super::*;
+    use crate::domain::{Content, UserId};
+
+    /// Pushes are built in `realtime`; they must show a message exactly as the HTTP API does.
+    #[test]
+    fn pushed_messages_look_like_listed_ones() {
+        for kind in [MessageKind::User, MessageKind::AutoReply] {
+            let message = Message::new(
+                UserId::new(),
+                UserId::new(),
+                Content::parse("héllo \"there\"".to_owned()).expect("content"),
+                kind,
+            );
+            assert_eq!(
+                crate::realtime::message_payload(&message),
+                MessageView::from(message).to_json().expect("json")
+            );
+        }
     }
 }

@@ -12,7 +12,6 @@ use super::schema::{EmailText, UuidText};
 use super::security::AuthUser;
 use crate::account;
 use crate::domain::{Email, ResponderChoice, UserId};
-use crate::presence::update_status;
 use crate::state::AppState;
 
 pub struct UsersApi;
@@ -32,7 +31,7 @@ impl UsersApi {
         body: Json<StatusBody>,
     ) -> Result<Json<StatusUpdated>, ApiError> {
         let status = body.0.status;
-        if !update_status(&state, user, status).await? {
+        if !state.messaging.set_status(user, status).await? {
             return Err(ApiError::not_found(USER_NOT_FOUND));
         }
         Ok(Json(StatusUpdated {

@@ -28,6 +28,11 @@ impl IdempotencyKey {
         Ok(Self(raw.to_owned()))
     }
 
+    /// A key the server makes itself (never from a client).
+    pub fn from_trusted(key: String) -> Self {
+        Self(key)
+    }
+
     /// The form stores keep: the sender's id and the key, so that keys are per sender.
     pub fn scoped(&self, sender: UserId) -> String {
         format!("{sender}/{}", self.0)

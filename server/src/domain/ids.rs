@@ -12,6 +12,10 @@ macro_rules! uuid_id {
                 Self(Uuid::now_v7())
             }
 
+            pub fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
+
             pub fn parse(raw: &str) -> Result<Self, ValidationError> {
                 Uuid::try_parse(raw.trim())
                     .map(Self)

@@ -67,6 +67,9 @@ pub struct MessagePage {
     pub before: Option<MessageId>,
     pub after: Option<MessageId>,
     pub limit: u32,
+    /// Nothing newer than this, whatever else asks (set by the server, never by a client): in a
+    /// cluster, what every writer has committed.
+    pub upto: Option<MessageId>,
 }
 
 impl MessagePage {
@@ -87,6 +90,7 @@ impl MessagePage {
             before,
             after,
             limit,
+            upto: None,
         })
     }
 }
@@ -98,6 +102,7 @@ impl Default for MessagePage {
             before: None,
             after: None,
             limit: DEFAULT_PAGE_LIMIT,
+            upto: None,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Live delivery: the hub of connections, and the WebSocket and Socket.IO transports.
 
+mod fanout;
 mod hub;
 pub mod socketio;
 pub mod ws;
 
+pub use fanout::{LocalFanOut, message_payload};
 pub use hub::{
     ConnectionCaps, Eviction, EvictionSignal, Hub, Push, Subscription, TooManyConnections,
 };

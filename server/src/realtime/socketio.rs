@@ -16,7 +16,7 @@ use crate::api::security::authenticate;
 use crate::auth::Caller;
 use crate::config::RealtimeSettings;
 use crate::domain::UserId;
-use crate::messaging::{SendRequest, send_message};
+use crate::messaging::SendRequest;
 use crate::realtime::{ClientId, Eviction, Subscription};
 use crate::state::AppState;
 
@@ -268,7 +268,7 @@ async fn on_send(
                 content: event.content,
                 idempotency_key: event.client_id.map(ClientId::into_key),
             };
-            match send_message(&state, user, request).await {
+            match state.messaging.send(user, request).await {
                 Ok(message) => json!({"id": message.id.to_string()}),
                 Err(err) => {
                     let err = crate::api::error::ApiError::from(err);

@@ -20,7 +20,7 @@ use crate::api::security::{authenticate, token_from_headers};
 use crate::auth::Caller;
 use crate::config::RealtimeSettings;
 use crate::domain::UserId;
-use crate::messaging::{SendRequest, send_message};
+use crate::messaging::SendRequest;
 use crate::state::AppState;
 
 /// The subprotocol a browser offers alongside its token: `new WebSocket(url, ["palaver", token])`.
@@ -249,7 +249,7 @@ async fn handle_text(state: &AppState, user: UserId, text: &str) -> Option<Strin
                 content: send.content,
                 idempotency_key: send.client_id.map(super::ClientId::into_key),
             };
-            Some(match send_message(state, user, request).await {
+            Some(match state.messaging.send(user, request).await {
                 Ok(message) => {
                     json!({"type": "sent", "client_id": client_id, "id": message.id.to_string()})
                         .to_string()

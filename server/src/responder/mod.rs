@@ -19,7 +19,7 @@ use crate::config::{BUILTIN_PLUGIN, ResponderSettings};
 use crate::domain::{
     Content, MAX_SETTING_CHARS, Message, MessageKind, MessagePage, ResponderChoice, UserId,
 };
-use crate::messaging::Messenger;
+use crate::messaging::{BusyRecipients, Delivered, Outgoing, Writer, auto_reply_key};
 use crate::metrics;
 use crate::store::{Store, StoreError, User};
 use crate::wasm::{
@@ -38,7 +38,7 @@ const HISTORY: u32 = 20;
 pub struct Responder {
     host: Arc<PluginHost>,
     store: Arc<dyn Store>,
-    messenger: Arc<Messenger>,
+    writer: Arc<Writer>,
     settings: ResponderSettings,
     fallback: Content,
     in_flight: Mutex<HashSet<(UserId, UserId)>>,
@@ -52,7 +52,7 @@ impl Responder {
     pub fn new(
         settings: ResponderSettings,
         store: Arc<dyn Store>,
-        messenger: Arc<Messenger>,
+        writer: Arc<Writer>,
     ) -> anyhow::Result<Arc<Self>> {
         // LLM_API_URL's host, on its port, is always the operator's.
         let llm_host = settings.llm_api_url.as_ref().and_then(|url| {
@@ -80,7 +80,7 @@ impl Responder {
         Ok(Arc::new(Self {
             host,
             store,
-            messenger,
+            writer,
             fallback,
             in_flight: Mutex::new(HashSet::new()),
             permits: Semaphore::new(MAX_CONCURRENT_CALLS as usize),
@@ -151,10 +151,30 @@ impl Responder {
             .map_or_else(|| BUILTIN_PLUGIN.to_owned(), |p| p.manifest.name.clone())
     }
 
-    /// Called once `message` is stored for a BUSY `recipient`; returns at once.
-    /// With `run_plugin` false (an auto-reply quota is used up) the fallback goes at once.
-    pub fn answer_for(
-        self: &Arc<Self>,
+    /// Stores `reply` as `message`'s auto-reply, unless one is stored already (by this node or,
+    /// in a cluster, by another that took over from a node that died).
+    async fn reply_to(&self, message: &Message, reply: Content) {
+        let outgoing = Outgoing {
+            sender: message.recipient,
+            recipient: message.sender,
+            content: reply,
+            kind: MessageKind::AutoReply,
+            idempotency_key: Some(auto_reply_key(message.id)),
+            awaits_reply: false,
+        };
+        match self.writer.deliver(outgoing).await {
+            Ok(Delivered::Stored(_)) => {}
+            Ok(Delivered::Replayed(_)) => {
+                tracing::info!(message = %message.id, "this message was answered already");
+            }
+            Err(e) => tracing::error!(error = %e, "storing the auto-reply failed"),
+        }
+    }
+}
+
+impl BusyRecipients for Responder {
+    fn message_for_busy(
+        self: Arc<Self>,
         message: Message,
         recipient: User,
         received: Instant,
@@ -169,7 +189,7 @@ impl Responder {
                 "an auto-reply is already on its way; not starting another");
             return;
         };
-        let this = self.clone();
+        let this = self;
         tokio::spawn(async move {
             let _guard = guard;
             let deadline = received + this.settings.timeout;
@@ -199,16 +219,19 @@ impl Responder {
                     this.fallback.clone()
                 }
             };
-            if let Err(e) = this
-                .messenger
-                .deliver(recipient.id, sender, reply, MessageKind::AutoReply)
-                .await
-            {
-                tracing::error!(error = %e, "storing the auto-reply failed");
-            }
+            this.reply_to(&message, reply).await;
         });
     }
 
+    fn orphaned(self: Arc<Self>, message: Message) {
+        tokio::spawn(async move {
+            metrics::responder_outcome("fallback", Fallback::NodeLost.label(), Duration::ZERO);
+            self.reply_to(&message, self.fallback.clone()).await;
+        });
+    }
+}
+
+impl Responder {
     /// The plugin's answer, or why the fallback goes instead (logged here).
     async fn ask_plugin(
         &self,
@@ -359,6 +382,8 @@ fn not_settable(key: &str, plugin: &str, settable: &[String]) -> String {
 enum Fallback {
     /// The auto-reply quota for this pair (or in total) is used up: no plugin ran.
     Quota,
+    /// The cluster node that was answering died; another node sent the fallback.
+    NodeLost,
     /// The deadline passed before the plugin answered.
     Deadline,
     /// No plugin is loaded (or the responder is shutting down).
@@ -380,6 +405,7 @@ impl Fallback {
     fn label(self) -> &'static str {
         match self {
             Fallback::Quota => "quota",
+            Fallback::NodeLost => "node_lost",
             Fallback::Deadline => "deadline",
             Fallback::NoPlugin => "no_plugin",
             Fallback::NoLlm => "no_llm",

@@ -58,6 +58,7 @@ async fn insert(store: &Arc<dyn Store>, messages: &[Message]) {
         .map(|message| NewMessage {
             message: message.clone(),
             idempotency_key: None,
+            awaits_reply: false,
         })
         .collect();
     let outcomes = store.insert_messages(&batch).await.expect("insert");
@@ -286,6 +287,27 @@ async fn pages_scroll_back_and_catch_up(store: Arc<dyn Store>) {
         .map(|m| m.id)
         .collect();
     assert_eq!(page(&store, c, MessagePage::default()).await, c_sees);
+    // `upto` caps every kind of page, the newest one and catch-up alike.
+    let upto = |page: MessagePage| MessagePage {
+        upto: Some(all[4]),
+        ..page
+    };
+    assert_eq!(
+        page(&store, a, upto(MessagePage::default())).await,
+        all[..5]
+    );
+    assert_eq!(
+        page(
+            &store,
+            a,
+            upto(MessagePage {
+                after: Some(all[2]),
+                ..limit(50)
+            })
+        )
+        .await,
+        all[3..5]
+    );
 }
 
 async fn conversation_peers_are_distinct_and_exclude_oneself(store: Arc<dyn Store>) {
@@ -320,6 +342,7 @@ async fn one_bad_message_never_fails_its_batch(store: Arc<dyn Store>) {
         .map(|m| NewMessage {
             message: m.clone(),
             idempotency_key: None,
+            awaits_reply: false,
         })
         .collect();
     let outcomes = store
@@ -350,6 +373,7 @@ async fn idempotency_keys_store_a_send_once(store: Arc<dyn Store>) {
     let keyed = |message: &Message| NewMessage {
         message: message.clone(),
         idempotency_key: Some(key.clone()),
+        awaits_reply: false,
     };
     let first = messages(&[(a, b), (b, a)]);
     let outcomes = store
@@ -381,10 +405,12 @@ async fn idempotency_keys_store_a_send_once(store: Arc<dyn Store>) {
             NewMessage {
                 message: twice[0].clone(),
                 idempotency_key: Some(fresh.clone()),
+                awaits_reply: false,
             },
             NewMessage {
                 message: twice[1].clone(),
                 idempotency_key: Some(fresh),
+                awaits_reply: false,
             },
         ])
         .await

@@ -10,7 +10,9 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
-use crate::domain::{Email, IdempotencyKey, Message, MessagePage, ResponderChoice, Status, UserId};
+use crate::domain::{
+    Email, IdempotencyKey, Message, MessageId, MessagePage, ResponderChoice, Status, UserId,
+};
 
 /// A registered user as the API shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct Credentials {
 pub struct NewMessage {
     pub message: Message,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The recipient was BUSY when it was sent: an auto-reply is owed.
+    pub awaits_reply: bool,
 }
 
 /// What became of one message of a batch.
@@ -139,6 +143,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Message>, StoreError>;
     /// Answers when the database is reachable; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// What cluster nodes need beyond [`Store`]: the messages each node's writer stored (MongoDB
+/// only; a cluster cannot share an embedded database).
+#[async_trait]
+pub trait ClusterLog: Send + Sync + 'static {
+    /// Messages node `origin` stored with ids in `(after, upto]`, oldest first.
+    async fn stored_by(
+        &self,
+        origin: &str,
+        after: MessageId,
+        upto: Option<MessageId>,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// Messages node `origin` stored after `since` whose recipient was BUSY, oldest first.
+    async fn awaiting_reply(
+        &self,
+        origin: &str,
+        since: MessageId,
+    ) -> Result<Vec<Message>, StoreError>;
 }
 
 /// The key both directions of a conversation share, whichever way a message went.

@@ -3,7 +3,7 @@
 //!
 //! It keeps to what every MongoDB-wire server offers: no multi-document transactions and no
 //! change streams. The [`super::Store`] contract still holds because the one message writer
-//! (`messaging::Messenger`) already serialises inserts, and a status change is a single
+//! (`messaging::Writer`) already serialises inserts, and a status change is a single
 //! `findAndModify`.
 
 use std::collections::HashMap;
@@ -20,7 +20,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User, conversation_key,
+    ClusterLog, Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User,
+    conversation_key,
 };
 use crate::config::MongoSettings;
 use crate::domain::{
@@ -46,6 +47,8 @@ pub struct MongoStore {
     database: Database,
     users: Collection<UserDoc>,
     messages: Collection<MessageDoc>,
+    /// This node's name in a cluster, kept on every message it stores.
+    origin: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +85,13 @@ struct MessageDoc {
     /// `<sender>/<key>` when the send carried an idempotency key (see `IdempotencyKey`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     idempotency: Option<String>,
+    /// The node whose writer stored it (cluster mode), so that other nodes can recover what a
+    /// node committed but could not announce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
+    /// The recipient was BUSY: an auto-reply is owed (see `NewMessage::awaits_reply`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    awaits_reply: bool,
 }
 
 impl MongoStore {
@@ -141,7 +151,27 @@ impl MongoStore {
             users: database.collection("users"),
             messages: database.collection("messages"),
             database,
+            origin: None,
         }
+    }
+
+    /// Marks every message this store writes from now on as stored by cluster node `node`.
+    pub fn with_origin(mut self, node: String) -> Self {
+        self.origin = Some(node);
+        self
+    }
+
+    async fn find_messages(&self, filter: Document) -> Result<Vec<Message>, StoreError> {
+        let docs: Vec<MessageDoc> = self
+            .messages
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        docs.into_iter().map(Message::try_from).collect()
     }
 
     /// The database this store writes to (tests drop it afterwards).
@@ -250,6 +280,10 @@ impl MongoStore {
                 "messages",
                 named(doc! { "idempotency": 1 }, "idempotency_key", false),
             ),
+            (
+                "messages",
+                named(doc! { "origin": 1, "_id": 1 }, "origin_by_id", false),
+            ),
         ];
         for (collection, index) in indexes {
             self.database
@@ -339,6 +373,7 @@ impl From<&NewMessage> for MessageDoc {
             .idempotency_key
             .as_ref()
             .map(|key| key.scoped(new.message.sender));
+        doc.awaits_reply = new.awaits_reply;
         doc
     }
 }
@@ -356,6 +391,8 @@ impl From<&Message> for MessageDoc {
             sent_at: bson::DateTime::from_millis(message.sent_at.timestamp_millis()),
             kind: message.kind.as_str().to_owned(),
             idempotency: None,
+            origin: None,
+            awaits_reply: false,
         }
     }
 }
@@ -504,7 +541,10 @@ impl Store for MongoStore {
 
         let mut rest = &to_insert[..];
         while !rest.is_empty() {
-            let docs = rest.iter().map(|&i| MessageDoc::from(&batch[i]));
+            let docs = rest.iter().map(|&i| MessageDoc {
+                origin: self.origin.clone(),
+                ..MessageDoc::from(&batch[i])
+            });
             let failure = match self.messages.insert_many(docs).ordered(true).await {
                 Ok(_) => {
                     for &i in rest {
@@ -659,6 +699,9 @@ impl Store for MongoStore {
         if let Some(after) = page.after {
             id_range.insert("$gt", after.to_string());
         }
+        if let Some(upto) = page.upto {
+            id_range.insert("$lte", upto.to_string());
+        }
         if !id_range.is_empty() {
             filter.insert("_id", id_range);
         }
@@ -690,6 +733,36 @@ impl Store for MongoStore {
             .await
             .map(drop)
             .map_err(classify)
+    }
+}
+
+#[async_trait]
+impl ClusterLog for MongoStore {
+    async fn stored_by(
+        &self,
+        origin: &str,
+        after: MessageId,
+        upto: Option<MessageId>,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut range = doc! { "$gt": after.to_string() };
+        if let Some(upto) = upto {
+            range.insert("$lte", upto.to_string());
+        }
+        self.find_messages(doc! { "origin": origin, "_id": range })
+            .await
+    }
+
+    async fn awaiting_reply(
+        &self,
+        origin: &str,
+        since: MessageId,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.find_messages(doc! {
+            "origin": origin,
+            "_id": { "$gt": since.to_string() },
+            "awaits_reply": true,
+        })
+        .await
     }
 }
 

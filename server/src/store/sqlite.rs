@@ -568,6 +568,10 @@ impl Store for SqliteStore {
                 sql.push_str(" AND id > ?");
                 args.push(after.to_string());
             }
+            if let Some(upto) = page.upto {
+                sql.push_str(" AND id <= ?");
+                args.push(upto.to_string());
+            }
             // Catch-up reads forward from the cursor; everything else reads back from the newest.
             let newest_first = page.after.is_none();
             sql.push_str(if newest_first {

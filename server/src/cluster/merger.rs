@@ -1,0 +1,239 @@
+//! The merger task: the one owner of this node's [`View`]. It takes this node's own frames, the
+//! other nodes' frames from NATS and a periodic tick; reads from the database what a missed
+//! frame or a dead node leaves out; and pushes what the view releases, in id order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::view::{Heard, View};
+use super::{EVICT_AFTER, Frame, JOIN_WAIT, Parts, Shared, StatusFrame, id_floor};
+use crate::domain::{Message, MessageId, MessageKind, MessagePage, Status, UserId};
+
+/// How often silent nodes are looked for.
+const TICK: Duration = Duration::from_millis(100);
+
+pub(super) struct Merger {
+    pub node: String,
+    pub run: u64,
+    pub shared: Arc<Shared>,
+    pub parts: Parts,
+    pub own_frames: mpsc::UnboundedReceiver<(Vec<Message>, MessageId)>,
+    pub log_frames: async_nats::Subscriber,
+    pub status_frames: async_nats::Subscriber,
+}
+
+pub(super) async fn run(mut m: Merger) {
+    let mut view = View::new(m.parts.ids.next(), Instant::now(), JOIN_WAIT);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut membership_changed = false;
+        tokio::select! {
+            own = m.own_frames.recv() => match own {
+                Some((messages, position)) => view.own(messages, position),
+                None => break,
+            },
+            frame = m.log_frames.next() => match frame {
+                Some(frame) => membership_changed = m.heard(&mut view, &frame.payload).await,
+                None => break,
+            },
+            status = m.status_frames.next() => match status {
+                Some(status) => m.status(&status.payload),
+                None => break,
+            },
+            _ = tick.tick() => membership_changed = m.evict_silent(&mut view).await,
+        }
+        if let Some((batch, upto)) = view.release(Instant::now()) {
+            m.parts.local.committed(batch, upto);
+            if let Ok(mut visible) = m.shared.visible.write() {
+                *visible = upto;
+            }
+        }
+        m.shared
+            .known_by_all
+            .store(view.known_by_all(), Ordering::Release);
+        if membership_changed && let Ok(mut writers) = m.shared.writers.write() {
+            *writers = view.writers();
+        }
+    }
+    tracing::warn!("the cluster merger stopped");
+}
+
+impl Merger {
+    /// Returns whether a node joined.
+    async fn heard(&self, view: &mut View, payload: &[u8]) -> bool {
+        let now = Instant::now();
+        let frame: Frame = match serde_json::from_slice(payload) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable cluster frame");
+                return false;
+            }
+        };
+        if frame.node == self.node {
+            if frame.run == self.run {
+                self.shared.echo(now);
+            } else {
+                tracing::error!(node = %self.node,
+                    "another running node has this NODE_ID; every node needs its own");
+            }
+            return false;
+        }
+        let Ok(position) = MessageId::parse(&frame.position) else {
+            tracing::warn!(node = %frame.node, "ignoring a cluster frame without a position");
+            return false;
+        };
+        let mut messages = Vec::with_capacity(frame.messages.len());
+        for wire in frame.messages {
+            match Message::try_from(wire) {
+                Ok(message) => messages.push(message),
+                // Read back from the database below, like a frame that never came.
+                Err(e) => {
+                    tracing::warn!(node = %frame.node, error = %e, "unreadable message in a cluster frame")
+                }
+            }
+        }
+        self.parts.ids.observe(position);
+        let is_new = !view.writers().contains(&frame.node);
+        let heard = Heard {
+            knows_me: frame.writers.contains(&self.node),
+            node: frame.node,
+            run: frame.run,
+            seq: frame.seq,
+            committed: frame.committed,
+            position,
+            messages,
+        };
+        if let Some(missed) = view.heard(heard, now) {
+            tracing::info!(node = %missed.node, "frames were missed; reading them from the database");
+            match self
+                .parts
+                .log
+                .stored_by(&missed.node, missed.after, Some(missed.upto))
+                .await
+            {
+                Ok(found) => view.caught_up(missed, found),
+                // The writer's position stays put (holding later pushes back) and the next
+                // frame tries again.
+                Err(e) => tracing::warn!(error = %e, "reading missed messages failed"),
+            }
+        }
+        if is_new {
+            tracing::info!("a node joined");
+        }
+        is_new
+    }
+
+    fn status(&self, payload: &[u8]) {
+        let Ok(frame) = serde_json::from_slice::<StatusFrame>(payload) else {
+            tracing::warn!("ignoring an unreadable status frame");
+            return;
+        };
+        if frame.node == self.node {
+            return;
+        }
+        let (Ok(user), Ok(status)) = (UserId::parse(&frame.user), Status::parse(&frame.status))
+        else {
+            return;
+        };
+        let peers = frame
+            .peers
+            .iter()
+            .filter_map(|p| UserId::parse(p).ok())
+            .collect();
+        self.parts.local.status_changed(user, status, peers);
+    }
+
+    /// Takes silent nodes for dead. Not while this node cannot hear itself: then the silence
+    /// is its own, and the others are fine. Returns whether a node left.
+    async fn evict_silent(&self, view: &mut View) -> bool {
+        let now = Instant::now();
+        if !self.shared.holds_lease(now) {
+            return false;
+        }
+        let mut changed = false;
+        for node in view.silent(now, EVICT_AFTER) {
+            let Some(position) = view.position_of(&node) else {
+                continue;
+            };
+            // What it stored but never announced; only then stop waiting for it.
+            match self.parts.log.stored_by(&node, position, None).await {
+                Ok(found) => {
+                    tracing::warn!(node = %node, recovered = found.len(),
+                        "a node has been silent for {}s: taken for dead", EVICT_AFTER.as_secs());
+                    view.evict(&node);
+                    view.add(found);
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "cannot read what a silent node stored; still waiting for it");
+                    continue;
+                }
+            }
+            if view.leads(&self.node) {
+                tokio::spawn(answer_orphans(
+                    node,
+                    self.parts.log.clone(),
+                    self.parts.store.clone(),
+                    self.parts.orphans.clone(),
+                    self.parts.responder_timeout,
+                ));
+            }
+        }
+        changed
+    }
+}
+
+/// The senders a dead node owed an auto-reply (its BUSY recipients' messages, within the
+/// responder's deadline) get the fallback, unless an answer is stored already. One per
+/// conversation, as on a live node: the newest unanswered message gets it.
+async fn answer_orphans(
+    node: String,
+    log: Arc<dyn crate::store::ClusterLog>,
+    store: Arc<dyn crate::store::Store>,
+    orphans: mpsc::UnboundedSender<Message>,
+    timeout: Duration,
+) {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let window = timeout + EVICT_AFTER + Duration::from_secs(2);
+    let since = id_floor(now_ms.saturating_sub(window.as_millis() as u64));
+    let awaiting = match log.awaiting_reply(&node, since).await {
+        Ok(awaiting) => awaiting,
+        Err(e) => {
+            tracing::error!(error = %e, node = %node, "cannot read what a dead node owed");
+            return;
+        }
+    };
+    let mut newest: HashMap<(UserId, UserId), Message> = HashMap::new();
+    for message in awaiting {
+        newest.insert((message.sender, message.recipient), message);
+    }
+    for message in newest.into_values() {
+        let page = MessagePage {
+            with: Some(message.sender),
+            after: Some(message.id),
+            limit: crate::domain::MAX_PAGE_LIMIT,
+            ..MessagePage::default()
+        };
+        let answered = match store.list_messages(message.recipient, &page).await {
+            Ok(later) => later
+                .iter()
+                .any(|m| m.kind == MessageKind::AutoReply && m.sender == message.recipient),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check for an answer; sending the fallback");
+                false
+            }
+        };
+        if !answered {
+            tracing::info!(node = %node, message = %message.id, "answering for a dead node");
+            let _ = orphans.send(message);
+        }
+    }
+}

@@ -1,0 +1,552 @@
+// Three Palaver nodes on one NATS and one MongoDB-wire database, driven by real clients
+// (the `ws` package and socket.io-client). The suite starts and kills the processes itself.
+//
+//   PALAVER_BIN=target/debug/palaver NATS_SERVER_BIN=$(scripts/nats.sh install) \
+//   CLUSTER_MONGODB_URI=mongodb://127.0.0.1:27017/ node --test tests/cluster/
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, openSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import http from "node:http";
+import net from "node:net";
+import WebSocket from "ws";
+import { io } from "socket.io-client";
+
+const BIN = process.env.PALAVER_BIN ?? "target/debug/palaver";
+const NATS_BIN = process.env.NATS_SERVER_BIN;
+const MONGO = process.env.CLUSTER_MONGODB_URI;
+const PASSWORD = "correct horse battery";
+const FALLBACK =
+  "This user is unavailable right now. Your message was delivered and they will see it later.";
+/** The responder's deadline on these nodes, and how much later a dead node's fallback may come
+ * (README: the silence before a node is taken for dead, 3 s, plus a margin). */
+const RESPONDER_TIMEOUT_MS = 6000;
+const TAKEOVER_MARGIN_MS = 4000;
+/** How long any one expected event may take. Generous: a debug build on two busy cores. */
+const EVENT_MS = 20_000;
+
+if (!NATS_BIN || !MONGO) {
+  throw new Error("set NATS_SERVER_BIN and CLUSTER_MONGODB_URI (see the comment at the top)");
+}
+
+const work = mkdtempSync(join(tmpdir(), "palaver-cluster-"));
+const database = `palaver_cluster_${Date.now()}`;
+const secret = "cluster test secret 0123456789abcdef";
+let nats;
+let natsPort;
+let llm;
+let llmUrl;
+const nodes = {};
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves once `check` returns a truthy value; polls, because the thing awaited (a process
+ * becoming ready, a connection coming back) has no event a client could subscribe to. */
+async function eventually(what, check, ms = EVENT_MS) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check().catch(() => undefined);
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function startNats() {
+  nats = spawn(NATS_BIN, ["--addr", "127.0.0.1", "--port", String(natsPort)], {
+    stdio: ["ignore", "ignore", openSync(join(work, "nats.log"), "a")],
+  });
+  return eventually("nats-server", () => new Promise((resolve) => {
+    const socket = net.connect(natsPort, "127.0.0.1", () => { socket.destroy(); resolve(true); });
+    socket.on("error", () => resolve(false));
+  }));
+}
+
+async function startNode(name) {
+  const port = await freePort();
+  const log = openSync(join(work, `${name}.log`), "a");
+  const child = spawn(BIN, [], {
+    env: {
+      ...process.env,
+      HOST: "127.0.0.1",
+      PORT: String(port),
+      DATA_DIR: join(work, name),
+      NATS_URL: `nats://127.0.0.1:${natsPort}`,
+      MONGODB_URI: `${MONGO}${database}`,
+      JWT_SECRET: secret,
+      NODE_ID: name,
+      LLM_API_URL: llmUrl,
+      RESPONDER_TIMEOUT_MS: String(RESPONDER_TIMEOUT_MS),
+      AUTH_RATE_LIMIT: "off",
+      SEND_RATE_LIMIT: "off",
+      AUTO_REPLY_LIMIT: "off",
+      AUTO_REPLY_TOTAL_LIMIT: "off",
+      RUST_LOG: "info",
+    },
+    stdio: ["ignore", log, log],
+  });
+  const node = { name, url: `http://127.0.0.1:${port}`, child, alive: true };
+  child.on("exit", () => { node.alive = false; });
+  nodes[name] = node;
+  await eventually(`${name} ready`, async () => {
+    if (!node.alive) throw new Error(`${name} exited; see ${work}/${name}.log`);
+    return (await fetch(`${node.url}/readyz`)).status === 200;
+  }, 60_000);
+  return node;
+}
+
+function kill(node) {
+  return new Promise((resolve) => {
+    if (!node.alive) return resolve();
+    node.child.once("exit", resolve);
+    node.child.kill("SIGKILL");
+  });
+}
+
+async function api(node, method, path, { token, body, headers = {} } = {}) {
+  const response = await fetch(node.url + path, {
+    method,
+    headers: {
+      "content-type": "application/json",
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+      ...headers,
+    },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: response.status, body: await response.json() };
+}
+
+async function newUser(node, label) {
+  const email = `${label}-${Date.now()}-${Math.floor(Math.random() * 1e9)}@example.com`;
+  const registered = await api(node, "POST", "/api/auth/register", { body: { email, password: PASSWORD } });
+  assert.equal(registered.status, 201, JSON.stringify(registered.body));
+  const login = await api(node, "POST", "/api/auth/login", { body: { email, password: PASSWORD } });
+  assert.equal(login.status, 200);
+  return { id: registered.body.id, token: login.body.token };
+}
+
+/** All of `user`'s messages (optionally after an id), paged through on `node`. */
+async function history(node, user, after) {
+  const all = [];
+  for (;;) {
+    const query = after ? `?after=${after}&limit=200` : "?after=00000000-0000-0000-0000-000000000000&limit=200";
+    const page = await api(node, "GET", `/api/chat/messages${query}`, { token: user.token });
+    assert.equal(page.status, 200, JSON.stringify(page.body));
+    all.push(...page.body);
+    if (page.body.length < 200) return all;
+    after = page.body[page.body.length - 1].id;
+  }
+}
+
+/** A WebSocket client that records every frame, and any push out of id order. */
+class WsClient {
+  static open(node, user) {
+    const client = new WsClient(node, user);
+    return new Promise((resolve, reject) => {
+      client.ws.once("open", () => resolve(client));
+      client.ws.once("error", reject);
+    });
+  }
+
+  constructor(node, user) {
+    this.node = node;
+    this.frames = [];
+    this.waiters = [];
+    this.lastPushed = "";
+    this.outOfOrder = [];
+    this.ws = new WebSocket(`${node.url.replace("http", "ws")}/ws?token=${user.token}`);
+    this.arrivals = [];
+    this.isClosed = false;
+    this.closed = new Promise((resolve) => this.ws.once("close", () => {
+      this.isClosed = true;
+      this.arrivals.splice(0).forEach((r) => r());
+      resolve();
+    }));
+    this.ws.on("error", () => {});
+    this.ws.on("message", (data) => {
+      const frame = JSON.parse(data.toString());
+      if (frame.type === "message") {
+        if (frame.message.id <= this.lastPushed) this.outOfOrder.push(frame.message.id);
+        this.lastPushed = frame.message.id;
+      }
+      this.frames.push(frame);
+      this.waiters = this.waiters.filter((w) => !w(frame));
+      this.arrivals.splice(0).forEach((r) => r());
+    });
+  }
+
+  /** Resolves at the next frame or when the socket closes. */
+  arrival() {
+    return this.isClosed ? Promise.resolve() : new Promise((r) => this.arrivals.push(r));
+  }
+
+  /** The first frame (already received or still to come) that `match` accepts. */
+  next(what, match) {
+    const found = this.frames.find(match);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${this.node.name}: no ${what}`)), EVENT_MS);
+      this.waiters.push((frame) => {
+        if (!match(frame)) return false;
+        clearTimeout(timer);
+        resolve(frame);
+        return true;
+      });
+    });
+  }
+
+  message(id) {
+    return this.next(`message ${id}`, (f) => f.type === "message" && f.message.id === id);
+  }
+
+  send(frame) {
+    this.ws.send(JSON.stringify(frame));
+  }
+
+  close() {
+    this.ws.close();
+  }
+}
+
+function socketIo(node, user) {
+  const socket = io(node.url, { auth: { token: user.token }, reconnection: false, forceNew: true });
+  socket.pushes = [];
+  socket.on("message", (m) => socket.pushes.push(m));
+  socket.on("status", (s) => socket.pushes.push(s));
+  return new Promise((resolve, reject) => {
+    socket.once("connect", () => resolve(socket));
+    socket.once("connect_error", reject);
+  });
+}
+
+function socketIoPush(socket, what, match) {
+  const found = socket.pushes.find(match);
+  if (found) return Promise.resolve(found);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`socket.io: no ${what}`)), EVENT_MS);
+    const check = () => {
+      const hit = socket.pushes.find(match);
+      if (!hit) return;
+      clearTimeout(timer);
+      socket.off("message", check);
+      socket.off("status", check);
+      resolve(hit);
+    };
+    socket.on("message", check);
+    socket.on("status", check);
+  });
+}
+
+const pick = (list) => list[Math.floor(Math.random() * list.length)];
+const alive = () => Object.values(nodes).filter((n) => n.alive);
+
+before(async () => {
+  natsPort = await freePort();
+  await startNats();
+  // The LLM the responder asks never answers: replies come from the deadline (or a takeover).
+  llm = http.createServer(() => {});
+  await new Promise((resolve) => llm.listen(0, "127.0.0.1", resolve));
+  llmUrl = `http://127.0.0.1:${llm.address().port}/v1/chat/completions`;
+  await Promise.all(["n1", "n2", "n3"].map(startNode));
+});
+
+after(async () => {
+  await Promise.all(Object.values(nodes).map(kill));
+  nats?.kill("SIGKILL");
+  llm?.closeAllConnections();
+  llm?.close();
+  if (!process.exitCode) rmSync(work, { recursive: true, force: true });
+  else console.log(`node logs kept in ${work}`);
+});
+
+test("a message sent on any node, over any transport, reaches every connection on every node", async () => {
+  const { n1, n2, n3 } = nodes;
+  const alice = await newUser(n1, "alice");
+  const bob = await newUser(n2, "bob");
+  const aliceWs = await WsClient.open(n1, alice);
+  const aliceSio = await socketIo(n2, alice);
+  const bobWs = await WsClient.open(n3, bob);
+  try {
+    const sent = await api(n2, "POST", "/api/chat/send", {
+      token: alice.token,
+      body: { recipient: bob.id, content: "over HTTP on n2" },
+    });
+    assert.equal(sent.status, 200);
+    assert.equal(sent.body.message, "Message sent successfully");
+    const pushed = await bobWs.message(sent.body.id);
+    assert.equal(pushed.message.content, "over HTTP on n2");
+    await aliceWs.message(sent.body.id);
+    await socketIoPush(aliceSio, "own message", (m) => m.id === sent.body.id);
+
+    bobWs.send({ type: "send", recipient: alice.id, content: "over /ws on n3", client_id: "b1" });
+    const ack = await bobWs.next("sent", (f) => f.type === "sent" && f.client_id === "b1");
+    assert.equal((await aliceWs.message(ack.id)).message.content, "over /ws on n3");
+    await socketIoPush(aliceSio, "bob's message", (m) => m.id === ack.id);
+
+    const reply = await aliceSio.timeout(EVENT_MS).emitWithAck("send", {
+      recipient: bob.id,
+      content: "over Socket.IO on n2",
+    });
+    assert.ok(reply.id, JSON.stringify(reply));
+    assert.equal((await bobWs.message(reply.id)).message.content, "over Socket.IO on n2");
+    await aliceWs.message(reply.id);
+
+    // Every node shows the same history.
+    const seen = await Promise.all([n1, n2, n3].map((n) => history(n, alice)));
+    for (const list of seen) assert.deepEqual(list.map((m) => m.id), [sent.body.id, ack.id, reply.id]);
+    assert.deepEqual([aliceWs.outOfOrder, bobWs.outOfOrder], [[], []]);
+  } finally {
+    aliceWs.close();
+    aliceSio.close();
+    bobWs.close();
+  }
+});
+
+test("a status change reaches peers on every node", async () => {
+  const { n1, n2, n3 } = nodes;
+  const alice = await newUser(n1, "alice");
+  const bob = await newUser(n1, "bob");
+  const first = await api(n1, "POST", "/api/chat/send", {
+    token: alice.token,
+    body: { recipient: bob.id, content: "now we are peers" },
+  });
+  assert.equal(first.status, 200);
+  const aliceWs = await WsClient.open(n2, alice);
+  const aliceSio = await socketIo(n3, alice);
+  const bobWs = await WsClient.open(n1, bob);
+  try {
+    const busy = await api(n3, "PUT", "/api/user/status", { token: bob.token, body: { status: "BUSY" } });
+    assert.equal(busy.status, 200);
+    assert.equal(busy.body.message, "User status updated");
+    const isBusy = (s) => s.user === bob.id && s.status === "BUSY";
+    await aliceWs.next("bob's BUSY status", (f) => f.type === "status" && isBusy(f));
+    await socketIoPush(aliceSio, "bob's BUSY status", isBusy);
+    await bobWs.next("own BUSY status", (f) => f.type === "status" && isBusy(f));
+  } finally {
+    aliceWs.close();
+    aliceSio.close();
+    bobWs.close();
+  }
+});
+
+test("a BUSY user's responder answers each message once, whichever node took it", async () => {
+  const bob = await newUser(nodes.n1, "busy-bob");
+  assert.equal(
+    (await api(nodes.n2, "PUT", "/api/user/status", { token: bob.token, body: { status: "BUSY" } })).status,
+    200,
+  );
+  const senders = await Promise.all(["n1", "n2", "n3"].map(async (name) => {
+    const user = await newUser(nodes[name], `sender-${name}`);
+    return { user, node: nodes[name], ws: await WsClient.open(nodes[name], user) };
+  }));
+  try {
+    const sent = await Promise.all(senders.map(async ({ user, node }) => {
+      const r = await api(node, "POST", "/api/chat/send", {
+        token: user.token,
+        body: { recipient: bob.id, content: `hello from ${node.name}` },
+      });
+      assert.equal(r.status, 200);
+      return r.body.id;
+    }));
+    await Promise.all(senders.map(({ ws }) =>
+      ws.next("auto-reply", (f) => f.type === "message" && f.message.kind === "auto_reply")));
+    for (const [i, { user, node }] of senders.entries()) {
+      const list = await history(node, user);
+      assert.deepEqual(list.map((m) => [m.kind, m.content]), [
+        ["user", `hello from ${node.name}`],
+        ["auto_reply", FALLBACK],
+      ]);
+      assert.equal(list[0].id, sent[i]);
+    }
+  } finally {
+    for (const { ws } of senders) ws.close();
+  }
+});
+
+test("catch-up is exact with senders on every node, random reconnects and a node killed mid-run", async () => {
+  const target = await newUser(nodes.n1, "target");
+  const SENDERS = 6;
+  const EACH = 40;
+  const senders = await Promise.all(
+    Array.from({ length: SENDERS }, (_, i) => newUser(pick(alive()), `concurrent-${i}`)),
+  );
+  const acked = new Set();
+  let killed = false;
+
+  /** Sends one message, over HTTP or /ws on a random live node, until some node acknowledges
+   * it. The same key every time: a retry after a node died never stores it twice. */
+  async function sendOnce(sender, key, content) {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const node = pick(alive());
+      try {
+        if (Math.random() < 0.5) {
+          const r = await api(node, "POST", "/api/chat/send", {
+            token: sender.token,
+            headers: { "idempotency-key": key },
+            body: { recipient: target.id, content },
+          });
+          if (r.status === 200) return r.body.id;
+        } else {
+          const ws = await WsClient.open(node, sender);
+          try {
+            ws.send({ type: "send", recipient: target.id, content, client_id: key });
+            const answer = await Promise.race([
+              ws.next("sent", (f) => (f.type === "sent" || f.type === "error") && f.client_id === key),
+              ws.closed.then(() => ({ type: "closed" })),
+            ]);
+            if (answer.type === "sent") return answer.id;
+          } finally {
+            ws.close();
+          }
+        }
+      } catch {
+        // The node died under us: try another.
+      }
+    }
+    throw new Error(`no node acknowledged ${key}`);
+  }
+
+  const sending = Promise.all(senders.map(async (sender, s) => {
+    for (let i = 0; i < EACH; i++) {
+      acked.add(await sendOnce(sender, `s${s}-m${i}`, `message ${i} from sender ${s}`));
+      // Half-way through, n3 dies with whatever it had in flight.
+      if (!killed && acked.size >= (SENDERS * EACH) / 2) {
+        killed = true;
+        await kill(nodes.n3);
+      }
+    }
+  }));
+
+  // The receiver: connects to a random node, catches up with after=<last id it saw>, takes
+  // pushes, and after a random number of them (or when its node dies) moves to another node.
+  const seen = [];
+  const connections = [];
+  let last;
+  let done = false;
+  let gaveUp = false;
+  const settled = sending.then(() => {}, () => {});
+  settled.then(() => { done = true; });
+  // Once sending is over, whatever is missing must arrive within EVENT_MS: a gap never fills.
+  const giveUp = settled.then(() => new Promise((r) => setTimeout(r, EVENT_MS).unref())).then(() => { gaveUp = true; });
+  const complete = () => done && seen.length >= acked.size;
+  let sessions = 0;
+  while (!complete() && !gaveUp) {
+    const node = pick(alive());
+    let ws;
+    try {
+      ws = await WsClient.open(node, target);
+    } catch {
+      continue; // it died between the pick and the handshake
+    }
+    connections.push(ws);
+    sessions++;
+    let caughtUp;
+    try {
+      caughtUp = await history(node, target, last);
+    } catch {
+      ws.close();
+      continue;
+    }
+    for (const m of caughtUp) {
+      seen.push(m.id);
+      last = m.id;
+    }
+    const quota = 5 + Math.floor(Math.random() * 40);
+    let taken = 0;
+    let index = 0;
+    // Pushes already buffered, then live ones, until the quota, the node's death, or the end.
+    while (taken < quota && !complete() && !gaveUp) {
+      if (index >= ws.frames.length) {
+        if (ws.isClosed) break;
+        await Promise.race(done ? [ws.arrival(), giveUp] : [ws.arrival(), settled]);
+        continue;
+      }
+      const frame = ws.frames[index++];
+      if (frame.type !== "message") continue;
+      // Pushes overlap what the catch-up already returned; newer ones continue the log.
+      if (last && frame.message.id <= last) continue;
+      seen.push(frame.message.id);
+      last = frame.message.id;
+      taken++;
+    }
+    ws.close();
+  }
+  await sending;
+  const truth = (await history(pick(alive()), target)).map((m) => m.id);
+  assert.equal(acked.size, SENDERS * EACH, "every message acknowledged once");
+  assert.deepEqual([...truth].sort(), [...acked].sort(), "the database holds each acknowledged message once");
+  assert.deepEqual(seen, truth, "the receiver saw exactly the history, in order, nothing twice");
+  assert.deepEqual(connections.flatMap((c) => c.outOfOrder), [], "every connection got pushes in id order");
+  assert.ok(sessions >= 3, `only ${sessions} sessions`);
+  assert.ok(killed, "n3 was killed mid-run");
+});
+
+test("a node comes back, and one that dies mid-answer still leaves the sender one fallback", async () => {
+  await startNode("n3");
+  const { n1, n3 } = nodes;
+  const alice = await newUser(n1, "alice");
+  const bob = await newUser(n3, "bob");
+  assert.equal((await api(n3, "PUT", "/api/user/status", { token: bob.token, body: { status: "BUSY" } })).status, 200);
+  const aliceWs = await WsClient.open(n1, alice);
+  try {
+    const sentAt = Date.now();
+    const sent = await api(n3, "POST", "/api/chat/send", {
+      token: alice.token,
+      body: { recipient: bob.id, content: "are you there?" },
+    });
+    assert.equal(sent.status, 200);
+    // The restarted node delivers across the cluster again...
+    await aliceWs.message(sent.body.id);
+    // ...and dies while its responder waits for the LLM.
+    await kill(n3);
+    const reply = await aliceWs.next("the fallback", (f) => f.type === "message" && f.message.kind === "auto_reply");
+    assert.equal(reply.message.content, FALLBACK);
+    assert.ok(Date.now() - sentAt <= RESPONDER_TIMEOUT_MS + TAKEOVER_MARGIN_MS, `${Date.now() - sentAt} ms`);
+    const list = await history(n1, alice);
+    assert.deepEqual(list.map((m) => m.kind), ["user", "auto_reply"], "one answer");
+  } finally {
+    aliceWs.close();
+  }
+});
+
+test("nodes that lose NATS keep serving their clients, refuse sends, and resync when it is back", async () => {
+  const { n1, n2 } = nodes;
+  const alice = await newUser(n1, "alice");
+  const bob = await newUser(n2, "bob");
+  const before = await api(n1, "POST", "/api/chat/send", { token: alice.token, body: { recipient: bob.id, content: "before" } });
+  assert.equal(before.status, 200);
+  const bobWs = await WsClient.open(n1, bob);
+  try {
+    nats.kill("SIGKILL");
+    await eventually("n1 to report NATS lost", async () => (await fetch(`${n1.url}/readyz`)).status === 503);
+    const ready = await api(n1, "GET", "/readyz");
+    assert.match(ready.body.message, /NATS/);
+    // Reads still work; sends are refused with a clear answer; the socket stays open.
+    assert.deepEqual((await history(n2, bob)).map((m) => m.content), ["before"]);
+    const refused = await api(n2, "POST", "/api/chat/send", { token: alice.token, body: { recipient: bob.id, content: "during" } });
+    assert.equal(refused.status, 503);
+    assert.match(refused.body.message, /cluster bus/);
+    assert.equal(bobWs.ws.readyState, WebSocket.OPEN);
+
+    await startNats();
+    await eventually("n1 and n2 ready again", async () =>
+      (await fetch(`${n1.url}/readyz`)).status === 200 && (await fetch(`${n2.url}/readyz`)).status === 200, 60_000);
+    const after = await api(n2, "POST", "/api/chat/send", { token: alice.token, body: { recipient: bob.id, content: "after" } });
+    assert.equal(after.status, 200);
+    await bobWs.message(after.body.id);
+    assert.deepEqual((await history(n1, bob)).map((m) => m.content), ["before", "after"]);
+  } finally {
+    bobWs.close();
+  }
+});
