@@ -29,6 +29,10 @@ struct Args {
     /// Target a running server (e.g. http://127.0.0.1:3000) instead of starting one.
     #[arg(long)]
     url: Option<String>,
+    /// Target a running cluster: its nodes' URLs, comma-separated. User i registers, holds
+    /// its WebSocket and sends over HTTP on node i mod N, so most pushes cross nodes.
+    #[arg(long, value_delimiter = ',', conflicts_with = "url")]
+    urls: Vec<String>,
     /// PID of the targeted server, to report its memory.
     #[arg(long)]
     pid: Option<u32>,
@@ -91,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if !args.skip_responder {
         responder::overhead().await?;
-        if args.url.is_some() {
+        if args.url.is_some() || !args.urls.is_empty() {
             println!(
                 "(fallback lateness needs a server the bench starts itself; skipped with --url)"
             );
@@ -109,6 +113,8 @@ mod responder;
 
 pub(crate) struct Server {
     url: String,
+    /// Every node of a cluster (just `url` for one server).
+    urls: Vec<String>,
     pid: Option<u32>,
     child: Option<tokio::process::Child>,
     _data_dir: Option<tempfile::TempDir>,
@@ -120,9 +126,16 @@ impl Server {
     }
 
     async fn start_with(args: &Args, env: &[(&str, String)]) -> anyhow::Result<Self> {
-        if let Some(url) = &args.url {
+        let targets: Vec<String> = args
+            .url
+            .iter()
+            .chain(&args.urls)
+            .map(|url| url.trim_end_matches('/').to_owned())
+            .collect();
+        if let Some(url) = targets.first() {
             return Ok(Self {
-                url: url.trim_end_matches('/').to_owned(),
+                url: url.clone(),
+                urls: targets,
                 pid: args.pid,
                 child: None,
                 _data_dir: None,
@@ -160,8 +173,10 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
+        let url = format!("http://127.0.0.1:{port}");
         let server = Self {
-            url: format!("http://127.0.0.1:{port}"),
+            urls: vec![url.clone()],
+            url,
             pid: child.id(),
             child: Some(child),
             _data_dir: Some(data_dir),
@@ -202,6 +217,18 @@ impl Server {
         format!("{}/ws?token={token}", self.url.replacen("http", "ws", 1))
     }
 
+    fn node_ws_url(&self, i: usize, token: &str) -> String {
+        format!(
+            "{}/ws?token={token}",
+            self.node(i).replacen("http", "ws", 1)
+        )
+    }
+
+    /// The node user `i` talks to.
+    fn node(&self, i: usize) -> &str {
+        &self.urls[i % self.urls.len()]
+    }
+
     async fn stop(mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill().await;
@@ -226,7 +253,7 @@ pub(crate) async fn create_users(server: &Server, count: usize) -> anyhow::Resul
     for chunk in (0..count).collect::<Vec<_>>().chunks(8) {
         let batch = chunk.iter().map(|i| {
             let client = client.clone();
-            let base = server.url.clone();
+            let base = server.node(*i).to_owned();
             let email = format!("bench-{tag}-{stamp}-{i}@example.com");
             async move {
                 let credentials = json!({"email": email, "password": "bench password"});
@@ -322,13 +349,17 @@ struct Connection {
 
 async fn connect(
     server: &Server,
+    index: usize,
     user: &User,
     recorder: Arc<Recorder>,
 ) -> anyhow::Result<Connection> {
     // Nagle off, like the server: small frames must not wait for the previous one's ACK.
-    let (stream, _) =
-        tokio_tungstenite::connect_async_with_config(server.ws_url(&user.token), None, true)
-            .await?;
+    let (stream, _) = tokio_tungstenite::connect_async_with_config(
+        server.node_ws_url(index, &user.token),
+        None,
+        true,
+    )
+    .await?;
     let (mut sink, mut stream) = stream.split();
     let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
     let (ack_tx, acks) = mpsc::unbounded_channel();
@@ -433,7 +464,7 @@ impl Bench<'_> {
             Transport::Http => {
                 let request = self
                     .http
-                    .post(format!("{}/api/chat/send", self.server.url))
+                    .post(format!("{}/api/chat/send", self.server.node(from)))
                     .bearer_auth(&self.users[from].token)
                     .json(&json!({"recipient": self.users[to].id, "content": content}));
                 let failed = failed.clone();
@@ -491,7 +522,7 @@ impl Bench<'_> {
         for worker in 0..workers {
             let (http, url, users, recorder, failed, sent) = (
                 self.http.clone(),
-                self.server.url.clone(),
+                self.server.node(worker).to_owned(),
                 self.users.clone(),
                 self.recorder.clone(),
                 failed.clone(),
@@ -588,8 +619,10 @@ async fn latency_runs(args: &Args, server: &Server) -> anyhow::Result<()> {
     let users = create_users(server, args.users).await?;
     let recorder = Recorder::new();
     let mut connections = Vec::new();
-    for user in &users {
-        connections.push(Arc::new(connect(server, user, recorder.clone()).await?));
+    for (index, user) in users.iter().enumerate() {
+        connections.push(Arc::new(
+            connect(server, index, user, recorder.clone()).await?,
+        ));
     }
     let bench = Bench {
         server,
