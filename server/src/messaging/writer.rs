@@ -17,6 +17,7 @@ use crate::store::{Inserted, NewMessage, Store, StoreError};
 pub const MAX_BATCH: usize = 256;
 
 /// A message to store and push.
+#[derive(Clone)]
 pub struct Outgoing {
     pub sender: UserId,
     pub recipient: UserId,

@@ -19,7 +19,7 @@ use crate::config::{BUILTIN_PLUGIN, ResponderSettings};
 use crate::domain::{
     Content, MAX_SETTING_CHARS, Message, MessageKind, MessagePage, ResponderChoice, UserId,
 };
-use crate::messaging::{BusyRecipients, Delivered, Outgoing, Writer, auto_reply_key};
+use crate::messaging::{BusyRecipients, DeliverError, Delivered, Outgoing, Writer, auto_reply_key};
 use crate::metrics;
 use crate::store::{Store, StoreError, User};
 use crate::wasm::{
@@ -34,6 +34,9 @@ use bench::{Bench, Call};
 
 /// Messages of the conversation a plugin sees.
 const HISTORY: u32 = 20;
+/// How long an auto-reply waits for a node that may not write right now (see `reply_to`).
+const REPLY_RETRY_FOR: Duration = Duration::from_secs(60);
+const REPLY_RETRY_EVERY: Duration = Duration::from_millis(200);
 
 pub struct Responder {
     host: Arc<PluginHost>,
@@ -162,12 +165,22 @@ impl Responder {
             idempotency_key: Some(auto_reply_key(message.id)),
             awaits_reply: false,
         };
-        match self.writer.deliver(outgoing).await {
-            Ok(Delivered::Stored(_)) => {}
-            Ok(Delivered::Replayed(_)) => {
-                tracing::info!(message = %message.id, "this message was answered already");
+        // A cluster node cut off from NATS may not write for a while: keep the answer until it
+        // can (or until another node, having taken it for dead, answered: then this is a no-op).
+        let give_up = Instant::now() + REPLY_RETRY_FOR;
+        loop {
+            match self.writer.deliver(outgoing.clone()).await {
+                Ok(Delivered::Stored(_)) => {}
+                Ok(Delivered::Replayed(_)) => {
+                    tracing::info!(message = %message.id, "this message was answered already");
+                }
+                Err(DeliverError::Unavailable(_)) if Instant::now() < give_up => {
+                    tokio::time::sleep(REPLY_RETRY_EVERY).await;
+                    continue;
+                }
+                Err(e) => tracing::error!(error = %e, "storing the auto-reply failed"),
             }
-            Err(e) => tracing::error!(error = %e, "storing the auto-reply failed"),
+            return;
         }
     }
 }
