@@ -493,6 +493,8 @@ test("catch-up is exact with senders on every node, random reconnects and a node
 });
 
 test("a node comes back, and one that dies mid-answer still leaves the sender one fallback", async () => {
+  // n3 died in the catch-up test (run alone, this test kills it first): it comes back.
+  await kill(nodes.n3);
   await startNode("n3");
   const { n1, n3 } = nodes;
   const alice = await newUser(n1, "alice");
