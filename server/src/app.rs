@@ -72,6 +72,11 @@ pub struct Application {
 impl Application {
     /// Everything that can fail at start-up fails here, before the port is announced.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First: the recorder must exist before anything (the cluster merger) records.
+        let metrics = match config.metrics_addr {
+            Some(address) => Some(MetricsServer::bind(address).await?),
+            None => None,
+        };
         create_private_dir(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
@@ -161,10 +166,6 @@ impl Application {
         };
         crate::limits::sweep_periodically(Arc::downgrade(&limits));
 
-        let metrics = match config.metrics_addr {
-            Some(address) => Some(MetricsServer::bind(address).await?),
-            None => None,
-        };
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address)
             .await

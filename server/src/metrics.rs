@@ -21,6 +21,8 @@ pub const RESPONDER_DURATION: &str = "palaver_responder_duration_seconds";
 pub const PLUGIN_CALLS: &str = "palaver_plugin_calls_total";
 pub const RATE_LIMITED: &str = "palaver_rate_limited_total";
 pub const STORE_ERRORS: &str = "palaver_store_errors_total";
+pub const CLUSTER_NODES: &str = "palaver_cluster_nodes";
+pub const CLUSTER_RECOVERED: &str = "palaver_cluster_recovered_messages_total";
 
 /// HTTP latency buckets: sub-millisecond reads up to slow argon2 logins.
 const HTTP_BUCKETS: &[f64] = &[
@@ -94,6 +96,14 @@ fn describe() {
     describe_counter!(
         STORE_ERRORS,
         "Database operations that failed (unavailable or internal), by kind."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Other cluster nodes this node hears and waits for (cluster mode)."
+    );
+    describe_counter!(
+        CLUSTER_RECOVERED,
+        "Messages read back from the database instead of NATS: frames this node missed, or what a dead node stored last."
     );
 }
 
@@ -192,4 +202,14 @@ pub fn rate_limited(limit: &'static str) {
 
 pub fn store_error(kind: &'static str) {
     counter!(STORE_ERRORS, "kind" => kind).increment(1);
+}
+
+/// `count` other nodes are heard now.
+pub fn cluster_nodes(count: usize) {
+    gauge!(CLUSTER_NODES).set(count as f64);
+}
+
+/// `reason`: `missed_frames` or `node_lost`.
+pub fn cluster_recovered(reason: &'static str, count: usize) {
+    counter!(CLUSTER_RECOVERED, "reason" => reason).increment(count as u64);
 }

@@ -75,6 +75,7 @@ function startNats() {
 
 async function startNode(name) {
   const port = await freePort();
+  const metricsPort = await freePort();
   const log = openSync(join(work, `${name}.log`), "a");
   const child = spawn(BIN, [], {
     env: {
@@ -93,10 +94,17 @@ async function startNode(name) {
       AUTO_REPLY_LIMIT: "off",
       AUTO_REPLY_TOTAL_LIMIT: "off",
       RUST_LOG: "info",
+      METRICS_ADDR: `127.0.0.1:${metricsPort}`,
     },
     stdio: ["ignore", log, log],
   });
-  const node = { name, url: `http://127.0.0.1:${port}`, child, alive: true };
+  const node = {
+    name,
+    url: `http://127.0.0.1:${port}`,
+    metrics: `http://127.0.0.1:${metricsPort}/metrics`,
+    child,
+    alive: true,
+  };
   child.on("exit", () => { node.alive = false; });
   nodes[name] = node;
   await eventually(`${name} ready`, async () => {
@@ -104,6 +112,13 @@ async function startNode(name) {
     return (await fetch(`${node.url}/readyz`)).status === 200;
   }, 60_000);
   return node;
+}
+
+/** A metric's value (no labels) from the node's Prometheus text. */
+async function metric(node, name) {
+  const text = await (await fetch(node.metrics)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return line === undefined ? undefined : Number(line.split(" ")[1]);
 }
 
 function kill(node) {
@@ -272,6 +287,9 @@ after(async () => {
 
 test("a message sent on any node, over any transport, reaches every connection on every node", async () => {
   const { n1, n2, n3 } = nodes;
+  for (const node of [n1, n2, n3]) {
+    await eventually(`${node.name} to hear two other nodes`, async () => (await metric(node, "palaver_cluster_nodes")) === 2);
+  }
   const alice = await newUser(n1, "alice");
   const bob = await newUser(n2, "bob");
   const aliceWs = await WsClient.open(n1, alice);
@@ -490,6 +508,10 @@ test("catch-up is exact with senders on every node, random reconnects and a node
   assert.deepEqual(connections.flatMap((c) => c.outOfOrder), [], "every connection got pushes in id order");
   assert.ok(sessions >= 3, `only ${sessions} sessions`);
   assert.ok(killed, "n3 was killed mid-run");
+  // The survivors stop waiting for it.
+  for (const node of alive()) {
+    await eventually(`${node.name} to give up on n3`, async () => (await metric(node, "palaver_cluster_nodes")) === 1);
+  }
 });
 
 test("a node comes back, and one that dies mid-answer still leaves the sender one fallback", async () => {

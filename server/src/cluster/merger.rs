@@ -59,6 +59,7 @@ pub(super) async fn run(mut m: Merger) {
             .store(view.known_by_all(), Ordering::Release);
         if membership_changed && let Ok(mut writers) = m.shared.writers.write() {
             *writers = view.writers();
+            crate::metrics::cluster_nodes(writers.len());
         }
     }
     tracing::warn!("the cluster merger stopped");
@@ -99,7 +100,7 @@ impl Merger {
             }
         }
         self.parts.ids.observe(position);
-        let is_new = !view.writers().contains(&frame.node);
+        let is_new = !view.knows(&frame.node);
         let heard = Heard {
             knows_me: frame.writers.contains(&self.node),
             node: frame.node,
@@ -117,7 +118,10 @@ impl Merger {
                 .stored_by(&missed.node, missed.after, Some(missed.upto))
                 .await
             {
-                Ok(found) => view.caught_up(missed, found),
+                Ok(found) => {
+                    crate::metrics::cluster_recovered("missed_frames", found.len());
+                    view.caught_up(missed, found);
+                }
                 // The writer's position stays put (holding later pushes back) and the next
                 // frame tries again.
                 Err(e) => tracing::warn!(error = %e, "reading missed messages failed"),
@@ -166,6 +170,7 @@ impl Merger {
                 Ok(found) => {
                     tracing::warn!(node = %node, recovered = found.len(),
                         "a node has been silent for {}s: taken for dead", EVICT_AFTER.as_secs());
+                    crate::metrics::cluster_recovered("node_lost", found.len());
                     view.evict(&node);
                     view.add(found);
                     changed = true;

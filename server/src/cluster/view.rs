@@ -190,6 +190,10 @@ impl View {
         Some((batch, self.released))
     }
 
+    pub fn knows(&self, node: &str) -> bool {
+        self.writers.contains_key(node)
+    }
+
     /// The nodes this one waits for (sent in its frames, so each node learns who knows it).
     pub fn writers(&self) -> Vec<String> {
         self.writers.keys().cloned().collect()
