@@ -281,7 +281,7 @@ after(async () => {
   nats?.kill("SIGKILL");
   llm?.closeAllConnections();
   llm?.close();
-  if (!process.exitCode) rmSync(work, { recursive: true, force: true });
+  if (!process.exitCode && !process.env.KEEP_CLUSTER_LOGS) rmSync(work, { recursive: true, force: true });
   else console.log(`node logs kept in ${work}`);
 });
 
@@ -539,6 +539,33 @@ test("a node comes back, and one that dies mid-answer still leaves the sender on
     assert.ok(Date.now() - sentAt <= RESPONDER_TIMEOUT_MS + TAKEOVER_MARGIN_MS, `${Date.now() - sentAt} ms`);
     const list = await history(n1, alice);
     assert.deepEqual(list.map((m) => m.kind), ["user", "auto_reply"], "one answer");
+  } finally {
+    aliceWs.close();
+  }
+});
+
+test("a node killed mid-answer and restarted at once still leaves the sender one fallback", async () => {
+  if (!nodes.n3.alive) await startNode("n3");
+  const { n1 } = nodes;
+  const alice = await newUser(n1, "alice");
+  const bob = await newUser(n1, "bob");
+  assert.equal((await api(n1, "PUT", "/api/user/status", { token: bob.token, body: { status: "BUSY" } })).status, 200);
+  const aliceWs = await WsClient.open(n1, alice);
+  try {
+    const sentAt = Date.now();
+    const sent = await api(nodes.n3, "POST", "/api/chat/send", {
+      token: alice.token,
+      body: { recipient: bob.id, content: "still there?" },
+    });
+    assert.equal(sent.status, 200);
+    await aliceWs.message(sent.body.id);
+    // Same NODE_ID, new process: the new run does not know what the old one owed.
+    await kill(nodes.n3);
+    await startNode("n3");
+    const reply = await aliceWs.next("the fallback", (f) => f.type === "message" && f.message.kind === "auto_reply");
+    assert.equal(reply.message.content, FALLBACK);
+    assert.ok(Date.now() - sentAt <= RESPONDER_TIMEOUT_MS + TAKEOVER_MARGIN_MS, `${Date.now() - sentAt} ms`);
+    assert.deepEqual((await history(n1, alice)).map((m) => m.kind), ["user", "auto_reply"], "one answer");
   } finally {
     aliceWs.close();
   }

@@ -112,6 +112,18 @@ impl Merger {
         };
         if let Some(missed) = view.heard(heard, now) {
             tracing::info!(node = %missed.node, "frames were missed; reading them from the database");
+            // Restarted before anyone took it for dead: what the old run owed is owed still.
+            // The new run's own messages come after its first position, so they are left alone.
+            if missed.restarted && view.leads(&self.node, &missed.node) {
+                tokio::spawn(answer_orphans(
+                    missed.node.clone(),
+                    Some(missed.upto),
+                    self.parts.log.clone(),
+                    self.parts.store.clone(),
+                    self.parts.orphans.clone(),
+                    self.parts.responder_timeout,
+                ));
+            }
             match self
                 .parts
                 .log
@@ -180,9 +192,10 @@ impl Merger {
                     continue;
                 }
             }
-            if view.leads(&self.node) {
+            if view.leads(&self.node, &node) {
                 tokio::spawn(answer_orphans(
                     node,
+                    None,
                     self.parts.log.clone(),
                     self.parts.store.clone(),
                     self.parts.orphans.clone(),
@@ -199,6 +212,7 @@ impl Merger {
 /// conversation, as on a live node: the newest unanswered message gets it.
 async fn answer_orphans(
     node: String,
+    upto: Option<MessageId>,
     log: Arc<dyn crate::store::ClusterLog>,
     store: Arc<dyn crate::store::Store>,
     orphans: mpsc::UnboundedSender<Message>,
@@ -209,7 +223,7 @@ async fn answer_orphans(
         .map_or(0, |d| d.as_millis() as u64);
     let window = timeout + EVICT_AFTER + Duration::from_secs(2);
     let since = id_floor(now_ms.saturating_sub(window.as_millis() as u64));
-    let awaiting = match log.awaiting_reply(&node, since).await {
+    let awaiting = match log.awaiting_reply(&node, since, upto).await {
         Ok(awaiting) => awaiting,
         Err(e) => {
             tracing::error!(error = %e, node = %node, "cannot read what a dead node owed");

@@ -36,6 +36,8 @@ pub struct Missed {
     pub node: String,
     pub after: MessageId,
     pub upto: MessageId,
+    /// The node restarted: the previous run is gone, with whatever it still owed.
+    pub restarted: bool,
     run: u64,
     seq: u64,
 }
@@ -116,6 +118,7 @@ impl View {
             return None;
         }
         Some(Missed {
+            restarted: writer.run != run,
             after: writer.position,
             upto: position.max(writer.position),
             node,
@@ -204,9 +207,12 @@ impl View {
         self.writers.values().all(|w| w.knows_me)
     }
 
-    /// Whether `node` is the first by name among the live nodes (it does the cluster's chores).
-    pub fn leads(&self, node: &str) -> bool {
-        self.writers.keys().all(|other| node < other.as_str())
+    /// Whether `node` is the first by name among the live nodes other than `gone` (it does the
+    /// chores `gone` left).
+    pub fn leads(&self, node: &str, gone: &str) -> bool {
+        self.writers
+            .keys()
+            .all(|other| other == gone || node < other.as_str())
     }
 }
 
@@ -309,7 +315,11 @@ mod tests {
             view.silent(later, Duration::from_secs(3)),
             vec!["dead".to_owned()]
         );
-        assert!(view.leads("aaa") && !view.leads("zulu"));
+        assert!(view.leads("aaa", "dead") && !view.leads("zulu", "dead"));
+        assert!(
+            view.leads("beta", "alive"),
+            "the node that left does not count"
+        );
         view.evict("dead");
         assert_eq!(ids(view.release(later)), vec![theirs]);
     }

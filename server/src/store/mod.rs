@@ -156,11 +156,13 @@ pub trait ClusterLog: Send + Sync + 'static {
         after: MessageId,
         upto: Option<MessageId>,
     ) -> Result<Vec<Message>, StoreError>;
-    /// Messages node `origin` stored after `since` whose recipient was BUSY, oldest first.
+    /// Messages node `origin` stored with ids in `(since, upto]` whose recipient was BUSY,
+    /// oldest first.
     async fn awaiting_reply(
         &self,
         origin: &str,
         since: MessageId,
+        upto: Option<MessageId>,
     ) -> Result<Vec<Message>, StoreError>;
 }
 

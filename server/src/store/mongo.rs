@@ -756,13 +756,14 @@ impl ClusterLog for MongoStore {
         &self,
         origin: &str,
         since: MessageId,
+        upto: Option<MessageId>,
     ) -> Result<Vec<Message>, StoreError> {
-        self.find_messages(doc! {
-            "origin": origin,
-            "_id": { "$gt": since.to_string() },
-            "awaits_reply": true,
-        })
-        .await
+        let mut range = doc! { "$gt": since.to_string() };
+        if let Some(upto) = upto {
+            range.insert("$lte", upto.to_string());
+        }
+        self.find_messages(doc! { "origin": origin, "_id": range, "awaits_reply": true })
+            .await
     }
 }
 
