@@ -214,7 +214,7 @@ impl Server {
     }
 
     fn ws_url(&self, token: &str) -> String {
-        format!("{}/ws?token={token}", self.url.replacen("http", "ws", 1))
+        self.node_ws_url(0, token)
     }
 
     fn node_ws_url(&self, i: usize, token: &str) -> String {

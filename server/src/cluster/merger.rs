@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::view::{Heard, View};
-use super::{EVICT_AFTER, Frame, JOIN_WAIT, Parts, Shared, StatusFrame, id_floor};
+use super::{EVICT_AFTER, Frame, JOIN_WAIT, Parts, Shared, StatusFrame};
 use crate::domain::{Message, MessageId, MessageKind, MessagePage, Status, UserId};
 
 /// How often silent nodes are looked for.
@@ -218,11 +218,8 @@ async fn answer_orphans(
     orphans: mpsc::UnboundedSender<Message>,
     timeout: Duration,
 ) {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     let window = timeout + EVICT_AFTER + Duration::from_secs(2);
-    let since = id_floor(now_ms.saturating_sub(window.as_millis() as u64));
+    let since = crate::messaging::first_id_since(window);
     let awaiting = match log.awaiting_reply(&node, since, upto).await {
         Ok(awaiting) => awaiting,
         Err(e) => {

@@ -233,11 +233,7 @@ impl Cluster {
         let (outbox, outgoing) = mpsc::unbounded_channel();
         tokio::spawn(publish(client, subjects.clone(), outgoing));
         let (own, own_frames) = mpsc::unbounded_channel();
-        let run = {
-            let mut bytes = [0u8; 8];
-            let _ = getrandom::fill(&mut bytes);
-            u64::from_le_bytes(bytes)
-        };
+        let run = crate::messaging::random_u64();
         let cluster = Arc::new(Self {
             node: node.clone(),
             run,
@@ -353,9 +349,4 @@ async fn publish(
             }
         }
     }
-}
-
-/// The first possible id of the given Unix millisecond.
-fn id_floor(ms: u64) -> MessageId {
-    MessageId::from(uuid::Uuid::from_u128(u128::from(ms) << 80))
 }

@@ -12,7 +12,8 @@ mod writer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use sequencer::Sequencer;
+pub(crate) use sequencer::random_u64;
+pub use sequencer::{Sequencer, first_id_since};
 pub use writer::{DeliverError, Delivered, MAX_BATCH, Outgoing, Writer};
 
 use crate::domain::{

@@ -9,7 +9,7 @@
 //! point apart. Comparing ids compares (milliseconds, counter), the order the writer made them.
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
@@ -92,13 +92,19 @@ fn decode(id: MessageId) -> (u64, u128) {
     (ms, rest >> TAG_BITS)
 }
 
+/// The smallest id of the millisecond `age` ago: every message stored since sorts after it.
+pub fn first_id_since(age: Duration) -> MessageId {
+    let ms = now_ms().saturating_sub(age.as_millis() as u64);
+    MessageId::from(Uuid::from_u128(u128::from(ms) << 80))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     // Without the OS's randomness the tag and start point are merely less spread out.
     let _ = getrandom::fill(&mut bytes);

@@ -692,15 +692,9 @@ impl Store for MongoStore {
             Some(peer) => doc! { "conversation": conversation_key(user, peer) },
             None => doc! { "participants": user.to_string() },
         };
-        let mut id_range = Document::new();
+        let mut id_range = id_range(page.after, page.upto);
         if let Some(before) = page.before {
             id_range.insert("$lt", before.to_string());
-        }
-        if let Some(after) = page.after {
-            id_range.insert("$gt", after.to_string());
-        }
-        if let Some(upto) = page.upto {
-            id_range.insert("$lte", upto.to_string());
         }
         if !id_range.is_empty() {
             filter.insert("_id", id_range);
@@ -736,6 +730,18 @@ impl Store for MongoStore {
     }
 }
 
+/// `_id` in `(after, upto]`, either end open when `None` (ids sort as text).
+fn id_range(after: Option<MessageId>, upto: Option<MessageId>) -> Document {
+    let mut range = Document::new();
+    if let Some(after) = after {
+        range.insert("$gt", after.to_string());
+    }
+    if let Some(upto) = upto {
+        range.insert("$lte", upto.to_string());
+    }
+    range
+}
+
 #[async_trait]
 impl ClusterLog for MongoStore {
     async fn stored_by(
@@ -744,10 +750,7 @@ impl ClusterLog for MongoStore {
         after: MessageId,
         upto: Option<MessageId>,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut range = doc! { "$gt": after.to_string() };
-        if let Some(upto) = upto {
-            range.insert("$lte", upto.to_string());
-        }
+        let range = id_range(Some(after), upto);
         self.find_messages(doc! { "origin": origin, "_id": range })
             .await
     }
@@ -758,10 +761,7 @@ impl ClusterLog for MongoStore {
         since: MessageId,
         upto: Option<MessageId>,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut range = doc! { "$gt": since.to_string() };
-        if let Some(upto) = upto {
-            range.insert("$lte", upto.to_string());
-        }
+        let range = id_range(Some(since), upto);
         self.find_messages(doc! { "origin": origin, "_id": range, "awaits_reply": true })
             .await
     }
