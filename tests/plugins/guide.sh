@@ -6,5 +6,9 @@ cd "$(dirname "$0")/../.."
 : "${PALAVER_URL:?set PALAVER_URL to a running server}" "${PLUGINS_DIR:?set PLUGINS_DIR to the folder it watches}"
 script=$(awk '/^```sh$/ {inside=1; next} /^```$/ {inside=0} inside' plugins/README.md)
 [ -n "$script" ] || { echo "no sh blocks in plugins/README.md"; exit 1; }
-printf '%s\n' "$script" | bash -euxo pipefail
+# The guide's `mktemp -d` work folder (three plugin builds, ~600 MB) lands in a scratch TMPDIR
+# that goes away with this script, so repeated CI runs do not fill the disk.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+printf '%s\n' "$script" | TMPDIR="$scratch" bash -euxo pipefail
 echo "plugins/README.md: every step ran"
