@@ -237,3 +237,118 @@ async fn bad_paging_parameters_are_refused() {
         StatusCode::OK
     );
 }
+
+/// One user's account change never fails another user's send: a password change, "log out
+/// everywhere", a status change and an account deletion each write to the database while four
+/// bystanders keep sending (two of them with idempotency keys, whose first statement reads).
+#[tokio::test]
+async fn bystanders_sends_never_fail_while_someone_changes_their_account() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let app = Arc::new(
+        TestApp::spawn_configured(|config| {
+            config.limits.sends = None;
+            config.limits.auth_per_address = None;
+        })
+        .await,
+    );
+    let (carol, dave) = (app.user("carol").await, app.user("dave").await);
+    let alice = app.user("alice").await;
+    // Deleting alice then has messages to delete, in the same transaction as her account.
+    for n in 0..40 {
+        app.send_ok(&alice, &dave, &format!("from alice {n}")).await;
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let (app, done) = (app.clone(), done.clone());
+            let (token, recipient) = (carol.token.clone(), dave.id.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                let mut n = 0;
+                // At least a few sends each, and on until alice is done.
+                while n < 5 || !done.load(Ordering::Acquire) {
+                    let mut request = app
+                        .client
+                        .post(app.url("/api/chat/send"))
+                        .bearer_auth(&token)
+                        .json(&json!({"recipient": recipient, "content": format!("{sender}/{n}")}));
+                    if sender % 2 == 0 {
+                        request = request.header("Idempotency-Key", format!("k-{sender}-{n}"));
+                    }
+                    let answer = TestApp::answer(request.send().await.expect("send")).await;
+                    answers.push((answer.status, answer.body));
+                    n += 1;
+                }
+                answers
+            })
+        })
+        .collect();
+
+    let mut password = crate::helpers::PASSWORD.to_owned();
+    let mut token = alice.token.clone();
+    for round in 0..3 {
+        let new_password = format!("another horse battery {round}");
+        let changed = app
+            .post(
+                "/api/auth/password",
+                Some(&token),
+                json!({"current_password": password, "new_password": new_password}),
+            )
+            .await;
+        assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+        token = changed.body["token"].as_str().expect("token").to_owned();
+        password = new_password;
+        let alice = crate::helpers::TestUser {
+            id: alice.id.clone(),
+            email: alice.email.clone(),
+            token: token.clone(),
+        };
+        let busy = app
+            .set_status(&alice, if round % 2 == 0 { "BUSY" } else { "AVAILABLE" })
+            .await;
+        assert_eq!(busy.status, StatusCode::OK, "{}", busy.body);
+    }
+    let deleted = app
+        .request(
+            reqwest::Method::DELETE,
+            "/api/users/me",
+            Some(&token),
+            Some(json!({"password": password})),
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    done.store(true, Ordering::Release);
+
+    let mut sent = Vec::new();
+    for sender in senders {
+        for (status, body) in sender.await.expect("sender task") {
+            assert_eq!(status, StatusCode::OK, "a bystander's send failed: {body}");
+            sent.push(body["id"].as_str().expect("id").to_owned());
+        }
+    }
+    let mut stored = Vec::new();
+    loop {
+        // Catching up from the very start, oldest first.
+        let after = stored
+            .last()
+            .cloned()
+            .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".to_owned());
+        let page = app
+            .messages(
+                &dave,
+                &format!("?with={}&limit=200&after={after}", carol.id),
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::OK);
+        let page = ids(&page.body);
+        if page.is_empty() {
+            break;
+        }
+        stored.extend(page);
+    }
+    sent.sort();
+    assert_eq!(stored, sent, "every acknowledged send is stored, once");
+}

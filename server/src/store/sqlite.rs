@@ -6,7 +6,10 @@ use std::path::Path;
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params_from_iter};
+use deadpool_sqlite::rusqlite::{
+    self, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
+    params_from_iter,
+};
 use deadpool_sqlite::{Config, Hook, HookError, Pool, Runtime};
 
 use super::{
@@ -184,13 +187,24 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )));
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-        let tx = conn.transaction().map_err(internal)?;
+        let tx = write_transaction(conn)?;
         tx.execute_batch(sql).map_err(internal)?;
         tx.pragma_update(None, "user_version", (index + 1) as i64)
             .map_err(internal)?;
         tx.commit().map_err(internal)?;
     }
     Ok(())
+}
+
+/// Every transaction that writes takes the write lock when it begins (`BEGIN IMMEDIATE`), so a
+/// busy database makes it wait (`busy_timeout`). A deferred one that reads first would take its
+/// snapshot then, and when another connection (an account change, a status change) commits
+/// before its first write, SQLite fails that write at once with "database is locked"
+/// (`SQLITE_BUSY_SNAPSHOT`): no wait can help a stale snapshot. That failed whole writer
+/// batches of other people's messages.
+fn write_transaction(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(internal)
 }
 
 fn internal(err: rusqlite::Error) -> StoreError {
@@ -324,7 +338,7 @@ impl Store for SqliteStore {
 
     async fn set_status(&self, id: UserId, status: Status) -> Result<Option<Status>, StoreError> {
         self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(internal)?;
+            let tx = write_transaction(conn)?;
             let previous = tx
                 .query_row(
                     "SELECT status FROM users WHERE id = ?1",
@@ -356,7 +370,7 @@ impl Store for SqliteStore {
             // One transaction, so a batch costs one fsync however many messages it holds. A
             // failed INSERT undoes only itself (SQLite's statements are atomic and foreign keys
             // are checked immediately), so one bad message leaves the others in the batch.
-            let tx = conn.transaction().map_err(internal)?;
+            let tx = write_transaction(conn)?;
             let mut outcomes = Vec::with_capacity(batch.len());
             {
                 let mut earlier = tx
@@ -503,7 +517,7 @@ impl Store for SqliteStore {
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
         self.with_conn(move |conn| {
             let id = id.to_string();
-            let tx = conn.transaction().map_err(internal)?;
+            let tx = write_transaction(conn)?;
             tx.execute(
                 "DELETE FROM messages WHERE sender = ?1 OR recipient = ?1",
                 [&id],
