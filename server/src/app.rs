@@ -496,7 +496,7 @@ async fn record_metrics<E: Endpoint>(next: E, req: Request) -> poem::Result<Resp
         Ok(response) => response.status(),
         Err(err) => err.status(),
     };
-    crate::metrics::http_request(method.as_str(), route, status.as_u16(), started.elapsed());
+    crate::metrics::http_request(&method, route, status.as_u16(), started.elapsed());
     response
 }
 

@@ -290,6 +290,76 @@ async fn metrics_count_requests_messages_connections_auto_replies_and_refusals()
     assert!(gone, "the closed socket is no longer counted");
 }
 
+/// Labels come from fixed sets: made-up methods (HTTP allows any token) and paths fold into
+/// `other` and `unmatched`, so no client can grow the scrape (or the server's memory).
+#[tokio::test]
+async fn made_up_methods_and_paths_do_not_become_label_values() {
+    let storage = Storage::new();
+    let server = Server::start(&storage, &[("METRICS_ADDR", "127.0.0.1:0")]);
+    let client = reqwest::Client::new();
+    let (_, before) = scrape(&client, &server).await;
+
+    const MADE_UP: usize = 60;
+    for n in 0..MADE_UP {
+        let method = format!("X{n}{}", "Y".repeat(500));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method token");
+        let path = format!("/made/up/{n}/{}", "z".repeat(200));
+        let response = client
+            .request(method, server.url(&path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    // And one made-up method on a real route.
+    let response = client
+        .request(
+            reqwest::Method::from_bytes(b"BREW").expect("method"),
+            server.url("/api/chat/send"),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    let (metrics, after) = scrape(&client, &server).await;
+    for (name, labels, _) in &metrics.0 {
+        if let Some(method) = labels.get("method") {
+            assert!(
+                [
+                    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                    "PATCH", "other"
+                ]
+                .contains(&method.as_str()),
+                "{name} has method label {method:.40}"
+            );
+        }
+    }
+    assert_eq!(
+        metrics.value(
+            "palaver_http_requests_total",
+            &[("method", "other"), ("route", "unmatched"), ("status", "404")]
+        ),
+        MADE_UP as f64,
+        "{after}"
+    );
+    assert_eq!(
+        metrics.value(
+            "palaver_http_requests_total",
+            &[("method", "other"), ("route", "/api/chat/send"), ("status", "405")]
+        ),
+        1.0,
+        "{after}"
+    );
+    // A handful of new series, not one per request: a few KB, not 60 × 700 bytes per metric.
+    assert!(
+        after.len() < before.len() + 8_000,
+        "the scrape grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+}
+
 #[tokio::test]
 async fn without_metrics_addr_nothing_listens_and_the_api_has_no_metrics_route() {
     let storage = Storage::new();
