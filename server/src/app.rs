@@ -25,16 +25,18 @@ use poem::{Addr, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, 
 use tokio::net::TcpListener;
 use tower::{Layer, ServiceExt};
 
+use crate::accounts::Accounts;
+use crate::api;
 use crate::api::error::{ApiError, error_to_response};
-use crate::api::{self, MAX_BODY_BYTES};
 use crate::auth::{PasswordHasher, Sessions, TokenService, load_or_create_secret};
 use crate::cluster::{Cluster, Parts as ClusterParts};
-use crate::config::{AllowedOrigins, Config, RealtimeSettings};
+use crate::config::{AllowedOrigins, Config, MAX_BODY_BYTES, RealtimeSettings};
+use crate::failure::RetryAfter;
 use crate::limits::Limits;
 use crate::messaging::{BusyRecipients, FanOut, Messaging, Sequencer, Writer};
 use crate::metrics::MetricsServer;
 use crate::realtime::{
-    ConnectionCaps, Eviction, Hub, LocalFanOut, TooManyConnections, socketio, ws,
+    ConnectionCaps, Eviction, Hub, Live, LocalFanOut, TooManyConnections, socketio, ws,
 };
 use crate::responder::{Responder, watch_plugins_dir};
 use crate::state::AppState;
@@ -46,7 +48,7 @@ use crate::{telemetry, web};
 struct PeerAddress(SocketAddr);
 
 /// How long a client refused a new Engine.IO session is asked to wait.
-const SESSION_RETRY_SECS: u64 = 30;
+const SESSION_RETRY: RetryAfter = RetryAfter::from_secs(30);
 /// In-flight requests get this long to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send its request headers within this time (slowloris protection).
@@ -62,6 +64,7 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     state: AppState,
+    live: Live,
     realtime: RealtimeSettings,
     /// Engine.IO sessions, capped by `MAX_CONNECTIONS` like the hub's connections.
     sessions: socketio::SessionCounter,
@@ -149,19 +152,31 @@ impl Application {
         if let Some(dir) = &config.responder.plugins_dir {
             watch_plugins_dir(responder.plugins(), dir.clone()).await;
         }
+        let sessions = Arc::new(Sessions::new(
+            TokenService::new(&secret, config.token_ttl),
+            store.clone(),
+        ));
+        let accounts = Arc::new(Accounts::new(
+            store.clone(),
+            Arc::new(PasswordHasher::new(
+                config.limits.hash_concurrency,
+                config.limits.hash_wait,
+            )?),
+            sessions.clone(),
+            limits.clone(),
+            hub.clone(),
+        ));
+        let live = Live {
+            sessions: sessions.clone(),
+            hub,
+            messaging: messaging.clone(),
+        };
         let state = AppState {
             messaging,
             responder,
             store: store.clone(),
-            passwords: Arc::new(PasswordHasher::new(
-                config.limits.hash_concurrency,
-                config.limits.hash_wait,
-            )?),
-            sessions: Arc::new(Sessions::new(
-                TokenService::new(&secret, config.token_ttl),
-                store.clone(),
-            )),
-            hub,
+            accounts,
+            sessions,
             limits: limits.clone(),
         };
         crate::limits::sweep_periodically(Arc::downgrade(&limits));
@@ -175,6 +190,7 @@ impl Application {
             listener,
             address,
             state,
+            live,
             realtime: config.realtime,
             sessions: socketio::SessionCounter::new(config.limits.connections_total),
             origins: config.cors,
@@ -199,6 +215,7 @@ impl Application {
             listener,
             address,
             state,
+            live,
             realtime,
             sessions,
             origins,
@@ -211,9 +228,9 @@ impl Application {
         }
         let metrics = metrics.map(|m| tokio::spawn(m.run()));
         let ping_interval = realtime.ping_interval;
-        let (socketio_layer, socketio) = socketio::layer(state.clone(), &realtime);
+        let (socketio_layer, socketio) = socketio::layer(live.clone(), &realtime);
         let endpoint: Arc<BoxEndpoint<'static, Response>> =
-            Arc::new(routes(state.clone(), realtime).boxed());
+            Arc::new(routes(state, live.clone(), realtime).boxed());
         // One service for all connections: socketioxide keeps its sessions in it, so a
         // long-polling client's requests on different connections find each other.
         let app = socketio_layer.layer(tower::service_fn(move |req: http::Request<Incoming>| {
@@ -293,7 +310,7 @@ impl Application {
                                 crate::metrics::rate_limited("connections_total");
                                 return Ok(refusal(ApiError::unavailable(
                                     TooManyConnections::Server.to_string(),
-                                    SESSION_RETRY_SECS,
+                                    SESSION_RETRY,
                                 )));
                             }
                         }
@@ -318,7 +335,7 @@ impl Application {
             metrics.abort();
         }
         tracing::info!("draining connections");
-        state.hub.evict_all(Eviction::Shutdown);
+        live.hub.evict_all(Eviction::Shutdown);
         socketio.close().await;
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
@@ -328,7 +345,7 @@ impl Application {
         }
         // Upgraded connections are no longer hyper's: give their close frames a moment.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while state.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        while live.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
@@ -366,7 +383,11 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// All HTTP routes with their middleware, outermost last.
-pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Output = Response> {
+pub fn routes(
+    state: AppState,
+    live: Live,
+    realtime: RealtimeSettings,
+) -> impl Endpoint<Output = Response> {
     let api = api::service();
     Route::new()
         .at("/ws", get(ws::websocket))
@@ -379,6 +400,7 @@ pub fn routes(state: AppState, realtime: RealtimeSettings) -> impl Endpoint<Outp
         .around(limit_body)
         .with(CatchPanic::new().with_handler(JsonPanicHandler))
         .data(state)
+        .data(live)
         .data(realtime)
         .catch_all_error(error_to_response)
         .around(add_allow_header)

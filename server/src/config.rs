@@ -12,6 +12,10 @@ pub use crate::wasm::HostPattern;
 /// practice, and far longer overflows date arithmetic (and RFC 3339's four-digit years).
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
+/// Larger request bodies (HTTP) and messages (either socket framing) are refused before
+/// anything parses them.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// The smallest HS256 secret we accept: 256 bits, as RFC 7518 asks.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 

@@ -1,6 +1,6 @@
 //! Palaver: a real-time chat backend. See DESIGN.md for how the parts fit.
 
-pub mod account;
+pub mod accounts;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod cors;
 pub mod domain;
+pub mod failure;
 pub mod limits;
 pub mod messaging;
 pub mod metrics;

@@ -13,17 +13,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 
 use crate::config::{LimitSettings, Rate};
 use crate::domain::{Email, UserId};
-
-/// A refusal, with how long until the same request would be allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
-
-impl RetryAfter {
-    /// Whole seconds, rounded up, for the `Retry-After` header (at least 1).
-    pub fn seconds(self) -> u64 {
-        (self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0)).max(1)
-    }
-}
+use crate::failure::RetryAfter;
 
 fn quota(rate: Rate) -> Quota {
     let period = rate.per / rate.count.get();

@@ -9,11 +9,8 @@ use super::models::{
     CredentialsBody, Done, LoginToken, PasswordChangeBody, PasswordChanged, Registered,
 };
 use super::security::AuthUser;
-use crate::account;
-use crate::domain::{Email, Password, UserId};
-use crate::limits::RetryAfter;
+use crate::accounts::LoggedIn;
 use crate::state::AppState;
-use crate::store::NewUser;
 
 pub struct AuthApi;
 
@@ -22,19 +19,6 @@ enum RegisterResponse {
     /// The account exists; log in to get a token.
     #[oai(status = 201)]
     Created(Json<Registered>),
-}
-
-/// Wrong email and wrong password read exactly the same.
-const BAD_CREDENTIALS: &str = "Invalid email or password";
-
-fn locked_out(wait: RetryAfter) -> ApiError {
-    ApiError::too_many_requests(
-        format!(
-            "Too many failed logins for this account; try again in {} s",
-            wait.seconds()
-        ),
-        wait,
-    )
 }
 
 #[OpenApi(tag = "ApiTags::Auth")]
@@ -54,18 +38,10 @@ impl AuthApi {
         body: Json<CredentialsBody>,
     ) -> Result<RegisterResponse, ApiError> {
         let Json(body) = body;
-        let email = Email::parse(&body.email.0)?;
-        let password = Password::parse(body.password.0)?;
-        let password_hash = state.passwords.hash(password).await?;
         let user = state
-            .store
-            .create_user(NewUser {
-                id: UserId::new(),
-                email,
-                password_hash,
-            })
+            .accounts
+            .register(&body.email.0, body.password.0)
             .await?;
-        tracing::info!(user = %user.id, "user registered");
         Ok(RegisterResponse::Created(Json(Registered {
             message: "User registered successfully".to_owned(),
             id: user.id.to_string(),
@@ -83,37 +59,11 @@ impl AuthApi {
         body: Json<CredentialsBody>,
     ) -> Result<Json<LoginToken>, ApiError> {
         let Json(body) = body;
-        // Input that could never have been registered is simply wrong credentials.
-        let (Ok(email), Ok(password)) = (
-            Email::parse(&body.email.0),
-            Password::parse(body.password.0),
-        ) else {
-            return Err(ApiError::unauthorized(BAD_CREDENTIALS));
-        };
-        // Locked out: refused without looking at the password, right or wrong.
-        state.limits.login_allowed(&email).map_err(locked_out)?;
-        let credentials = state.store.credentials_by_email(&email).await?;
-        let (user, stored_hash) = match credentials {
-            Some(c) => (Some((c.user, c.token_version)), Some(c.password_hash)),
-            None => (None, None),
-        };
-        let verified = state.passwords.verify(password, stored_hash).await?;
-        let (user, version) = match user {
-            Some(user) if verified => user,
-            _ => {
-                // Unknown emails count too, so the answers cannot tell accounts apart.
-                state.limits.login_failed(&email).map_err(locked_out)?;
-                return Err(ApiError::unauthorized(BAD_CREDENTIALS));
-            }
-        };
-        let issued = state
-            .sessions
-            .issue(user.id, version)
-            .map_err(ApiError::internal)?;
+        let LoggedIn { user, token } = state.accounts.login(&body.email.0, body.password.0).await?;
         Ok(Json(LoginToken {
-            token: issued.token,
-            user_id: user.id.to_string(),
-            expires_at: issued.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            token: token.token,
+            user_id: user.to_string(),
+            expires_at: token.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         }))
     }
 
@@ -133,8 +83,10 @@ impl AuthApi {
         body: Json<PasswordChangeBody>,
     ) -> Result<Json<PasswordChanged>, ApiError> {
         let Json(body) = body;
-        let new = Password::parse(body.new_password.0)?;
-        let issued = account::change_password(&state, user, &body.current_password, new).await?;
+        let issued = state
+            .accounts
+            .change_password(user, &body.current_password, body.new_password.0)
+            .await?;
         Ok(Json(PasswordChanged {
             message: "Password changed".to_owned(),
             token: issued.token,
@@ -157,7 +109,7 @@ impl AuthApi {
         state: Data<&AppState>,
         AuthUser(user): AuthUser,
     ) -> Result<Json<Done>, ApiError> {
-        account::log_out_everywhere(&state, user).await?;
+        state.accounts.log_out_everywhere(user).await?;
         Ok(Json(Done {
             message: "Logged out everywhere".to_owned(),
         }))

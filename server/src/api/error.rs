@@ -9,10 +9,10 @@ use poem_openapi::error::{
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
-use crate::account::AccountError;
-use crate::auth::HashError;
+use crate::accounts::AccountError;
+use crate::auth::{AuthError, HashError};
 use crate::domain::ValidationError;
-use crate::limits::RetryAfter;
+use crate::failure::{Failure, RetryAfter, capitalize};
 use crate::messaging::SendError;
 use crate::responder::ChoiceError;
 use crate::store::StoreError;
@@ -72,9 +72,6 @@ impl poem_openapi::types::Example for ErrorBody {
     }
 }
 
-/// How long clients are asked to wait when the database is unavailable.
-const UNAVAILABLE_RETRY_SECS: u64 = 5;
-
 fn body(message: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
         message: message.into(),
@@ -106,137 +103,72 @@ impl ApiError {
     pub fn too_many_requests(message: impl Into<String>, retry_after: RetryAfter) -> Self {
         Self::TooManyRequests(body(message), retry_after.seconds())
     }
-    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self::Unavailable(body(message), retry_after_secs)
+    pub fn unavailable(message: impl Into<String>, retry_after: RetryAfter) -> Self {
+        Self::Unavailable(body(message), retry_after.seconds())
     }
     /// Logs the cause; the client only learns that something failed on our side.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        Self::Internal(body("Internal server error"))
+        Failure::internal(cause).into()
     }
 }
 
-impl ApiError {
-    /// The status code and message, for transports that are not HTTP responses.
-    pub fn status_and_message(&self) -> (u16, String) {
-        let (status, Json(body)) = match self {
-            Self::BadRequest(b) => (400, b),
-            Self::Unauthorized(b) => (401, b),
-            Self::Forbidden(b) => (403, b),
-            Self::NotFound(b) => (404, b),
-            Self::Conflict(b) => (409, b),
-            Self::RequestTimeout(b) => (408, b),
-            Self::PayloadTooLarge(b) => (413, b),
-            Self::UnsupportedMediaType(b) => (415, b),
-            Self::TooManyRequests(b, _) => (429, b),
-            Self::Internal(b) => (500, b),
-            Self::Unavailable(b, _) => (503, b),
-        };
-        (status, body.message.clone())
-    }
-
-    /// Seconds until a retry may succeed, for 429 and 503 answers.
-    pub fn retry_after(&self) -> Option<u64> {
-        match self {
-            Self::TooManyRequests(_, secs) | Self::Unavailable(_, secs) => Some(*secs),
-            _ => None,
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> Self {
+        let Failure {
+            status,
+            message,
+            retry_after,
+        } = failure;
+        let retry = retry_after.map_or(1, RetryAfter::seconds);
+        let message = body(message);
+        match status {
+            400 => Self::BadRequest(message),
+            401 => Self::Unauthorized(message),
+            403 => Self::Forbidden(message),
+            404 => Self::NotFound(message),
+            408 => Self::RequestTimeout(message),
+            409 => Self::Conflict(message),
+            413 => Self::PayloadTooLarge(message),
+            415 => Self::UnsupportedMediaType(message),
+            429 => Self::TooManyRequests(message, retry),
+            503 => Self::Unavailable(message, retry),
+            _ => Self::Internal(message),
         }
     }
 }
 
-impl From<ValidationError> for ApiError {
-    fn from(err: ValidationError) -> Self {
-        Self::bad_request(capitalize(&err.0))
+/// A [`Failure`] raised outside an API operation (the `/ws` handshake refuses with one before
+/// it upgrades) leaves in the same JSON shape, rendered here.
+impl poem::error::ResponseError for Failure {
+    fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn as_response(&self) -> Response {
+        ApiError::from(self.clone()).into_response()
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::EmailTaken => Self::conflict("Email is already registered"),
-            StoreError::UnknownUser => Self::not_found("User not found"),
-            StoreError::Unavailable(detail) => {
-                tracing::warn!(%detail, "database unavailable");
-                Self::unavailable(
-                    "The database is unavailable; please try again shortly",
-                    UNAVAILABLE_RETRY_SECS,
-                )
-            }
-            StoreError::Internal(cause) => Self::internal(format!("{cause:#}")),
-        }
-    }
-}
-
-impl From<ChoiceError> for ApiError {
-    fn from(err: ChoiceError) -> Self {
-        match err {
-            ChoiceError::Store(err) => err.into(),
-            ChoiceError::UnknownPlugin(_) | ChoiceError::NoSuchUser => {
-                Self::not_found(err.to_string())
-            }
-            ChoiceError::NotSettable { .. } | ChoiceError::TooLong(_) => {
-                Self::bad_request(err.to_string())
+/// Each service's errors answer through their [`Failure`], which holds their texts.
+macro_rules! answered_as_failure {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for ApiError {
+            fn from(err: $error) -> Self {
+                Failure::from(err).into()
             }
         }
-    }
+    )*};
 }
 
-impl From<SendError> for ApiError {
-    fn from(err: SendError) -> Self {
-        match err {
-            SendError::SenderMismatch => Self::forbidden("You can only send messages as yourself"),
-            SendError::Invalid(problem) => problem.into(),
-            SendError::RecipientNotFound => Self::not_found("Recipient not found"),
-            SendError::KeyReused => {
-                Self::conflict("This idempotency key was already used for a different message")
-            }
-            SendError::Store(err) => err.into(),
-            SendError::Unavailable(down) => Self::unavailable(down.0, UNAVAILABLE_RETRY_SECS),
-            SendError::TooFast(wait) => Self::too_many_requests(
-                format!(
-                    "You are sending messages too fast; try again in {} s",
-                    wait.seconds()
-                ),
-                wait,
-            ),
-        }
-    }
-}
-
-impl From<AccountError> for ApiError {
-    fn from(err: AccountError) -> Self {
-        match err {
-            AccountError::WrongPassword => Self::forbidden("The password is incorrect"),
-            AccountError::UserGone => Self::unauthorized(super::security::TOKEN_REVOKED),
-            AccountError::Store(err) => err.into(),
-            AccountError::Hashing(err) => err.into(),
-            AccountError::Internal(cause) => Self::internal(format!("{cause:#}")),
-        }
-    }
-}
-
-impl From<HashError> for ApiError {
-    fn from(err: HashError) -> Self {
-        match err {
-            HashError::Busy => Self::unavailable(
-                "Too many logins in progress; please try again shortly",
-                HASHING_RETRY_SECS,
-            ),
-            HashError::Failed(cause) => Self::internal(format!("{cause:#}")),
-        }
-    }
-}
-
-/// When every hashing slot stayed busy for the whole wait.
-const HASHING_RETRY_SECS: u64 = 2;
-
-fn capitalize(text: &str) -> String {
-    let mut chars = text.chars();
-    chars
-        .next()
-        .map(|first| first.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
-}
+answered_as_failure!(
+    ValidationError,
+    StoreError,
+    SendError,
+    AuthError,
+    HashError,
+    AccountError,
+    ChoiceError,
+);
 
 /// poem-openapi calls this when it cannot parse a request for an operation.
 fn bad_request_from_poem(err: poem::Error) -> ApiError {
@@ -275,7 +207,7 @@ fn describe(err: &poem::Error) -> String {
         StatusCode::NOT_FOUND => "Not found".to_owned(),
         StatusCode::METHOD_NOT_ALLOWED => "Method not allowed".to_owned(),
         StatusCode::PAYLOAD_TOO_LARGE => payload_too_large_message(),
-        status if status.is_server_error() => "Internal server error".to_owned(),
+        status if status.is_server_error() => crate::failure::INTERNAL.to_owned(),
         _ => capitalize(&err.to_string()),
     }
 }
@@ -283,7 +215,7 @@ fn describe(err: &poem::Error) -> String {
 fn payload_too_large_message() -> String {
     format!(
         "Request body is too large (the limit is {} KiB)",
-        super::MAX_BODY_BYTES / 1024
+        crate::config::MAX_BODY_BYTES / 1024
     )
 }
 

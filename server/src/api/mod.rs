@@ -13,9 +13,6 @@ mod users;
 
 use poem_openapi::{OpenApiService, Tags};
 
-/// Larger request bodies are refused with 413 before anything parses them.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 #[derive(Tags)]
 enum ApiTags {
     /// Registration and login.

@@ -3,61 +3,21 @@
 //! "Authorize" button works with either.
 
 use poem::Request;
-use poem::http::HeaderMap;
 use poem::web::RequestBody;
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 
 use super::error::ApiError;
-use crate::auth::{AuthError, Caller, TokenError};
+use crate::auth::{AUTH_TOKEN_HEADER, token_from_headers};
 use crate::domain::UserId;
+use crate::failure::Failure;
 use crate::state::AppState;
 
 const BEARER_SCHEME: &str = "BearerAuth";
 const HEADER_SCHEME: &str = "AuthTokenHeader";
-pub const AUTH_TOKEN_HEADER: &str = "x-auth-token";
 
 /// The authenticated caller of an operation.
 pub struct AuthUser(pub UserId);
-
-pub const TOKEN_REQUIRED: &str = "Authentication required: send Authorization: Bearer <token>";
-pub const TOKEN_EXPIRED: &str = "Token has expired; please log in again";
-pub const TOKEN_INVALID: &str = "Invalid token";
-pub const TOKEN_REVOKED: &str = "Token is no longer valid; please log in again";
-
-/// The token a request carries, if any: `Authorization: Bearer` first, then `x-auth-token`.
-pub fn token_from_headers(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(poem::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            let (scheme, token) = value.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    bearer
-        .or_else(|| {
-            headers
-                .get(AUTH_TOKEN_HEADER)
-                .and_then(|value| value.to_str().ok())
-                .map(str::trim)
-        })
-        .filter(|token| !token.is_empty())
-}
-
-/// Checks a token and names its user, with the answer a client should see when it fails.
-pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
-    state
-        .sessions
-        .authenticate(token)
-        .await
-        .map_err(|e| match e {
-            AuthError::Missing => ApiError::unauthorized(TOKEN_REQUIRED),
-            AuthError::Token(TokenError::Expired) => ApiError::unauthorized(TOKEN_EXPIRED),
-            AuthError::Token(TokenError::Invalid) => ApiError::unauthorized(TOKEN_INVALID),
-            AuthError::Revoked => ApiError::unauthorized(TOKEN_REVOKED),
-            AuthError::Store(e) => e.into(),
-        })
-}
 
 impl<'a> ApiExtractor<'a> for AuthUser {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
@@ -107,7 +67,12 @@ impl<'a> ApiExtractor<'a> for AuthUser {
         let state = req
             .data::<AppState>()
             .ok_or_else(|| ApiError::internal("AppState is missing from the request"))?;
-        let caller = authenticate(state, token_from_headers(req.headers())).await?;
+        let caller = state
+            .sessions
+            .authenticate(token_from_headers(req.headers()))
+            .await
+            .map_err(Failure::from)
+            .map_err(ApiError::from)?;
         Ok(AuthUser(caller.user))
     }
 }

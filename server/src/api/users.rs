@@ -10,7 +10,6 @@ use super::models::{
 };
 use super::schema::{EmailText, UuidText};
 use super::security::AuthUser;
-use crate::account;
 use crate::domain::{Email, ResponderChoice, UserId};
 use crate::state::AppState;
 
@@ -65,7 +64,7 @@ impl UsersApi {
         AuthUser(user): AuthUser,
         body: Json<PasswordBody>,
     ) -> Result<Json<Done>, ApiError> {
-        account::delete_account(&state, user, &body.0.password).await?;
+        state.accounts.delete(user, &body.0.password).await?;
         Ok(Json(Done {
             message: "Account deleted".to_owned(),
         }))

@@ -20,8 +20,9 @@ use crate::domain::{
     Content, IdempotencyKey, Message, MessageId, MessageKind, MessagePage, Status, UserId,
     ValidationError,
 };
-use crate::limits::{Limits, RetryAfter};
-use crate::store::{Store, StoreError, User};
+use crate::failure::{Failure, RetryAfter};
+use crate::limits::Limits;
+use crate::store::{Store, StoreError, UNAVAILABLE_RETRY, User};
 
 /// Where stored messages and status changes go: every live connection they concern.
 ///
@@ -101,6 +102,36 @@ pub enum SendError {
     TooFast(RetryAfter),
     #[error(transparent)]
     Unavailable(Unavailable),
+}
+
+impl From<Unavailable> for Failure {
+    fn from(down: Unavailable) -> Self {
+        Failure::unavailable(down.0, UNAVAILABLE_RETRY)
+    }
+}
+
+impl From<SendError> for Failure {
+    fn from(err: SendError) -> Self {
+        match err {
+            SendError::SenderMismatch => {
+                Failure::forbidden("You can only send messages as yourself")
+            }
+            SendError::Invalid(problem) => problem.into(),
+            SendError::RecipientNotFound => Failure::not_found("Recipient not found"),
+            SendError::KeyReused => {
+                Failure::conflict("This idempotency key was already used for a different message")
+            }
+            SendError::Store(err) => err.into(),
+            SendError::Unavailable(down) => down.into(),
+            SendError::TooFast(wait) => Failure::too_many_requests(
+                format!(
+                    "You are sending messages too fast; try again in {} s",
+                    wait.seconds()
+                ),
+                wait,
+            ),
+        }
+    }
 }
 
 /// Sending, reading history and status changes: what the API and the sockets call.

@@ -5,10 +5,32 @@ mod hub;
 pub mod socketio;
 pub mod ws;
 
+use std::sync::Arc;
+
+use crate::accounts::EndSessions;
+use crate::auth::Sessions;
+use crate::domain::UserId;
+use crate::messaging::Messaging;
+
 pub use fanout::{LocalFanOut, message_payload};
 pub use hub::{
     ConnectionCaps, Eviction, EvictionSignal, Hub, Push, Subscription, TooManyConnections,
 };
+
+/// What both socket framings reach: who is calling, where their pushes come from, and the one
+/// send path. Cheap to clone.
+#[derive(Clone)]
+pub struct Live {
+    pub sessions: Arc<Sessions>,
+    pub hub: Arc<Hub>,
+    pub messaging: Arc<Messaging>,
+}
+
+impl EndSessions for Hub {
+    fn end_sessions(&self, user: UserId) {
+        self.evict_user(user, Eviction::Revoked);
+    }
+}
 
 /// WebSocket close code when a connection's token expires or is revoked: 1008 (policy
 /// violation); the client must log in again before reconnecting.

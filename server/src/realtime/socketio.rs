@@ -12,13 +12,12 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use tokio::sync::Notify;
 
-use crate::api::security::authenticate;
 use crate::auth::Caller;
 use crate::config::RealtimeSettings;
 use crate::domain::UserId;
+use crate::failure::Failure;
 use crate::messaging::SendRequest;
-use crate::realtime::{ClientId, Eviction, Subscription};
-use crate::state::AppState;
+use crate::realtime::{ClientId, Eviction, Live, Subscription};
 
 /// How long an Engine.IO session may live without joining the namespace with a valid token
 /// (socketioxide's default is 45 s).
@@ -118,16 +117,16 @@ mod tests {
 }
 
 /// The tower layer to put in front of the HTTP app, and the handle to close sockets with.
-pub fn layer(state: AppState, settings: &RealtimeSettings) -> (SocketIoLayer, SocketIo) {
+pub fn layer(live: Live, settings: &RealtimeSettings) -> (SocketIoLayer, SocketIo) {
     let (layer, io) = SocketIo::builder()
-        .with_state(state)
+        .with_state(live)
         .max_buffer_size(settings.queue_capacity)
-        .max_payload(crate::api::MAX_BODY_BYTES as u64)
+        .max_payload(crate::config::MAX_BODY_BYTES as u64)
         // tungstenite's defaults (16 MiB frames, 64 MiB messages) would let a client that never
         // authenticates make the server buffer megabytes; the frame limit is checked from the
         // header, before anything is buffered.
-        .ws_max_frame_size(crate::api::MAX_BODY_BYTES)
-        .ws_max_message_size(crate::api::MAX_BODY_BYTES)
+        .ws_max_frame_size(crate::config::MAX_BODY_BYTES)
+        .ws_max_message_size(crate::config::MAX_BODY_BYTES)
         .connect_timeout(UNAUTHENTICATED_WINDOW)
         .ping_interval(settings.ping_interval)
         .ping_timeout(
@@ -153,19 +152,21 @@ struct Refused(String);
 /// Runs before the socket joins: no valid token, no connection (`connect_error` with a message).
 async fn authenticate_handshake(
     socket: SocketRef,
-    State(state): State<AppState>,
+    State(live): State<Live>,
     TryData(handshake): TryData<Handshake>,
 ) -> Result<(), Refused> {
     let token = handshake.ok().and_then(|h| h.token);
-    let caller = authenticate(&state, token.as_deref())
+    let caller = live
+        .sessions
+        .authenticate(token.as_deref())
         .await
-        .map_err(|e| Refused(e.status_and_message().1))?;
+        .map_err(|e| Refused(Failure::from(e).message))?;
     let user = caller.user;
     socket.extensions.insert(user);
     socket.extensions.insert(caller);
     // Subscribed before socketioxide sends the CONNECT packet (the handler runs after it), so
     // a push sent as soon as the client sees `connect` is not missed.
-    let subscription = state
+    let subscription = live
         .hub
         .subscribe(user)
         .map_err(|refused| Refused(refused.to_string()))?;
@@ -255,7 +256,7 @@ struct SendEvent {
 
 async fn on_send(
     ack: AckSender,
-    State(state): State<AppState>,
+    State(live): State<Live>,
     Extension(user): Extension<UserId>,
     TryData(event): TryData<SendEvent>,
 ) {
@@ -268,14 +269,13 @@ async fn on_send(
                 content: event.content,
                 idempotency_key: event.client_id.map(ClientId::into_key),
             };
-            match state.messaging.send(user, request).await {
+            match live.messaging.send(user, request).await {
                 Ok(message) => json!({"id": message.id.to_string()}),
                 Err(err) => {
-                    let err = crate::api::error::ApiError::from(err);
-                    let (code, message) = err.status_and_message();
-                    let mut reply = json!({"error": message, "code": code});
-                    if let Some(seconds) = err.retry_after() {
-                        reply["retry_after"] = seconds.into();
+                    let failure = Failure::from(err);
+                    let mut reply = json!({"error": failure.message, "code": failure.status});
+                    if let Some(wait) = failure.retry_after {
+                        reply["retry_after"] = wait.seconds().into();
                     }
                     reply
                 }

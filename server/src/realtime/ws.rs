@@ -13,15 +13,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::Live;
 use super::hub::{Eviction, Subscription};
 use super::{CLOSE_EXPIRED, CLOSE_TOO_BIG};
-use crate::api::error::ApiError;
-use crate::api::security::{authenticate, token_from_headers};
-use crate::auth::Caller;
+use crate::auth::{Caller, token_from_headers};
 use crate::config::RealtimeSettings;
 use crate::domain::UserId;
+use crate::failure::{Failure, RetryAfter};
 use crate::messaging::SendRequest;
-use crate::state::AppState;
 
 /// The subprotocol a browser offers alongside its token: `new WebSocket(url, ["palaver", token])`.
 pub const SUBPROTOCOL: &str = "palaver";
@@ -65,31 +64,32 @@ fn handshake_token(req: &Request) -> Option<String> {
 pub async fn websocket(
     req: &Request,
     ws: WebSocket,
-    state: Data<&AppState>,
+    live: Data<&Live>,
     settings: Data<&RealtimeSettings>,
 ) -> poem::Result<impl IntoResponse> {
     // Refused with 401 before the upgrade: an unauthenticated socket never opens.
-    let caller = authenticate(&state, handshake_token(req).as_deref()).await?;
+    let caller = live
+        .sessions
+        .authenticate(handshake_token(req).as_deref())
+        .await
+        .map_err(Failure::from)?;
     // Registered before the 101 goes out, so a push sent right after the handshake is not
     // missed. If the upgrade never happens, the closure (and the subscription) is dropped.
-    let subscription = state.hub.subscribe(caller.user).map_err(|refused| {
+    let subscription = live.hub.subscribe(caller.user).map_err(|refused| {
         // Refused before the upgrade too; a client should retry later, not at once.
-        ApiError::too_many_requests(
-            refused.to_string(),
-            crate::limits::RetryAfter(CONNECTION_RETRY),
-        )
+        Failure::too_many_requests(refused.to_string(), RetryAfter(CONNECTION_RETRY))
     })?;
-    let state = state.0.clone();
+    let live = live.0.clone();
     let settings = settings.0.clone();
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .max_message_size(Some(crate::api::MAX_BODY_BYTES))
-        .max_frame_size(Some(crate::api::MAX_BODY_BYTES));
+        .max_message_size(Some(crate::config::MAX_BODY_BYTES))
+        .max_frame_size(Some(crate::config::MAX_BODY_BYTES));
     Ok(ws
         .protocols([SUBPROTOCOL])
         .config(config)
-        .on_upgrade(move |socket| session(socket, subscription, state, settings, caller)))
+        .on_upgrade(move |socket| session(socket, subscription, live, settings, caller)))
 }
 
 /// What the reader hands the writer: an answer, or a reason to close.
@@ -104,7 +104,7 @@ enum Reply {
 async fn session(
     socket: WebSocketStream,
     mut subscription: Subscription,
-    state: AppState,
+    live: Live,
     settings: RealtimeSettings,
     caller: Caller,
 ) {
@@ -117,7 +117,7 @@ async fn session(
     let last_heard = Arc::new(std::sync::Mutex::new(Instant::now()));
     let reader = tokio::spawn(read_frames(
         stream,
-        state.clone(),
+        live.clone(),
         user,
         replies,
         last_heard.clone(),
@@ -169,7 +169,7 @@ fn close_frame(reason: Eviction) -> (CloseCode, String) {
 
 async fn read_frames(
     mut stream: futures_util::stream::SplitStream<WebSocketStream>,
-    state: AppState,
+    live: Live,
     user: UserId,
     replies: mpsc::Sender<Reply>,
     last_heard: Arc<std::sync::Mutex<Instant>>,
@@ -181,7 +181,7 @@ async fn read_frames(
             Err(e) if e.to_string().starts_with("Space limit exceeded") => {
                 let reason = format!(
                     "message too big: the limit is {} KiB",
-                    crate::api::MAX_BODY_BYTES / 1024
+                    crate::config::MAX_BODY_BYTES / 1024
                 );
                 let _ = replies
                     .send(Reply::Close(CLOSE_TOO_BIG.into(), reason))
@@ -194,7 +194,7 @@ async fn read_frames(
             *heard = Instant::now();
         }
         let reply = match frame {
-            Frame::Text(text) => handle_text(&state, user, &text).await,
+            Frame::Text(text) => handle_text(&live, user, &text).await,
             Frame::Binary(_) => Some(error_frame(
                 &Value::Null,
                 400,
@@ -222,7 +222,7 @@ struct SendFrame {
     client_id: Option<super::ClientId>,
 }
 
-async fn handle_text(state: &AppState, user: UserId, text: &str) -> Option<String> {
+async fn handle_text(live: &Live, user: UserId, text: &str) -> Option<String> {
     let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
         return Some(error_frame(
             &Value::Null,
@@ -249,17 +249,16 @@ async fn handle_text(state: &AppState, user: UserId, text: &str) -> Option<Strin
                 content: send.content,
                 idempotency_key: send.client_id.map(super::ClientId::into_key),
             };
-            Some(match state.messaging.send(user, request).await {
+            Some(match live.messaging.send(user, request).await {
                 Ok(message) => {
                     json!({"type": "sent", "client_id": client_id, "id": message.id.to_string()})
                         .to_string()
                 }
                 Err(err) => {
-                    let err = ApiError::from(err);
-                    let (status, message) = err.status_and_message();
-                    let mut frame = error_value(&client_id, status, &message);
-                    if let Some(seconds) = err.retry_after() {
-                        frame["retry_after"] = seconds.into();
+                    let failure = Failure::from(err);
+                    let mut frame = error_value(&client_id, failure.status, &failure.message);
+                    if let Some(wait) = failure.retry_after {
+                        frame["retry_after"] = wait.seconds().into();
                     }
                     frame.to_string()
                 }

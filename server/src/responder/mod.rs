@@ -19,6 +19,7 @@ use crate::config::{BUILTIN_PLUGIN, ResponderSettings};
 use crate::domain::{
     Content, MAX_SETTING_CHARS, Message, MessageKind, MessagePage, ResponderChoice, UserId,
 };
+use crate::failure::Failure;
 use crate::messaging::{BusyRecipients, DeliverError, Delivered, Outgoing, Writer, auto_reply_key};
 use crate::metrics;
 use crate::store::{Store, StoreError, User};
@@ -377,6 +378,20 @@ pub enum ChoiceError {
     NoSuchUser,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<ChoiceError> for Failure {
+    fn from(err: ChoiceError) -> Self {
+        match err {
+            ChoiceError::Store(err) => err.into(),
+            ChoiceError::UnknownPlugin(_) | ChoiceError::NoSuchUser => {
+                Failure::not_found(err.to_string())
+            }
+            ChoiceError::NotSettable { .. } | ChoiceError::TooLong(_) => {
+                Failure::bad_request(err.to_string())
+            }
+        }
+    }
 }
 
 fn not_settable(key: &str, plugin: &str, settable: &[String]) -> String {

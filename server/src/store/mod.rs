@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use crate::domain::{
     Email, IdempotencyKey, Message, MessageId, MessagePage, ResponderChoice, Status, UserId,
 };
+use crate::failure::{Failure, RetryAfter};
 
 /// A registered user as the API shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,26 @@ impl StoreError {
             StoreError::UnknownUser => StoreError::UnknownUser,
             StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
             StoreError::Internal(cause) => StoreError::Internal(anyhow::anyhow!("{cause:#}")),
+        }
+    }
+}
+
+/// How long clients are asked to wait when the database is unavailable.
+pub const UNAVAILABLE_RETRY: RetryAfter = RetryAfter::from_secs(5);
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::EmailTaken => Failure::conflict("Email is already registered"),
+            StoreError::UnknownUser => Failure::not_found("User not found"),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                Failure::unavailable(
+                    "The database is unavailable; please try again shortly",
+                    UNAVAILABLE_RETRY,
+                )
+            }
+            StoreError::Internal(cause) => Failure::internal(format!("{cause:#}")),
         }
     }
 }
