@@ -327,8 +327,8 @@ async fn made_up_methods_and_paths_do_not_become_label_values() {
         if let Some(method) = labels.get("method") {
             assert!(
                 [
-                    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
-                    "PATCH", "other"
+                    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+                    "other"
                 ]
                 .contains(&method.as_str()),
                 "{name} has method label {method:.40}"
@@ -338,7 +338,11 @@ async fn made_up_methods_and_paths_do_not_become_label_values() {
     assert_eq!(
         metrics.value(
             "palaver_http_requests_total",
-            &[("method", "other"), ("route", "unmatched"), ("status", "404")]
+            &[
+                ("method", "other"),
+                ("route", "unmatched"),
+                ("status", "404")
+            ]
         ),
         MADE_UP as f64,
         "{after}"
@@ -346,7 +350,11 @@ async fn made_up_methods_and_paths_do_not_become_label_values() {
     assert_eq!(
         metrics.value(
             "palaver_http_requests_total",
-            &[("method", "other"), ("route", "/api/chat/send"), ("status", "405")]
+            &[
+                ("method", "other"),
+                ("route", "/api/chat/send"),
+                ("status", "405")
+            ]
         ),
         1.0,
         "{after}"
