@@ -16,6 +16,7 @@ pub mod realtime;
 pub mod responder;
 pub mod state;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod wasm;
 pub mod web;

@@ -5,11 +5,11 @@ use poem_openapi::payload::Json;
 
 use super::ApiTags;
 use super::error::ApiError;
-use super::models::{MessageSent, MessageView, SendMessageBody};
+use super::models::{MessageSent, SendMessageBody};
 use super::schema::{KeyText, PageLimit, UuidText};
 use super::security::AuthUser;
 use crate::domain::{MessageId, MessagePage, UserId, ValidationError};
-use crate::messaging::SendRequest;
+use crate::messaging::{MessageView, SendRequest};
 use crate::state::AppState;
 
 pub struct ChatApi;

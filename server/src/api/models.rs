@@ -1,18 +1,17 @@
 //! The JSON shapes of the API. Field names and the seed's texts are part of the contract.
 
-use chrono::SecondsFormat;
 use poem_openapi::Object;
 use poem_openapi::types::Example;
 
 use super::schema::{ContentText, EmailText, PasswordText, UuidText};
 use std::collections::BTreeMap;
 
-use crate::domain::{Message, MessageKind, ResponderChoice, Status};
+use crate::domain::{ResponderChoice, Status};
 
 /// Ids in the examples: time-ordered UUIDv7s like the real ones.
 const ADA: &str = "0193a5f2-7c1e-7b3a-9f1e-2b6c8d4e5f60";
 const GRACE: &str = "0193a5f2-9d40-7e21-8c3b-5a6f7e8d9c0b";
-const MESSAGE: &str = "0193a5f3-0a4b-7c2d-8e9f-1a2b3c4d5e6f";
+const MESSAGE: &str = "0193a5f3-0a4b-7c2d-8e9f-1a2b3c4d5e6f"; // the MessageView example's id
 const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwMTkzYTVmMi03YzFlLTdiM2EtOWYxZS0yYjZjOGQ0ZTVmNjAifQ.signature";
 const EXPIRES_AT: &str = "2026-11-28T09:30:00Z";
 
@@ -134,33 +133,6 @@ impl From<User> for UserView {
             id: user.id.to_string(),
             email: user.email.to_string(),
             status: user.status,
-        }
-    }
-}
-
-#[derive(Object)]
-#[oai(example)]
-pub struct MessageView {
-    /// Time-ordered (UUIDv7): usable as a `before`/`after` cursor.
-    pub id: String,
-    pub sender: String,
-    pub recipient: String,
-    pub content: String,
-    /// RFC 3339, UTC, millisecond precision.
-    pub sent_at: String,
-    /// "user", or "auto_reply" when the responder answered for a BUSY user.
-    pub kind: MessageKind,
-}
-
-impl From<Message> for MessageView {
-    fn from(message: Message) -> Self {
-        Self {
-            id: message.id.to_string(),
-            sender: message.sender.to_string(),
-            recipient: message.recipient.to_string(),
-            content: message.content,
-            sent_at: message.sent_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-            kind: message.kind,
         }
     }
 }
@@ -361,19 +333,6 @@ impl Example for UserView {
     }
 }
 
-impl Example for MessageView {
-    fn example() -> Self {
-        Self {
-            id: MESSAGE.to_owned(),
-            sender: ADA.to_owned(),
-            recipient: GRACE.to_owned(),
-            content: "Lunch at noon?".to_owned(),
-            sent_at: "2026-11-27T12:00:00.000Z".to_owned(),
-            kind: MessageKind::User,
-        }
-    }
-}
-
 impl Example for HealthView {
     fn example() -> Self {
         Self {
@@ -426,30 +385,5 @@ impl Example for ResponderBody {
     fn example() -> Self {
         let ResponderView { plugin, config } = ResponderView::example();
         Self { plugin, config }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use poem_openapi::types::ToJSON;
-
-    use super::*;
-    use crate::domain::{Content, UserId};
-
-    /// Pushes are built in `realtime`; they must show a message exactly as the HTTP API does.
-    #[test]
-    fn pushed_messages_look_like_listed_ones() {
-        for kind in [MessageKind::User, MessageKind::AutoReply] {
-            let message = Message::new(
-                UserId::new(),
-                UserId::new(),
-                Content::parse("héllo \"there\"".to_owned()).expect("content"),
-                kind,
-            );
-            assert_eq!(
-                crate::realtime::message_payload(&message),
-                MessageView::from(message).to_json().expect("json")
-            );
-        }
     }
 }

@@ -3,8 +3,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use super::{Content, MessageId, UserId, ValidationError};
 
 /// Who wrote a message: the person, or the responder answering for them while they were BUSY.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum, serde::Serialize)]
 #[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     User,
     AutoReply,

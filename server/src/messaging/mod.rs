@@ -7,6 +7,7 @@
 //! `app.rs` wires the implementations in.
 
 mod sequencer;
+mod view;
 mod writer;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use sequencer::random_u64;
 pub use sequencer::{Sequencer, first_id_since};
+pub use view::MessageView;
 pub use writer::{DeliverError, Delivered, MAX_BATCH, Outgoing, Writer};
 
 use crate::domain::{

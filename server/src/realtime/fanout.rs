@@ -4,12 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::SecondsFormat;
-use serde_json::{Value, json};
-
 use super::{Hub, Push};
 use crate::domain::{Message, MessageId, Status, UserId};
-use crate::messaging::{FanOut, Unavailable};
+use crate::messaging::{FanOut, MessageView, Unavailable};
 
 pub struct LocalFanOut {
     hub: Arc<Hub>,
@@ -21,24 +18,12 @@ impl LocalFanOut {
     }
 }
 
-/// A message as every transport shows it; the same fields as the API's `MessageView`.
-pub fn message_payload(message: &Message) -> Value {
-    json!({
-        "id": message.id.to_string(),
-        "sender": message.sender.to_string(),
-        "recipient": message.recipient.to_string(),
-        "content": message.content,
-        "sent_at": message.sent_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "kind": message.kind.as_str(),
-    })
-}
-
 impl FanOut for LocalFanOut {
     fn committed(&self, messages: Vec<Message>, _position: MessageId) {
         for message in &messages {
             self.hub.publish(
                 &[message.recipient, message.sender],
-                Push::message(message_payload(message)),
+                Push::message(&MessageView::from(message)),
             );
         }
     }

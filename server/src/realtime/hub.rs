@@ -11,7 +11,9 @@ use std::sync::{Arc, RwLock};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
+use super::protocol::ServerFrame;
 use crate::domain::{Status, UserId};
+use crate::messaging::MessageView;
 
 /// One event for clients, serialized once however many connections receive it.
 #[derive(Debug)]
@@ -25,23 +27,19 @@ pub struct Push {
 }
 
 impl Push {
-    pub fn message(message: Value) -> Self {
-        let frame = json!({"type": "message", "message": message}).to_string();
+    pub fn message(message: &MessageView) -> Self {
         Self {
             event: "message",
-            data: message,
-            frame,
+            data: serde_json::to_value(message).unwrap_or_default(),
+            frame: ServerFrame::Message { message }.to_text(),
         }
     }
 
     pub fn status(user: UserId, status: Status) -> Self {
-        let data = json!({"user": user.to_string(), "status": status.as_str()});
-        let frame = json!({"type": "status", "user": user.to_string(), "status": status.as_str()})
-            .to_string();
         Self {
             event: "status",
-            data,
-            frame,
+            data: json!({"user": user.to_string(), "status": status.as_str()}),
+            frame: ServerFrame::status(user, status).to_text(),
         }
     }
 }
@@ -94,9 +92,7 @@ pub struct EvictionSignal {
 
 impl EvictionSignal {
     fn evict(&self, reason: Eviction) {
-        if let Ok(mut current) = self.reason.lock() {
-            current.get_or_insert(reason);
-        }
+        crate::sync::lock(&self.reason).get_or_insert(reason);
         // notify_one keeps a permit when nobody waits yet, so the eviction is never missed.
         self.notify.notify_one();
     }
@@ -104,7 +100,7 @@ impl EvictionSignal {
     /// Resolves once the connection has been evicted, with the reason.
     pub async fn evicted(&self) -> Eviction {
         loop {
-            if let Some(reason) = self.reason.lock().ok().and_then(|r| *r) {
+            if let Some(reason) = *crate::sync::lock(&self.reason) {
                 return reason;
             }
             self.notify.notified().await;
@@ -269,14 +265,12 @@ impl Hub {
         }
     }
 
-    // A panic while holding the lock cannot leave the map inconsistent (every update is a
-    // single push/retain/remove), so a poisoned lock is safe to keep using.
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, Vec<Connection>>> {
-        self.connections.read().unwrap_or_else(|e| e.into_inner())
+        crate::sync::read(&self.connections)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<UserId, Vec<Connection>>> {
-        self.connections.write().unwrap_or_else(|e| e.into_inner())
+        crate::sync::write(&self.connections)
     }
 }
 
@@ -285,7 +279,11 @@ mod tests {
     use super::*;
 
     fn push(n: u32) -> Push {
-        Push::message(json!({"n": n}))
+        Push {
+            event: "message",
+            data: json!({"n": n}),
+            frame: json!({"n": n}).to_string(),
+        }
     }
 
     #[tokio::test]

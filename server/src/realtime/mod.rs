@@ -2,6 +2,8 @@
 
 mod fanout;
 mod hub;
+pub mod protocol;
+mod session;
 pub mod socketio;
 pub mod ws;
 
@@ -12,7 +14,7 @@ use crate::auth::Sessions;
 use crate::domain::UserId;
 use crate::messaging::Messaging;
 
-pub use fanout::{LocalFanOut, message_payload};
+pub use fanout::LocalFanOut;
 pub use hub::{
     ConnectionCaps, Eviction, EvictionSignal, Hub, Push, Subscription, TooManyConnections,
 };
@@ -37,21 +39,3 @@ impl EndSessions for Hub {
 pub const CLOSE_EXPIRED: u16 = 1008;
 /// WebSocket close code for a frame or message over the size limit: 1009 (message too big).
 pub const CLOSE_TOO_BIG: u16 = 1009;
-
-/// A socket send's `client_id`, which doubles as its idempotency key: a string, or a number
-/// (taken as its decimal text).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(untagged)]
-pub enum ClientId {
-    Text(String),
-    Number(serde_json::Number),
-}
-
-impl ClientId {
-    pub fn into_key(self) -> String {
-        match self {
-            ClientId::Text(text) => text,
-            ClientId::Number(number) => number.to_string(),
-        }
-    }
-}

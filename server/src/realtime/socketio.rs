@@ -5,19 +5,21 @@
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use tokio::sync::Notify;
 
+use super::Live;
+use super::hub::{Eviction, Push, Subscription};
+use super::protocol::{self, Reply};
+use super::session::{Ending, Sink};
 use crate::auth::Caller;
 use crate::config::RealtimeSettings;
 use crate::domain::UserId;
 use crate::failure::Failure;
-use crate::messaging::SendRequest;
-use crate::realtime::{ClientId, Eviction, Live, Subscription};
 
 /// How long an Engine.IO session may live without joining the namespace with a valid token
 /// (socketioxide's default is 45 s).
@@ -185,7 +187,7 @@ async fn on_connect(
     Extension(caller): Extension<Caller>,
     Extension(pending): Extension<PendingSubscription>,
 ) {
-    let Some(mut subscription) = pending.0.lock().ok().and_then(|mut s| s.take()) else {
+    let Some(subscription) = crate::sync::lock(&pending.0).take() else {
         tracing::error!(%user, "socket.io connection without a subscription");
         let _ = socket.disconnect();
         return;
@@ -193,46 +195,64 @@ async fn on_connect(
     socket.extensions.remove::<PendingSubscription>();
     let disconnected = Arc::new(Notify::new());
     socket.extensions.insert(disconnected.clone());
-    socket.on("send", on_send);
+    for event in CLIENT_EVENTS {
+        socket.on(*event, on_client_event);
+    }
     socket.on_disconnect(async |Extension(disconnected): Extension<Arc<Notify>>| {
         disconnected.notify_one();
     });
+    let sink = SocketIoSink {
+        socket,
+        disconnected,
+    };
+    tokio::spawn(super::session::run("socketio", sink, subscription, caller));
+}
 
-    // Forward hub pushes to this socket until it disconnects, is evicted or its token expires.
-    let expiry = caller.time_left();
-    tokio::spawn(async move {
-        let _live = crate::metrics::LiveConnection::open("socketio");
-        let expired = tokio::time::sleep(expiry);
-        tokio::pin!(expired);
-        loop {
-            tokio::select! {
-                biased;
-                () = disconnected.notified() => break,
-                reason = subscription.signal.evicted() => {
-                    if reason == Eviction::Revoked {
-                        end_session(&socket, reason.explain());
-                    } else {
-                        let _ = socket.disconnect();
-                    }
-                    break;
-                }
-                () = &mut expired => {
-                    end_session(&socket, "token expired: log in again and reconnect");
-                    break;
-                }
-                push = subscription.queue.recv() => match push {
-                    // socketioxide's own per-socket buffer is bounded too: full means too slow.
-                    Some(push) => if socket.emit(push.event, &push.data).is_err() {
-                        tracing::warn!(%user, "socket.io buffer full; disconnecting");
-                        crate::metrics::push_dropped();
-                        let _ = socket.disconnect();
-                        break;
-                    },
-                    None => break,
-                },
+/// The client frames Socket.IO carries, as events of the same name. Not `ping`: Engine.IO has
+/// its own heartbeat.
+const CLIENT_EVENTS: &[&str] = &["send"];
+
+/// Socket.IO's write side: pushes as events; replies go out as acks, not through here.
+struct SocketIoSink {
+    socket: SocketRef,
+    disconnected: Arc<Notify>,
+}
+
+impl Sink for SocketIoSink {
+    type Duty = std::convert::Infallible;
+
+    async fn next_duty(&mut self) -> Result<Self::Duty, Ending> {
+        self.disconnected.notified().await;
+        Err(Ending::Gone)
+    }
+
+    async fn perform(&mut self, duty: Self::Duty) -> Result<(), Ending> {
+        match duty {}
+    }
+
+    async fn push(&mut self, push: &Push) -> Result<(), Ending> {
+        // socketioxide's own per-socket buffer is bounded too: full means too slow.
+        self.socket.emit(push.event, &push.data).map_err(|_| {
+            tracing::warn!(user = ?self.socket.extensions.get::<UserId>(), "socket.io buffer full; disconnecting");
+            crate::metrics::push_dropped();
+            Ending::Evicted(Eviction::Overflow)
+        })
+    }
+
+    async fn close(self, ending: Ending) {
+        match ending {
+            Ending::Gone => {}
+            Ending::Evicted(Eviction::Revoked) => {
+                end_session(&self.socket, Eviction::Revoked.explain());
+            }
+            Ending::Expired => {
+                end_session(&self.socket, "token expired: log in again and reconnect");
+            }
+            Ending::Evicted(_) | Ending::Idle | Ending::TooBig => {
+                let _ = self.socket.disconnect();
             }
         }
-    });
+    }
 }
 
 /// Tells the client why before disconnecting it (an event queued before the disconnect
@@ -243,45 +263,55 @@ fn end_session(socket: &SocketRef, reason: &str) {
     let _ = socket.clone().disconnect();
 }
 
-#[derive(Deserialize)]
-struct SendEvent {
-    recipient: String,
-    content: String,
-    #[serde(default)]
-    sender: Option<String>,
-    /// Makes the send idempotent, as `Idempotency-Key` does over HTTP.
-    #[serde(default)]
-    client_id: Option<ClientId>,
-}
-
-async fn on_send(
+/// A client event: the same frame as on `/ws`, with the event name as its type; the answer is
+/// the ack (without an ack callback nobody hears it, but the send happens all the same).
+async fn on_client_event(
     ack: AckSender,
+    Event(event): Event,
     State(live): State<Live>,
     Extension(user): Extension<UserId>,
-    TryData(event): TryData<SendEvent>,
+    TryData(payload): TryData<Value>,
 ) {
-    let reply = match event {
-        Err(e) => json!({"error": format!("invalid send payload: {e}"), "code": 400}),
-        Ok(event) => {
-            let request = SendRequest {
-                claimed_sender: event.sender,
-                recipient: event.recipient,
-                content: event.content,
-                idempotency_key: event.client_id.map(ClientId::into_key),
-            };
-            match live.messaging.send(user, request).await {
-                Ok(message) => json!({"id": message.id.to_string()}),
-                Err(err) => {
-                    let failure = Failure::from(err);
-                    let mut reply = json!({"error": failure.message, "code": failure.status});
-                    if let Some(wait) = failure.retry_after {
-                        reply["retry_after"] = wait.seconds().into();
-                    }
-                    reply
-                }
+    let reply = match payload {
+        Err(e) => Reply::Refused(Failure::bad_request(format!(
+            "invalid {event} payload: {e}"
+        ))),
+        Ok(Value::Object(mut fields)) => {
+            fields.insert("type".to_owned(), Value::String(event.to_string()));
+            match protocol::parse(Value::Object(fields), "payload") {
+                Ok(frame) => protocol::handle(&live, user, frame).await,
+                Err(refused) => Reply::Refused(refused),
             }
         }
+        Ok(other) => Reply::Refused(Failure::bad_request(format!(
+            "invalid {event} payload: expected a JSON object, got {}",
+            json_type(&other)
+        ))),
     };
-    // Without an ack callback there is nobody to answer; the message is stored and pushed anyway.
-    let _ = ack.send(&reply);
+    let _ = ack.send(&ack_body(&reply));
+}
+
+fn ack_body(reply: &Reply) -> Value {
+    match reply {
+        Reply::Sent { id } => json!({"id": id.to_string()}),
+        Reply::Pong => json!({}),
+        Reply::Refused(failure) => {
+            let mut body = json!({"error": failure.message, "code": failure.status});
+            if let Some(wait) = failure.retry_after {
+                body["retry_after"] = wait.seconds().into();
+            }
+            body
+        }
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }

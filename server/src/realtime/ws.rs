@@ -1,4 +1,5 @@
-//! `GET /ws`: the plain WebSocket transport. JSON text frames, see the README's protocol guide.
+//! `GET /ws`: the plain WebSocket framing of the socket protocol (`protocol.rs`): JSON text
+//! frames with a `"type"`. See docs/realtime.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,17 +11,17 @@ use poem::web::websocket::{
 };
 use poem::{IntoResponse, Request, handler};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::Live;
-use super::hub::{Eviction, Subscription};
-use super::{CLOSE_EXPIRED, CLOSE_TOO_BIG};
+use super::hub::{Push, Subscription};
+use super::protocol::{self, Reply, ServerFrame};
+use super::session::{Ending, Sink};
+use super::{CLOSE_EXPIRED, CLOSE_TOO_BIG, Live};
 use crate::auth::{Caller, token_from_headers};
 use crate::config::RealtimeSettings;
 use crate::domain::UserId;
 use crate::failure::{Failure, RetryAfter};
-use crate::messaging::SendRequest;
 
 /// The subprotocol a browser offers alongside its token: `new WebSocket(url, ["palaver", token])`.
 pub const SUBPROTOCOL: &str = "palaver";
@@ -92,196 +93,171 @@ pub async fn websocket(
         .on_upgrade(move |socket| session(socket, subscription, live, settings, caller)))
 }
 
-/// What the reader hands the writer: an answer, or a reason to close.
-enum Reply {
-    Text(String),
-    Close(CloseCode, String),
+/// What the reader hands the writer: an answer to write, or a reason to close.
+enum Duty {
+    Write(String),
+    Ping,
 }
 
-/// One connection: a reader task handles client frames; this task writes pushes, answers and
-/// pings, and closes the connection when the hub evicts it, its token expires or the client
-/// goes quiet.
+/// `/ws`'s write side: pushes and replies as JSON text frames, pings on a timer, and the close
+/// frame. The reader task answers client frames through `replies`.
+struct WsSink {
+    sink: futures_util::stream::SplitSink<WebSocketStream, Frame>,
+    replies: mpsc::Receiver<Result<String, Ending>>,
+    reader: tokio::task::JoinHandle<()>,
+    ping: tokio::time::Interval,
+    last_heard: Arc<std::sync::Mutex<Instant>>,
+    idle_timeout: Duration,
+}
+
+impl Sink for WsSink {
+    type Duty = Duty;
+
+    async fn next_duty(&mut self) -> Result<Duty, Ending> {
+        tokio::select! {
+            reply = self.replies.recv() => match reply {
+                Some(Ok(text)) => Ok(Duty::Write(text)),
+                Some(Err(ending)) => Err(ending),
+                None => Err(Ending::Gone), // the reader ended: the client closed or vanished
+            },
+            _ = self.ping.tick() => {
+                let quiet_for = crate::sync::lock(&self.last_heard).elapsed();
+                if quiet_for > self.idle_timeout {
+                    Err(Ending::Idle)
+                } else {
+                    Ok(Duty::Ping)
+                }
+            }
+        }
+    }
+
+    async fn perform(&mut self, duty: Duty) -> Result<(), Ending> {
+        let frame = match duty {
+            Duty::Write(text) => Frame::Text(text),
+            Duty::Ping => Frame::Ping(Vec::new()),
+        };
+        self.sink.send(frame).await.map_err(|_| Ending::Gone)
+    }
+
+    async fn push(&mut self, push: &Push) -> Result<(), Ending> {
+        self.sink
+            .send(Frame::Text(push.frame.clone()))
+            .await
+            .map_err(|_| Ending::Gone)
+    }
+
+    async fn close(mut self, ending: Ending) {
+        let (code, reason): (CloseCode, String) = match ending {
+            Ending::Gone => {
+                self.reader.abort();
+                return;
+            }
+            Ending::Evicted(reason) => (reason.close_code().into(), reason.explain().to_owned()),
+            Ending::Expired => (
+                CLOSE_EXPIRED.into(),
+                "token expired: log in again and reconnect".to_owned(),
+            ),
+            Ending::Idle => (CloseCode::Away, "idle timeout: no pong received".to_owned()),
+            Ending::TooBig => (
+                CLOSE_TOO_BIG.into(),
+                format!(
+                    "message too big: the limit is {} KiB",
+                    crate::config::MAX_BODY_BYTES / 1024
+                ),
+            ),
+        };
+        let close = self.sink.send(Frame::Close(Some((code, reason))));
+        let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
+        self.reader.abort();
+    }
+}
+
+/// One connection: a reader task answers client frames; the session loop writes pushes,
+/// answers and pings, and closes the connection when it ends.
 async fn session(
     socket: WebSocketStream,
-    mut subscription: Subscription,
+    subscription: Subscription,
     live: Live,
     settings: RealtimeSettings,
     caller: Caller,
 ) {
-    let user = subscription.user;
-    let _live = crate::metrics::LiveConnection::open("websocket");
-    let (mut sink, stream) = socket.split();
-    let (replies, mut pending_replies) = mpsc::channel::<Reply>(REPLY_QUEUE);
-    let expired = tokio::time::sleep(caller.time_left());
-    tokio::pin!(expired);
+    let (sink, stream) = socket.split();
+    let (replies, pending_replies) = mpsc::channel(REPLY_QUEUE);
     let last_heard = Arc::new(std::sync::Mutex::new(Instant::now()));
     let reader = tokio::spawn(read_frames(
         stream,
-        live.clone(),
-        user,
+        live,
+        subscription.user,
         replies,
         last_heard.clone(),
     ));
-
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.tick().await;
-    let close = loop {
-        let outgoing = tokio::select! {
-            biased;
-            reason = subscription.signal.evicted() => break Some(close_frame(reason)),
-            () = &mut expired => break Some((
-                CLOSE_EXPIRED.into(),
-                "token expired: log in again and reconnect".to_owned(),
-            )),
-            push = subscription.queue.recv() => match push {
-                Some(push) => Frame::Text(push.frame.clone()),
-                None => break None,
-            },
-            reply = pending_replies.recv() => match reply {
-                Some(Reply::Text(reply)) => Frame::Text(reply),
-                Some(Reply::Close(code, reason)) => break Some((code, reason)),
-                None => break None, // the reader ended: the client closed or vanished
-            },
-            _ = ping.tick() => {
-                let quiet_for = last_heard.lock().map(|t| t.elapsed()).unwrap_or_default();
-                if quiet_for > settings.idle_timeout {
-                    break Some((CloseCode::Away, "idle timeout: no pong received".to_owned()));
-                }
-                Frame::Ping(Vec::new())
-            }
-        };
-        // A client that stops reading blocks this write; eviction must still get through.
-        tokio::select! {
-            biased;
-            reason = subscription.signal.evicted() => break Some(close_frame(reason)),
-            sent = sink.send(outgoing) => if sent.is_err() { break None },
-        }
+    let sink = WsSink {
+        sink,
+        replies: pending_replies,
+        reader,
+        ping,
+        last_heard,
+        idle_timeout: settings.idle_timeout,
     };
-    if let Some(frame) = close {
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Frame::Close(Some(frame)))).await;
-    }
-    reader.abort();
-}
-
-fn close_frame(reason: Eviction) -> (CloseCode, String) {
-    (reason.close_code().into(), reason.explain().to_owned())
+    super::session::run("websocket", sink, subscription, caller).await;
 }
 
 async fn read_frames(
     mut stream: futures_util::stream::SplitStream<WebSocketStream>,
     live: Live,
     user: UserId,
-    replies: mpsc::Sender<Reply>,
+    replies: mpsc::Sender<Result<String, Ending>>,
     last_heard: Arc<std::sync::Mutex<Instant>>,
 ) {
     while let Some(read) = stream.next().await {
         let frame = match read {
             Ok(frame) => frame,
             // tungstenite refuses an oversized frame from its header, before buffering it.
-            Err(e) if e.to_string().starts_with("Space limit exceeded") => {
-                let reason = format!(
-                    "message too big: the limit is {} KiB",
-                    crate::config::MAX_BODY_BYTES / 1024
-                );
-                let _ = replies
-                    .send(Reply::Close(CLOSE_TOO_BIG.into(), reason))
-                    .await;
+            Err(e) if is_over_the_size_limit(&e) => {
+                let _ = replies.send(Err(Ending::TooBig)).await;
                 break;
             }
             Err(_) => break,
         };
-        if let Ok(mut heard) = last_heard.lock() {
-            *heard = Instant::now();
-        }
+        *crate::sync::lock(&last_heard) = Instant::now();
         let reply = match frame {
-            Frame::Text(text) => handle_text(&live, user, &text).await,
-            Frame::Binary(_) => Some(error_frame(
-                &Value::Null,
-                400,
-                "binary frames are not supported; send JSON text frames",
-            )),
+            Frame::Text(text) => Some(answer(&live, user, &text).await),
+            Frame::Binary(_) => Some(
+                ServerFrame::reply(
+                    &Value::Null,
+                    &Reply::Refused(Failure::bad_request(
+                        "binary frames are not supported; send JSON text frames",
+                    )),
+                )
+                .to_text(),
+            ),
             Frame::Close(_) => break,
             Frame::Ping(_) | Frame::Pong(_) => None,
         };
         if let Some(reply) = reply
-            && replies.send(Reply::Text(reply)).await.is_err()
+            && replies.send(Ok(reply)).await.is_err()
         {
             break;
         }
     }
 }
 
-#[derive(Deserialize)]
-struct SendFrame {
-    recipient: String,
-    content: String,
-    #[serde(default)]
-    sender: Option<String>,
-    /// Echoed in the answer, and the send's idempotency key.
-    #[serde(default)]
-    client_id: Option<super::ClientId>,
-}
-
-async fn handle_text(live: &Live, user: UserId, text: &str) -> Option<String> {
-    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
-        return Some(error_frame(
-            &Value::Null,
-            400,
-            "frames must be JSON objects with a \"type\"",
-        ));
-    };
+/// A text frame in, its answer out.
+async fn answer(live: &Live, user: UserId, text: &str) -> String {
+    let frame = serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
     let client_id = frame.get("client_id").cloned().unwrap_or(Value::Null);
-    match frame.get("type").and_then(Value::as_str) {
-        Some("send") => {
-            let send: SendFrame = match serde_json::from_value(Value::Object(frame)) {
-                Ok(send) => send,
-                Err(e) => {
-                    return Some(error_frame(
-                        &client_id,
-                        400,
-                        &format!("invalid send frame: {e}"),
-                    ));
-                }
-            };
-            let request = SendRequest {
-                claimed_sender: send.sender,
-                recipient: send.recipient,
-                content: send.content,
-                idempotency_key: send.client_id.map(super::ClientId::into_key),
-            };
-            Some(match live.messaging.send(user, request).await {
-                Ok(message) => {
-                    json!({"type": "sent", "client_id": client_id, "id": message.id.to_string()})
-                        .to_string()
-                }
-                Err(err) => {
-                    let failure = Failure::from(err);
-                    let mut frame = error_value(&client_id, failure.status, &failure.message);
-                    if let Some(wait) = failure.retry_after {
-                        frame["retry_after"] = wait.seconds().into();
-                    }
-                    frame.to_string()
-                }
-            })
-        }
-        Some("ping") => Some(json!({"type": "pong", "client_id": client_id}).to_string()),
-        Some(other) => Some(error_frame(
-            &client_id,
-            400,
-            &format!("unknown frame type {other:?}"),
-        )),
-        None => Some(error_frame(
-            &client_id,
-            400,
-            "frames must be JSON objects with a \"type\"",
-        )),
-    }
+    let reply = match protocol::parse(frame, "frame") {
+        Ok(frame) => protocol::handle(live, user, frame).await,
+        Err(refused) => Reply::Refused(refused),
+    };
+    ServerFrame::reply(&client_id, &reply).to_text()
 }
 
-fn error_frame(client_id: &Value, code: u16, message: &str) -> String {
-    error_value(client_id, code, message).to_string()
-}
-
-fn error_value(client_id: &Value, code: u16, message: &str) -> Value {
-    json!({"type": "error", "client_id": client_id, "code": code, "message": message})
+/// tungstenite refuses a frame over the limit from its header (its `Error::Capacity`), but poem
+/// hands its errors on as `io::Error::other(error.to_string())`: the text is all that is left of
+/// the kind, so this reads tungstenite's own wording for it.
+fn is_over_the_size_limit(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::Other && err.to_string().starts_with("Space limit exceeded")
 }
