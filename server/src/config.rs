@@ -42,7 +42,7 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
 }
 
-/// How a node joins a cluster: see README "Running a cluster".
+/// How a node joins a cluster: see docs/cluster.md.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
     pub nats_url: NatsUrl,

@@ -1,4 +1,5 @@
-//! Palaver: a real-time chat backend. See DESIGN.md for how the parts fit.
+//! Palaver: a real-time chat backend. ARCHITECTURE.md at the repository root maps the modules,
+//! what each may import, and the invariants.
 
 pub mod accounts;
 pub mod api;

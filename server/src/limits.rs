@@ -83,7 +83,7 @@ impl Limits {
 
     /// Whether `email` may try a password now (it may not while locked out).
     pub fn login_allowed(&self, email: &Email) -> Result<(), RetryAfter> {
-        let mut lockouts = self.lockouts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lockouts = crate::sync::lock(&self.lockouts);
         match lockouts.get(email) {
             Some(until) if *until > Instant::now() => {
                 crate::metrics::rate_limited("login_lockout");
@@ -101,7 +101,7 @@ impl Limits {
     /// attempt included) until the bucket has room again.
     pub fn login_failed(&self, email: &Email) -> Result<(), RetryAfter> {
         check("login_failures", &self.login_failures, email).inspect_err(|wait| {
-            let mut lockouts = self.lockouts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut lockouts = crate::sync::lock(&self.lockouts);
             lockouts.insert(email.clone(), Instant::now() + wait.0);
         })
     }
@@ -142,10 +142,7 @@ impl Limits {
             l.sweep();
         }
         let now = Instant::now();
-        self.lockouts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, until| *until > now);
+        crate::sync::lock(&self.lockouts).retain(|_, until| *until > now);
     }
 }
 

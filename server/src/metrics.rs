@@ -1,6 +1,6 @@
-//! Prometheus metrics (`METRICS_ADDR`): every metric name and label lives here, so the README's
-//! table and the code cannot disagree. The `metrics` facade costs nothing when no recorder is
-//! installed (the default), so call sites record unconditionally.
+//! Prometheus metrics (`METRICS_ADDR`): every metric name and label lives here, so the table in
+//! docs/operations.md and the code cannot disagree. The `metrics` facade costs nothing when no
+//! recorder is installed (the default), so call sites record unconditionally.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

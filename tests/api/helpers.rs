@@ -10,7 +10,7 @@ use palaver::app::Application;
 use palaver::config::{
     Config, JwtSecret, LimitSettings, MongoSettings, MongoUri, RealtimeSettings,
 };
-use palaver::store::testing::{fresh_database_name, test_mongodb_uri};
+use palaver_test_support::{fresh_database_name, test_mongodb_uri};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;

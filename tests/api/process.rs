@@ -37,7 +37,7 @@ impl Storage {
             StoreKind::Mongo => Some(format!(
                 "{}{}",
                 crate::helpers::mongodb_uri_or_skip(),
-                palaver::store::testing::fresh_database_name()
+                palaver_test_support::fresh_database_name()
             )),
         };
         Self {

@@ -21,7 +21,7 @@ const PASSWORD = "correct horse battery";
 const FALLBACK =
   "This user is unavailable right now. Your message was delivered and they will see it later.";
 /** The responder's deadline on these nodes, and how much later a dead node's fallback may come
- * (README: the silence before a node is taken for dead, 3 s, plus a margin). */
+ * (docs/cluster.md: the silence before a node is taken for dead, 3 s, plus a margin). */
 const RESPONDER_TIMEOUT_MS = 6000;
 const TAKEOVER_MARGIN_MS = 4000;
 /** How long any one expected event may take. Generous: a debug build on two busy cores. */

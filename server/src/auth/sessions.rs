@@ -95,7 +95,7 @@ impl Sessions {
 
     /// Records a version this server just wrote, so its own revocations apply at once.
     pub fn remember(&self, user: UserId, version: u64) {
-        let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
+        let mut versions = crate::sync::write(&self.versions);
         if versions.len() >= SWEEP_AT {
             versions.retain(|_, (_, fetched)| fetched.elapsed() < CACHE_TTL);
         }
@@ -104,12 +104,12 @@ impl Sessions {
 
     /// Forgets a deleted user: their tokens then fail at the store lookup.
     pub fn forget(&self, user: UserId) {
-        let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
+        let mut versions = crate::sync::write(&self.versions);
         versions.remove(&user);
     }
 
     fn cached(&self, user: UserId) -> Option<u64> {
-        let versions = self.versions.read().unwrap_or_else(|e| e.into_inner());
+        let versions = crate::sync::read(&self.versions);
         versions
             .get(&user)
             .filter(|(_, fetched)| fetched.elapsed() < CACHE_TTL)

@@ -50,14 +50,13 @@ pub(super) async fn run(mut m: Merger) {
         }
         if let Some((batch, upto)) = view.release(Instant::now()) {
             m.parts.local.committed(batch, upto);
-            if let Ok(mut visible) = m.shared.visible.write() {
-                *visible = upto;
-            }
+            *crate::sync::write(&m.shared.visible) = upto;
         }
         m.shared
             .known_by_all
             .store(view.known_by_all(), Ordering::Release);
-        if membership_changed && let Ok(mut writers) = m.shared.writers.write() {
+        if membership_changed {
+            let mut writers = crate::sync::write(&m.shared.writers);
             *writers = view.writers();
             crate::metrics::cluster_nodes(writers.len());
         }

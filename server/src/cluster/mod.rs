@@ -2,8 +2,8 @@
 //!
 //! Every node's writer publishes what it commits, and its position, on `<prefix>.log`; every
 //! node merges all writers' frames in id order ([`view`]) and pushes to its own connections
-//! through the in-process fan-out. Status changes go on `<prefix>.status`. README "Running a
-//! cluster" has the design and why catch-up stays exact.
+//! through the in-process fan-out. Status changes go on `<prefix>.status`. docs/cluster.md has
+//! the design and why catch-up stays exact.
 //!
 //! A node may store messages only while it hears its own frames come back from NATS (its
 //! *lease*) and every node it hears has heard it. A node cut off from NATS therefore stops
@@ -77,19 +77,16 @@ struct Shared {
 
 impl Shared {
     fn echo(&self, now: Instant) {
-        let mut last = self.last_echo.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::sync::lock(&self.last_echo);
         let lapsed = last.is_none_or(|at| now.saturating_duration_since(at) >= LEASE);
-        if lapsed && let Ok(mut since) = self.lease_since.lock() {
-            *since = Some(now);
+        if lapsed {
+            *crate::sync::lock(&self.lease_since) = Some(now);
         }
         *last = Some(now);
     }
 
     fn holds_lease(&self, now: Instant) -> bool {
-        self.last_echo
-            .lock()
-            .ok()
-            .and_then(|last| *last)
+        crate::sync::lock(&self.last_echo)
             .is_some_and(|at| now.saturating_duration_since(at) < LEASE)
     }
 
@@ -97,11 +94,7 @@ impl Shared {
         if !self.holds_lease(now) {
             return Err(Unavailable(BUS_LOST.to_owned()));
         }
-        let settled = self
-            .lease_since
-            .lock()
-            .ok()
-            .and_then(|since| *since)
+        let settled = crate::sync::lock(&self.lease_since)
             .is_some_and(|since| now.saturating_duration_since(since) >= JOIN_WAIT);
         if settled && self.known_by_all.load(Ordering::Acquire) {
             Ok(())
@@ -268,12 +261,7 @@ impl Cluster {
             seq,
             committed,
             position: position.to_string(),
-            writers: self
-                .shared
-                .writers
-                .read()
-                .map(|w| w.clone())
-                .unwrap_or_default(),
+            writers: crate::sync::read(&self.shared.writers).clone(),
             messages: messages.iter().map(WireMessage::from).collect(),
         };
         Bytes::from(serde_json::to_vec(&frame).unwrap_or_default())
@@ -315,7 +303,7 @@ impl FanOut for Cluster {
     }
 
     fn visible_upto(&self) -> Option<MessageId> {
-        self.shared.visible.read().ok().map(|v| *v)
+        Some(*crate::sync::read(&self.shared.visible))
     }
 
     fn health(&self) -> Result<(), Unavailable> {

@@ -52,7 +52,7 @@ impl Sequencer {
     /// The next id: greater than every id this sequencer made or observed.
     pub fn next(&self) -> MessageId {
         let now = now_ms();
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::sync::lock(&self.last);
         *last = if now > last.0 {
             (now, u128::from(random_u64() % COUNTER_START_RANGE))
         } else if last.1 < COUNTER_MAX {
@@ -66,7 +66,7 @@ impl Sequencer {
     /// Another writer made `id`: every id from now on is greater.
     pub fn observe(&self, id: MessageId) {
         let seen = decode(id);
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::sync::lock(&self.last);
         if seen > *last {
             *last = seen;
         }

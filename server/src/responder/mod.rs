@@ -5,7 +5,7 @@
 //! At most one run is in flight per (sender, recipient) pair: a message that arrives while one
 //! is running gets no second auto-reply (the one on its way answers the conversation).
 
-mod bench;
+mod breaker;
 mod watcher;
 
 use std::collections::{BTreeMap, HashSet};
@@ -28,10 +28,10 @@ use crate::wasm::{
     MAX_CONCURRENT_CALLS, Manifest, NetworkPolicy, PluginHost, RespondRequest,
 };
 
-pub use bench::Health;
+pub use breaker::Health;
 pub use watcher::watch_plugins_dir;
 
-use bench::{Bench, Call};
+use breaker::{Call, CircuitBreaker};
 
 /// Messages of the conversation a plugin sees.
 const HISTORY: u32 = 20;
@@ -47,7 +47,7 @@ pub struct Responder {
     fallback: Content,
     in_flight: Mutex<HashSet<(UserId, UserId)>>,
     permits: Semaphore,
-    bench: Bench,
+    breaker: CircuitBreaker,
     /// The embedded LLM responder (a `PLUGINS_DIR` plugin may replace it under the same name).
     builtin: Arc<LoadedPlugin>,
 }
@@ -88,7 +88,7 @@ impl Responder {
             fallback,
             in_flight: Mutex::new(HashSet::new()),
             permits: Semaphore::new(MAX_CONCURRENT_CALLS as usize),
-            bench: Bench::new(settings.bench_after, settings.bench_for),
+            breaker: CircuitBreaker::new(settings.bench_after, settings.bench_for),
             builtin,
             settings,
         }))
@@ -100,7 +100,7 @@ impl Responder {
 
     /// How a plugin has fared lately (failures in a row, last error, benched until).
     pub fn health(&self, plugin: &Arc<LoadedPlugin>) -> Health {
-        self.bench.health(plugin)
+        self.breaker.health(plugin)
     }
 
     /// The plugin that answers now: `RESPONDER_PLUGIN` if loaded, else the built-in one.
@@ -278,7 +278,7 @@ impl Responder {
         if Arc::ptr_eq(&plugin, &self.builtin) && self.settings.llm_api_url.is_none() {
             return Err(Fallback::NoLlm);
         }
-        if self.bench.is_benched(&plugin) {
+        if self.breaker.is_benched(&plugin) {
             tracing::debug!(plugin = %plugin.manifest.name, "plugin benched; sending the fallback without it");
             return Err(Fallback::Benched);
         }
@@ -323,7 +323,7 @@ impl Responder {
                 .as_millis() as u64,
         };
         let started = Instant::now();
-        let call = Call::start(&self.bench, plugin.clone());
+        let call = Call::start(&self.breaker, plugin.clone());
         let outcome = self.host.respond(plugin.clone(), request, deadline).await;
         let plugin_name = &plugin.manifest.name;
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -464,19 +464,13 @@ struct InFlight {
 
 impl InFlight {
     fn claim(responder: Arc<Responder>, pair: (UserId, UserId)) -> Option<Self> {
-        let claimed = responder
-            .in_flight
-            .lock()
-            .map(|mut set| set.insert(pair))
-            .unwrap_or(false);
+        let claimed = crate::sync::lock(&responder.in_flight).insert(pair);
         claimed.then_some(Self { responder, pair })
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.responder.in_flight.lock() {
-            set.remove(&self.pair);
-        }
+        crate::sync::lock(&self.responder.in_flight).remove(&self.pair);
     }
 }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
 
-use super::testing::{fresh_database_name, test_mongodb_uri};
 use super::{Inserted, MongoStore, NewMessage, NewUser, SqliteStore, Store, StoreError};
 use crate::config::{MongoSettings, MongoUri, SqliteSynchronous};
 use crate::domain::{
     Email, IdempotencyKey, Message, MessageId, MessageKind, MessagePage, ResponderChoice, Status,
     UserId,
 };
+use palaver_test_support::{fresh_database_name, test_mongodb_uri};
 
 fn email(local: &str) -> Email {
     Email::parse(&format!("{local}@example.com")).expect("valid email")

@@ -67,6 +67,15 @@ pub struct LoadedPlugin {
     pub manifest: Manifest,
     pre: ResponderPre<CallState>,
     granted: Arc<HostRules>,
+    load_id: u64,
+}
+
+impl LoadedPlugin {
+    /// Different for every load, even of the same file: a record about one load (its failures)
+    /// does not follow the plugin into the next.
+    pub fn load_id(&self) -> u64 {
+        self.load_id
+    }
 }
 
 /// Per-call state inside the store.
@@ -289,10 +298,12 @@ impl PluginHost {
         let pre = ResponderPre::new(instance_pre)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("plugin {} does not export `respond`", manifest.name))?;
+        static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let plugin = Arc::new(LoadedPlugin {
             granted: self.network.grant(&manifest.allowed_hosts),
             manifest,
             pre,
+            load_id: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
         self.write()
             .insert(plugin.manifest.name.clone(), plugin.clone());
@@ -307,21 +318,13 @@ impl PluginHost {
         wasm: &[u8],
     ) -> anyhow::Result<Arc<LoadedPlugin>> {
         let plugin = self.load(manifest, wasm)?;
-        self.builtins
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(plugin.manifest.name.clone(), plugin.clone());
+        crate::sync::write(&self.builtins).insert(plugin.manifest.name.clone(), plugin.clone());
         Ok(plugin)
     }
 
     /// Removes a plugin (a built-in one of that name takes its place again).
     pub fn unload(&self, name: &str) -> bool {
-        let builtin = self
-            .builtins
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned();
+        let builtin = crate::sync::read(&self.builtins).get(name).cloned();
         let mut plugins = self.write();
         match builtin {
             Some(builtin) => plugins
@@ -332,27 +335,17 @@ impl PluginHost {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
-        self.plugins
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        crate::sync::read(&self.plugins).get(name).cloned()
     }
 
     pub fn list(&self) -> Vec<Arc<LoadedPlugin>> {
-        let mut plugins: Vec<_> = self
-            .plugins
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut plugins: Vec<_> = crate::sync::read(&self.plugins).values().cloned().collect();
         plugins.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
         plugins
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<LoadedPlugin>>> {
-        self.plugins.write().unwrap_or_else(|e| e.into_inner())
+        crate::sync::write(&self.plugins)
     }
 
     /// Runs `respond` in a fresh instance on the plugin runtime; gives up at `deadline`

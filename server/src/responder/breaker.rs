@@ -1,7 +1,8 @@
-//! Benching: a plugin that fails `bench_after` calls in a row sits out `bench_for`, and the users
-//! it answers for get the fallback at once, without it running. When the time is up it gets one
-//! call; a success puts it back, a failure benches it again. A plugin loaded anew (a new file)
-//! starts with a clean record.
+//! A circuit breaker per plugin ("benching" to operators and in the API): a plugin that fails
+//! `bench_after` calls in a row is benched (the circuit opens) for `bench_for`, and the users it
+//! answers for get the fallback at once, without it running. When the time is up it gets one
+//! call (half-open); a success puts it back, a failure benches it again. A plugin loaded anew (a
+//! new file) starts with a clean record.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,8 +17,8 @@ const MAX_ERROR_CHARS: usize = 300;
 
 #[derive(Default)]
 struct Record {
-    /// Which load of the plugin this record is about (its `Arc`'s address).
-    load: usize,
+    /// Which load of the plugin this record is about ([`LoadedPlugin::load_id`]).
+    load: u64,
     consecutive_failures: u32,
     benched_until: Option<Instant>,
     last_error: Option<String>,
@@ -32,13 +33,13 @@ pub struct Health {
     pub benched_until: Option<DateTime<Utc>>,
 }
 
-pub struct Bench {
+pub struct CircuitBreaker {
     after: Option<u32>,
     cool_down: Duration,
     records: Mutex<HashMap<String, Record>>,
 }
 
-impl Bench {
+impl CircuitBreaker {
     pub fn new(after: Option<u32>, cool_down: Duration) -> Self {
         Self {
             after,
@@ -48,8 +49,8 @@ impl Bench {
     }
 
     fn with_record<T>(&self, plugin: &Arc<LoadedPlugin>, f: impl FnOnce(&mut Record) -> T) -> T {
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let load = Arc::as_ptr(plugin) as usize;
+        let mut records = crate::sync::lock(&self.records);
+        let load = plugin.load_id();
         let record = records.entry(plugin.manifest.name.clone()).or_default();
         if record.load != load {
             *record = Record {
@@ -112,15 +113,15 @@ impl Bench {
 
 /// Records a failure if dropped before [`Call::finish`]: the outer deadline cancelled the call.
 pub struct Call<'a> {
-    bench: &'a Bench,
+    breaker: &'a CircuitBreaker,
     plugin: Arc<LoadedPlugin>,
     finished: bool,
 }
 
 impl<'a> Call<'a> {
-    pub fn start(bench: &'a Bench, plugin: Arc<LoadedPlugin>) -> Self {
+    pub fn start(breaker: &'a CircuitBreaker, plugin: Arc<LoadedPlugin>) -> Self {
         Self {
-            bench,
+            breaker,
             plugin,
             finished: false,
         }
@@ -130,8 +131,8 @@ impl<'a> Call<'a> {
     pub fn finish(mut self, outcome: Result<(), &str>) {
         self.finished = true;
         match outcome {
-            Ok(()) => self.bench.succeeded(&self.plugin),
-            Err(error) => self.bench.failed(&self.plugin, error),
+            Ok(()) => self.breaker.succeeded(&self.plugin),
+            Err(error) => self.breaker.failed(&self.plugin, error),
         }
     }
 }
@@ -139,7 +140,7 @@ impl<'a> Call<'a> {
 impl Drop for Call<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.bench.failed(
+            self.breaker.failed(
                 &self.plugin,
                 "the plugin was cut off at the responder's deadline",
             );
