@@ -15,9 +15,10 @@ pub mod messaging;
 pub mod metrics;
 pub mod realtime;
 pub mod responder;
-pub mod state;
+pub mod server;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod wasm;
 pub mod web;
+

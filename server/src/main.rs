@@ -5,8 +5,9 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use palaver::app::{Application, shutdown_signal};
+use palaver::app::Application;
 use palaver::config::Config;
+use palaver::server::shutdown_signal;
 
 const USAGE: &str = "usage: palaver [openapi]
 

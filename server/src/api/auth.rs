@@ -4,13 +4,13 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
+use super::AppState;
 use super::error::ApiError;
 use super::models::{
     CredentialsBody, Done, LoginToken, PasswordChangeBody, PasswordChanged, Registered,
 };
 use super::security::AuthUser;
 use crate::accounts::LoggedIn;
-use crate::state::AppState;
 
 pub struct AuthApi;
 

@@ -4,13 +4,13 @@ use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
 
 use super::ApiTags;
+use super::AppState;
 use super::error::ApiError;
 use super::models::{MessageSent, SendMessageBody};
 use super::schema::{KeyText, PageLimit, UuidText};
 use super::security::AuthUser;
 use crate::domain::{MessageId, MessagePage, UserId, ValidationError};
 use crate::messaging::{MessageView, SendRequest};
-use crate::state::AppState;
 
 pub struct ChatApi;
 

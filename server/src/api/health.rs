@@ -3,9 +3,9 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
+use super::AppState;
 use super::error::ErrorBody;
 use super::models::HealthView;
-use crate::state::AppState;
 
 pub struct HealthApi;
 

@@ -1,17 +1,21 @@
-//! The HTTP API: poem-openapi handlers, one file per tag. Handlers stay thin:
-//! parse → domain → store; errors map to HTTP in `error`.
+//! The HTTP API: poem-openapi handlers, one file per tag, and the HTTP middlewares. Handlers
+//! stay thin: parse → a service → answer; failures are rendered as HTTP in `error`.
 
 mod auth;
 mod chat;
 pub mod error;
 mod health;
+pub mod middleware;
 pub(crate) mod models;
 mod plugins;
 mod schema;
 pub mod security;
+mod state;
 mod users;
 
 use poem_openapi::{OpenApiService, Tags};
+
+pub use state::AppState;
 
 #[derive(Tags)]
 enum ApiTags {

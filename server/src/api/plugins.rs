@@ -6,9 +6,9 @@ use super::ApiTags;
 use super::error::ApiError;
 use chrono::SecondsFormat;
 
+use super::AppState;
 use super::models::{PluginState, PluginView, UserSettingView};
 use super::security::AuthUser;
-use crate::state::AppState;
 
 pub struct PluginsApi;
 

@@ -7,11 +7,11 @@ use poem::web::RequestBody;
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 
+use super::AppState;
 use super::error::ApiError;
 use crate::auth::{AUTH_TOKEN_HEADER, token_from_headers};
 use crate::domain::UserId;
 use crate::failure::Failure;
-use crate::state::AppState;
 
 const BEARER_SCHEME: &str = "BearerAuth";
 const HEADER_SCHEME: &str = "AuthTokenHeader";

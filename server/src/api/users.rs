@@ -4,6 +4,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 
 use super::ApiTags;
+use super::AppState;
 use super::error::ApiError;
 use super::models::{
     Done, PasswordBody, ResponderBody, ResponderView, StatusBody, StatusUpdated, UserView,
@@ -11,7 +12,6 @@ use super::models::{
 use super::schema::{EmailText, UuidText};
 use super::security::AuthUser;
 use crate::domain::{Email, ResponderChoice, UserId};
-use crate::state::AppState;
 
 pub struct UsersApi;
 
