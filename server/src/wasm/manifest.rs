@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::network::HostPattern;
+use crate::config::HostPattern;
 
 /// Hard ceilings, whatever a manifest asks for.
 pub const MAX_MEMORY_MB: u64 = 256;

@@ -10,8 +10,9 @@
 //!
 //! Every failure is a [`PluginError`]; the caller sends the standard message instead.
 
+mod address;
+mod fetch;
 mod manifest;
-mod network;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -26,8 +27,9 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+pub use crate::config::HostPattern;
+pub use fetch::{HostRules, LlmEndpoint, NetworkPolicy};
 pub use manifest::Manifest;
-pub use network::{HostPattern, HostRules, LlmEndpoint, NetworkPolicy};
 
 wasmtime::component::bindgen!({
     path: "../plugins/wit",

@@ -6,42 +6,34 @@
 //! (`messaging::Writer`) already serialises inserts, and a status change is a single
 //! `findAndModify`.
 
+//!
+//! This file is the store itself: [`MongoStore`], its queries and its [`Store`] and
+//! [`ClusterLog`] implementations. Connecting and the indexes are in `connect.rs`, the documents
+//! as stored in `documents.rs`, and what a driver error means for the caller in `errors.rs`.
+
+mod connect;
+mod documents;
+mod errors;
+
 use std::collections::HashMap;
-use std::time::Duration;
 
 use anyhow::anyhow;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
-use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern};
-use mongodb::{Client, Collection, Database, IndexModel};
-use serde::{Deserialize, Serialize};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, Database};
 
 use super::{
     ClusterLog, Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User,
     conversation_key,
 };
-use crate::config::MongoSettings;
 use crate::domain::{
-    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessageKind, MessagePage, ResponderChoice,
-    Status, UserId,
+    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessagePage, ResponderChoice, Status, UserId,
 };
-
-/// The database when neither the settings nor the URI's path name one.
-const DEFAULT_DATABASE: &str = "palaver";
-
-/// How long an operation waits for a reachable server before failing, unless the URI says
-/// otherwise (`serverSelectionTimeoutMS`, `connectTimeoutMS`). The driver's 30 s default would
-/// hold every request of an outage for half a minute; a prompt 503 is more useful.
-const SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Start-up gives up after this long even if, say, an SRV lookup hangs.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// MongoDB's "duplicate key" error code.
-const DUPLICATE_KEY: i32 = 11000;
+use documents::{MessageDoc, UserDoc};
+use errors::{classify, corrupt, is_duplicate_key, refused_one};
 
 pub struct MongoStore {
     database: Database,
@@ -51,110 +43,7 @@ pub struct MongoStore {
     origin: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct UserDoc {
-    #[serde(rename = "_id")]
-    id: String,
-    /// Normalised (trimmed, lower-case) by `Email::parse`, so a plain unique index suffices.
-    email: String,
-    password_hash: String,
-    status: String,
-    created_at: bson::DateTime,
-    /// See `Store::revoke_tokens`; absent in documents from before it existed.
-    #[serde(default)]
-    token_version: i64,
-    /// Absent until the user chooses a responder.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    responder: Option<ResponderChoice>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct MessageDoc {
-    /// The UUIDv7 text: it sorts in time order, so `_id` is also the paging cursor.
-    #[serde(rename = "_id")]
-    id: String,
-    sender: String,
-    recipient: String,
-    /// `[sender, recipient]`: one multikey index serves "all of a user's messages".
-    participants: [String; 2],
-    /// Both directions of one conversation share this key (see `conversation_key`).
-    conversation: String,
-    content: String,
-    sent_at: bson::DateTime,
-    kind: String,
-    /// `<sender>/<key>` when the send carried an idempotency key (see `IdempotencyKey`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    idempotency: Option<String>,
-    /// The node whose writer stored it (cluster mode), so that other nodes can recover what a
-    /// node committed but could not announce.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    origin: Option<String>,
-    /// The recipient was BUSY: an auto-reply is owed (see `NewMessage::awaits_reply`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    awaits_reply: bool,
-}
-
 impl MongoStore {
-    /// Connects, checks the server answers and creates the indexes (idempotently). Fails within
-    /// a few seconds with an error that names `MONGODB_URI` and never shows its password.
-    pub async fn connect(settings: &MongoSettings) -> anyhow::Result<Self> {
-        let uri = &settings.uri;
-        let connecting = async {
-            let mut options = ClientOptions::parse(uri.expose()).await?;
-            options.server_selection_timeout = Some(
-                options
-                    .server_selection_timeout
-                    .unwrap_or(SELECTION_TIMEOUT),
-            );
-            options.connect_timeout = Some(options.connect_timeout.unwrap_or(CONNECT_TIMEOUT));
-            options.app_name.get_or_insert_with(|| "palaver".to_owned());
-            // A send is answered once it is durable: journaled on a majority, unless the
-            // operator chose another write concern in the URI.
-            options.write_concern.get_or_insert_with(|| {
-                WriteConcern::builder()
-                    .w(Acknowledgment::Majority)
-                    .journal(true)
-                    .build()
-            });
-            let name = settings
-                .database
-                .clone()
-                .or_else(|| options.default_database.clone())
-                .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
-            let client = Client::with_options(options)?;
-            let store = Self::new(client.database(&name));
-            store.database.run_command(doc! { "ping": 1 }).await?;
-            store.create_indexes().await?;
-            Ok::<_, MongoError>(store)
-        };
-        let outcome = tokio::time::timeout(STARTUP_TIMEOUT, connecting).await;
-        let failure = match outcome {
-            Ok(Ok(store)) => {
-                tracing::info!(
-                    uri = %uri.redacted(),
-                    database = store.database.name(),
-                    "storing in MongoDB"
-                );
-                return Ok(store);
-            }
-            Ok(Err(e)) => uri.scrub(&describe(&e)),
-            Err(_) => format!("no answer within {}s", STARTUP_TIMEOUT.as_secs()),
-        };
-        Err(anyhow!(
-            "MONGODB_URI {}: cannot use the database: {failure}",
-            uri.redacted()
-        ))
-    }
-
-    fn new(database: Database) -> Self {
-        Self {
-            users: database.collection("users"),
-            messages: database.collection("messages"),
-            database,
-            origin: None,
-        }
-    }
-
     /// Marks every message this store writes from now on as stored by cluster node `node`.
     pub fn with_origin(mut self, node: String) -> Self {
         self.origin = Some(node);
@@ -242,176 +131,6 @@ impl MongoStore {
             earlier.entry(key).or_insert(message);
         }
         Ok(earlier)
-    }
-
-    async fn create_indexes(&self) -> Result<(), MongoError> {
-        let named = |keys: Document, name: &str, unique: bool| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(
-                    IndexOptions::builder()
-                        .name(name.to_owned())
-                        .unique(unique.then_some(true))
-                        .build(),
-                )
-                .build()
-        };
-        // One index per `createIndexes` command: FerretDB 1.24 drops the connection when a
-        // command lists several indexes that all exist already (every restart).
-        let indexes = [
-            ("users", named(doc! { "email": 1 }, "email_unique", true)),
-            (
-                "messages",
-                named(
-                    doc! { "conversation": 1, "_id": 1 },
-                    "conversation_by_id",
-                    false,
-                ),
-            ),
-            (
-                "messages",
-                named(
-                    doc! { "participants": 1, "_id": 1 },
-                    "participant_by_id",
-                    false,
-                ),
-            ),
-            (
-                "messages",
-                named(doc! { "idempotency": 1 }, "idempotency_key", false),
-            ),
-            (
-                "messages",
-                named(doc! { "origin": 1, "_id": 1 }, "origin_by_id", false),
-            ),
-        ];
-        for (collection, index) in indexes {
-            self.database
-                .collection::<Document>(collection)
-                .create_index(index)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-/// The driver's message without its debugging tail (labels, source, raw server response), on
-/// one line: server descriptions can span several.
-fn describe(err: &MongoError) -> String {
-    one_line(&err.kind.to_string())
-}
-
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Unreachable (server selection timed out, connection lost, pool cleared): a 503 that heals by
-/// itself once the database is back. Anything else is a bug or a data problem.
-fn classify(err: MongoError) -> StoreError {
-    let unreachable = matches!(
-        err.kind.as_ref(),
-        ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-            | ErrorKind::DnsResolve { .. }
-    ) || err.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR);
-    let error = if unreachable {
-        StoreError::Unavailable(describe(&err))
-    } else {
-        StoreError::Internal(err.into())
-    };
-    error.counted()
-}
-
-/// The position and reason of the one document an ordered `insertMany` refused (the ones before
-/// it are stored), unless the failure was the database's rather than the document's.
-fn refused_one(err: &MongoError) -> Option<(usize, String)> {
-    match err.kind.as_ref() {
-        ErrorKind::InsertMany(e) if e.write_concern_error.is_none() => {
-            let first = e.write_errors.as_ref()?.first()?;
-            Some((first.index, first.message.clone()))
-        }
-        _ => None,
-    }
-}
-
-fn is_duplicate_key(err: &MongoError) -> bool {
-    match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(e) => e
-            .write_errors
-            .iter()
-            .flatten()
-            .any(|e| e.code == DUPLICATE_KEY),
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        _ => false,
-    }
-}
-
-/// Documents only this store writes; a field that does not parse means a corrupted document.
-fn corrupt(what: &str, id: &str, problem: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(anyhow!("stored {what} {id} is corrupt: {problem}")).counted()
-}
-
-impl TryFrom<UserDoc> for User {
-    type Error = StoreError;
-
-    fn try_from(doc: UserDoc) -> Result<Self, StoreError> {
-        let bad = |e| corrupt("user", &doc.id, e);
-        Ok(User {
-            id: UserId::parse(&doc.id).map_err(bad)?,
-            email: Email::parse(&doc.email).map_err(bad)?,
-            status: Status::parse(&doc.status).map_err(bad)?,
-        })
-    }
-}
-
-impl From<&NewMessage> for MessageDoc {
-    fn from(new: &NewMessage) -> Self {
-        let mut doc = MessageDoc::from(&new.message);
-        doc.idempotency = new
-            .idempotency_key
-            .as_ref()
-            .map(|key| key.scoped(new.message.sender));
-        doc.awaits_reply = new.awaits_reply;
-        doc
-    }
-}
-
-impl From<&Message> for MessageDoc {
-    fn from(message: &Message) -> Self {
-        let (sender, recipient) = (message.sender.to_string(), message.recipient.to_string());
-        Self {
-            id: message.id.to_string(),
-            participants: [sender.clone(), recipient.clone()],
-            conversation: conversation_key(message.sender, message.recipient),
-            sender,
-            recipient,
-            content: message.content.clone(),
-            sent_at: bson::DateTime::from_millis(message.sent_at.timestamp_millis()),
-            kind: message.kind.as_str().to_owned(),
-            idempotency: None,
-            origin: None,
-            awaits_reply: false,
-        }
-    }
-}
-
-impl TryFrom<MessageDoc> for Message {
-    type Error = StoreError;
-
-    fn try_from(doc: MessageDoc) -> Result<Self, StoreError> {
-        let bad = |e| corrupt("message", &doc.id, e);
-        let sent_at = DateTime::<Utc>::from_timestamp_millis(doc.sent_at.timestamp_millis())
-            .ok_or_else(|| corrupt("message", &doc.id, "timestamp out of range"))?;
-        Ok(Message {
-            id: MessageId::parse(&doc.id).map_err(bad)?,
-            sender: UserId::parse(&doc.sender).map_err(bad)?,
-            recipient: UserId::parse(&doc.recipient).map_err(bad)?,
-            kind: MessageKind::parse(&doc.kind).map_err(bad)?,
-            content: doc.content,
-            sent_at,
-        })
     }
 }
 
@@ -764,33 +483,5 @@ impl ClusterLog for MongoStore {
         let range = id_range(Some(since), upto);
         self.find_messages(doc! { "origin": origin, "_id": range, "awaits_reply": true })
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_up_errors_are_one_line() {
-        assert_eq!(one_line("a\n  b\tc "), "a b c");
-    }
-
-    #[test]
-    fn message_documents_round_trip() {
-        let message = Message {
-            id: MessageId::new(),
-            sender: UserId::new(),
-            recipient: UserId::new(),
-            content: "hello".into(),
-            sent_at: DateTime::from_timestamp_millis(1_790_000_000_123).expect("valid"),
-            kind: MessageKind::AutoReply,
-        };
-        let doc = MessageDoc::from(&message);
-        assert_eq!(
-            doc.participants,
-            [message.sender.to_string(), message.recipient.to_string()]
-        );
-        assert_eq!(Message::try_from(doc).expect("valid"), message);
     }
 }

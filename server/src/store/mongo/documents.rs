@@ -1,0 +1,139 @@
+//! The documents as MongoDB stores them ([`UserDoc`], [`MessageDoc`]) and their conversions
+//! from and to the domain types. Only this store writes them, so a field that does not parse
+//! on the way back is a corrupted document, not a user error.
+
+use chrono::{DateTime, Utc};
+use mongodb::bson;
+use serde::{Deserialize, Serialize};
+
+use super::errors::corrupt;
+use crate::domain::{Email, Message, MessageId, MessageKind, ResponderChoice, Status, UserId};
+use crate::store::{NewMessage, StoreError, User, conversation_key};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct UserDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    /// Normalised (trimmed, lower-case) by `Email::parse`, so a plain unique index suffices.
+    pub(super) email: String,
+    pub(super) password_hash: String,
+    pub(super) status: String,
+    pub(super) created_at: bson::DateTime,
+    /// See `Store::revoke_tokens`; absent in documents from before it existed.
+    #[serde(default)]
+    pub(super) token_version: i64,
+    /// Absent until the user chooses a responder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) responder: Option<ResponderChoice>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct MessageDoc {
+    /// The UUIDv7 text: it sorts in time order, so `_id` is also the paging cursor.
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) sender: String,
+    pub(super) recipient: String,
+    /// `[sender, recipient]`: one multikey index serves "all of a user's messages".
+    pub(super) participants: [String; 2],
+    /// Both directions of one conversation share this key (see `conversation_key`).
+    pub(super) conversation: String,
+    pub(super) content: String,
+    pub(super) sent_at: bson::DateTime,
+    pub(super) kind: String,
+    /// `<sender>/<key>` when the send carried an idempotency key (see `IdempotencyKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) idempotency: Option<String>,
+    /// The node whose writer stored it (cluster mode), so that other nodes can recover what a
+    /// node committed but could not announce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) origin: Option<String>,
+    /// The recipient was BUSY: an auto-reply is owed (see `NewMessage::awaits_reply`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) awaits_reply: bool,
+}
+
+impl TryFrom<UserDoc> for User {
+    type Error = StoreError;
+
+    fn try_from(doc: UserDoc) -> Result<Self, StoreError> {
+        let bad = |e| corrupt("user", &doc.id, e);
+        Ok(User {
+            id: UserId::parse(&doc.id).map_err(bad)?,
+            email: Email::parse(&doc.email).map_err(bad)?,
+            status: Status::parse(&doc.status).map_err(bad)?,
+        })
+    }
+}
+
+impl From<&NewMessage> for MessageDoc {
+    fn from(new: &NewMessage) -> Self {
+        let mut doc = MessageDoc::from(&new.message);
+        doc.idempotency = new
+            .idempotency_key
+            .as_ref()
+            .map(|key| key.scoped(new.message.sender));
+        doc.awaits_reply = new.awaits_reply;
+        doc
+    }
+}
+
+impl From<&Message> for MessageDoc {
+    fn from(message: &Message) -> Self {
+        let (sender, recipient) = (message.sender.to_string(), message.recipient.to_string());
+        Self {
+            id: message.id.to_string(),
+            participants: [sender.clone(), recipient.clone()],
+            conversation: conversation_key(message.sender, message.recipient),
+            sender,
+            recipient,
+            content: message.content.clone(),
+            sent_at: bson::DateTime::from_millis(message.sent_at.timestamp_millis()),
+            kind: message.kind.as_str().to_owned(),
+            idempotency: None,
+            origin: None,
+            awaits_reply: false,
+        }
+    }
+}
+
+impl TryFrom<MessageDoc> for Message {
+    type Error = StoreError;
+
+    fn try_from(doc: MessageDoc) -> Result<Self, StoreError> {
+        let bad = |e| corrupt("message", &doc.id, e);
+        let sent_at = DateTime::<Utc>::from_timestamp_millis(doc.sent_at.timestamp_millis())
+            .ok_or_else(|| corrupt("message", &doc.id, "timestamp out of range"))?;
+        Ok(Message {
+            id: MessageId::parse(&doc.id).map_err(bad)?,
+            sender: UserId::parse(&doc.sender).map_err(bad)?,
+            recipient: UserId::parse(&doc.recipient).map_err(bad)?,
+            kind: MessageKind::parse(&doc.kind).map_err(bad)?,
+            content: doc.content,
+            sent_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_documents_round_trip() {
+        let message = Message {
+            id: MessageId::new(),
+            sender: UserId::new(),
+            recipient: UserId::new(),
+            content: "hello".into(),
+            sent_at: DateTime::from_timestamp_millis(1_790_000_000_123).expect("valid"),
+            kind: MessageKind::AutoReply,
+        };
+        let doc = MessageDoc::from(&message);
+        assert_eq!(
+            doc.participants,
+            [message.sender.to_string(), message.recipient.to_string()]
+        );
+        assert_eq!(Message::try_from(doc).expect("valid"), message);
+    }
+}
