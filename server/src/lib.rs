@@ -22,3 +22,5 @@ pub mod telemetry;
 pub mod wasm;
 pub mod web;
 
+#[cfg(test)]
+mod layering;
