@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod conversations;
 pub mod cors;
 pub mod domain;
 pub mod failure;

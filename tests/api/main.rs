@@ -22,6 +22,7 @@ mod realtime;
 mod responder;
 mod safety;
 mod tokens;
+mod upgrade;
 mod users;
 mod web;
 mod ws_client;

@@ -399,6 +399,7 @@ export interface components {
          * MessageView
          * @example {
          *       "id": "0193a5f3-0a4b-7c2d-8e9f-1a2b3c4d5e6f",
+         *       "conversation": "5b3c1f0e-2d4a-5e6f-8a9b-0c1d2e3f4a5b",
          *       "sender": "0193a5f2-7c1e-7b3a-9f1e-2b6c8d4e5f60",
          *       "recipient": "0193a5f2-9d40-7e21-8c3b-5a6f7e8d9c0b",
          *       "content": "Lunch at noon?",
@@ -409,6 +410,8 @@ export interface components {
         MessageView: {
             /** @description Time-ordered (UUIDv7): usable as a `before`/`after` cursor. */
             id: string;
+            /** @description The conversation it belongs to (see `GET /api/conversations/{id}`). */
+            conversation: string;
             sender: string;
             recipient: string;
             content: string;

@@ -1,6 +1,6 @@
 use chrono::{DateTime, SubsecRound, Utc};
 
-use super::{Content, MessageId, UserId, ValidationError};
+use super::{Content, ConversationId, MessageId, UserId, ValidationError};
 
 /// Who wrote a message: the person, or the responder answering for them while they were BUSY.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum, serde::Serialize)]
@@ -51,6 +51,11 @@ impl Message {
             sent_at: Utc::now().trunc_subsecs(3),
             kind,
         }
+    }
+
+    /// The conversation the message belongs to.
+    pub fn conversation(&self) -> ConversationId {
+        ConversationId::direct(self.sender, self.recipient)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Types that are valid by construction: once a handler holds one, it never re-checks it.
 
 mod content;
+mod conversation;
 mod email;
 mod idempotency;
 mod ids;
@@ -11,6 +12,10 @@ mod status;
 mod text;
 
 pub use content::{Content, MAX_CHARS as CONTENT_MAX};
+pub use conversation::{
+    Conversation, ConversationId, ConversationKind, ConversationSummary, DEFAULT_MAX_GROUP_MEMBERS,
+    Member, Role, TITLE_MAX, Title,
+};
 pub use email::Email;
 pub use idempotency::{IDEMPOTENCY_WINDOW, IdempotencyKey, MAX_KEY_CHARS};
 pub use ids::{MessageId, UserId};

@@ -13,6 +13,8 @@ use crate::domain::{Message, MessageKind};
 pub struct MessageView {
     /// Time-ordered (UUIDv7): usable as a `before`/`after` cursor.
     pub id: String,
+    /// The conversation it belongs to (see `GET /api/conversations/{id}`).
+    pub conversation: String,
     pub sender: String,
     pub recipient: String,
     pub content: String,
@@ -26,6 +28,7 @@ impl From<Message> for MessageView {
     fn from(message: Message) -> Self {
         Self {
             id: message.id.to_string(),
+            conversation: message.conversation().to_string(),
             sender: message.sender.to_string(),
             recipient: message.recipient.to_string(),
             content: message.content,
@@ -45,6 +48,7 @@ impl Example for MessageView {
     fn example() -> Self {
         Self {
             id: "0193a5f3-0a4b-7c2d-8e9f-1a2b3c4d5e6f".to_owned(),
+            conversation: "5b3c1f0e-2d4a-5e6f-8a9b-0c1d2e3f4a5b".to_owned(),
             sender: "0193a5f2-7c1e-7b3a-9f1e-2b6c8d4e5f60".to_owned(),
             recipient: "0193a5f2-9d40-7e21-8c3b-5a6f7e8d9c0b".to_owned(),
             content: "Lunch at noon?".to_owned(),

@@ -9,8 +9,8 @@ use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
 use super::{Inserted, MongoStore, NewMessage, NewUser, SqliteStore, Store, StoreError};
 use crate::config::{MongoSettings, MongoUri, SqliteSynchronous};
 use crate::domain::{
-    Email, IdempotencyKey, Message, MessageId, MessageKind, MessagePage, ResponderChoice, Status,
-    UserId,
+    Conversation, ConversationId, ConversationKind, Email, IdempotencyKey, Member, Message,
+    MessageId, MessageKind, MessagePage, ResponderChoice, Role, Status, Title, UserId,
 };
 use palaver_test_support::{fresh_database_name, test_mongodb_uri};
 
@@ -96,6 +96,18 @@ async fn users_round_trip(store: Arc<dyn Store>) {
     assert_eq!(credentials.user, found);
     assert_eq!(credentials.password_hash, "$argon2id$hash-of-alice");
     assert_eq!(store.user_by_id(UserId::new()).await.expect("by id"), None);
+    let other = user(&store, "bob").await;
+    let mut found_ids: Vec<UserId> = store
+        .users_by_ids(&[other, UserId::new(), id])
+        .await
+        .expect("by ids")
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    found_ids.sort();
+    let mut expected = vec![id, other];
+    expected.sort();
+    assert_eq!(found_ids, expected);
     assert_eq!(
         store
             .user_by_email(&email("nobody"))
@@ -521,6 +533,233 @@ async fn responder_choices_are_kept_per_user(store: Arc<dyn Store>) {
     assert_eq!(store.responder_choice(a).await.expect("read"), None);
 }
 
+fn title(text: &str) -> Title {
+    Title::parse(text).expect("valid title")
+}
+
+fn members(conversation: &Conversation) -> Vec<(UserId, Role)> {
+    conversation
+        .members
+        .iter()
+        .map(|m| (m.user, m.role))
+        .collect()
+}
+
+async fn groups_keep_their_members_in_joining_order(store: Arc<dyn Store>) {
+    let (a, b, c) = (
+        user(&store, "a").await,
+        user(&store, "b").await,
+        user(&store, "c").await,
+    );
+    let group = Conversation::new_group(title("Lunch"), a, &[b]);
+    store.create_conversation(&group).await.expect("create");
+    let stored = store.conversation(group.id).await.expect("read");
+    assert_eq!(stored.as_ref(), Some(&group));
+
+    assert!(
+        store
+            .set_title(group.id, &title("Dinner"))
+            .await
+            .expect("rename")
+    );
+    let member = Member {
+        user: c,
+        role: Role::Member,
+    };
+    assert!(store.add_member(group.id, &member).await.expect("add"));
+    assert!(
+        !store
+            .add_member(group.id, &member)
+            .await
+            .expect("add again")
+    );
+    let stored = store
+        .conversation(group.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(stored.title, Some(title("Dinner")));
+    assert_eq!(
+        members(&stored),
+        vec![(a, Role::Owner), (b, Role::Member), (c, Role::Member)]
+    );
+
+    let nobody = Member {
+        user: UserId::new(),
+        role: Role::Member,
+    };
+    assert!(matches!(
+        store.add_member(group.id, &nobody).await,
+        Err(StoreError::UnknownUser)
+    ));
+    let with_a_stranger = Conversation::new_group(title("x"), a, &[UserId::new()]);
+    assert!(matches!(
+        store.create_conversation(&with_a_stranger).await,
+        Err(StoreError::UnknownUser)
+    ));
+    assert_eq!(
+        store.conversation(with_a_stranger.id).await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .conversation(ConversationId::new_group())
+            .await
+            .expect("read"),
+        None
+    );
+}
+
+async fn the_owner_leaving_hands_the_group_on_and_the_last_deletes_it(store: Arc<dyn Store>) {
+    let (a, b, c) = (
+        user(&store, "a").await,
+        user(&store, "b").await,
+        user(&store, "c").await,
+    );
+    let group = Conversation::new_group(title("Team"), a, &[b, c]);
+    store.create_conversation(&group).await.expect("create");
+    let after = store
+        .remove_member(group.id, a)
+        .await
+        .expect("leave")
+        .expect("was a member");
+    assert_eq!(members(&after), vec![(b, Role::Owner), (c, Role::Member)]);
+    assert_eq!(store.remove_member(group.id, a).await.expect("again"), None);
+    let after = store
+        .remove_member(group.id, c)
+        .await
+        .expect("remove")
+        .expect("was a member");
+    assert_eq!(members(&after), vec![(b, Role::Owner)]);
+    let after = store
+        .remove_member(group.id, b)
+        .await
+        .expect("last out")
+        .expect("was a member");
+    assert!(after.members.is_empty());
+    assert_eq!(store.conversation(group.id).await.expect("read"), None);
+}
+
+async fn direct_conversations_exist_from_their_first_message(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "a").await, user(&store, "b").await);
+    let id = ConversationId::direct(a, b);
+    assert_eq!(store.conversation(id).await.expect("read"), None);
+    insert(&store, &messages(&[(a, b), (b, a)])).await;
+    let direct = store.conversation(id).await.expect("read").expect("exists");
+    let first = store
+        .list_messages(a, &MessagePage::default())
+        .await
+        .expect("list")[0]
+        .clone();
+    assert_eq!(store.message(first.id).await.expect("read"), Some(first));
+    assert_eq!(store.message(MessageId::new()).await.expect("read"), None);
+    assert_eq!(direct.kind, ConversationKind::Direct);
+    assert_eq!(direct.title, None);
+    let mut people: Vec<UserId> = direct.members.iter().map(|m| m.user).collect();
+    people.sort();
+    let mut expected = vec![a, b];
+    expected.sort();
+    assert_eq!(people, expected);
+    assert!(direct.members.iter().all(|m| m.role == Role::Member));
+}
+
+async fn the_conversation_list_counts_unread_and_pages_by_activity(store: Arc<dyn Store>) {
+    let (a, b, c) = (
+        user(&store, "a").await,
+        user(&store, "b").await,
+        user(&store, "c").await,
+    );
+    let sent = messages(&[(b, a), (b, a), (a, b)]);
+    insert(&store, &sent).await;
+    let group = Conversation::new_group(title("Group"), a, &[b]);
+    store.create_conversation(&group).await.expect("create");
+    // Written after the group was created, so it is the newest activity.
+    insert(&store, &messages(&[(c, a)])).await;
+
+    let list = store.conversations_of(a, None, 10).await.expect("list");
+    let order: Vec<ConversationId> = list.iter().map(|s| s.conversation.id).collect();
+    assert_eq!(
+        order,
+        vec![
+            ConversationId::direct(a, c),
+            group.id,
+            ConversationId::direct(a, b)
+        ]
+    );
+    let with_b = &list[2];
+    assert_eq!(with_b.last_message.as_ref().map(|m| m.id), Some(sent[2].id));
+    // Two from b; a's own message does not count.
+    assert_eq!((with_b.unread, with_b.read_upto), (2, None));
+    assert_eq!((list[1].unread, list[1].last_message.as_ref()), (0, None));
+
+    assert_eq!(
+        store
+            .mark_read(with_b.conversation.id, a, sent[0].id)
+            .await
+            .expect("mark"),
+        Some(sent[0].id)
+    );
+    // Never back.
+    assert_eq!(
+        store
+            .mark_read(
+                with_b.conversation.id,
+                a,
+                MessageId::from(uuid::Uuid::nil())
+            )
+            .await
+            .expect("mark"),
+        Some(sent[0].id)
+    );
+    assert_eq!(
+        store
+            .mark_read(group.id, c, sent[0].id)
+            .await
+            .expect("mark"),
+        None
+    );
+
+    let first = store.conversations_of(a, None, 2).await.expect("page 1");
+    assert_eq!(first.len(), 2);
+    let rest = store
+        .conversations_of(a, Some(first[1].activity), 2)
+        .await
+        .expect("page 2");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].conversation.id, ConversationId::direct(a, b));
+    assert_eq!((rest[0].unread, rest[0].read_upto), (1, Some(sent[0].id)));
+    assert!(store.conversations_of(c, None, 10).await.expect("c").len() == 1);
+}
+
+async fn deleting_a_user_takes_them_out_of_every_conversation(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "a").await, user(&store, "b").await);
+    insert(&store, &messages(&[(a, b)])).await;
+    let group = Conversation::new_group(title("G"), a, &[b]);
+    store.create_conversation(&group).await.expect("create");
+    assert!(store.delete_user(a).await.expect("delete"));
+    assert_eq!(
+        store
+            .conversation(ConversationId::direct(a, b))
+            .await
+            .expect("read"),
+        None
+    );
+    let left = store
+        .conversation(group.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(members(&left), vec![(b, Role::Owner)]);
+    assert_eq!(
+        store
+            .conversations_of(b, None, 10)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
 async fn answers_pings(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
 }
@@ -587,6 +826,11 @@ macro_rules! every_check {
                 idempotency_keys_store_a_send_once,
                 tokens_are_revoked_and_users_deleted,
                 responder_choices_are_kept_per_user,
+                groups_keep_their_members_in_joining_order,
+                the_owner_leaving_hands_the_group_on_and_the_last_deletes_it,
+                direct_conversations_exist_from_their_first_message,
+                the_conversation_list_counts_unread_and_pages_by_activity,
+                deleting_a_user_takes_them_out_of_every_conversation,
                 answers_pings,
             );
         )*

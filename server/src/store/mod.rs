@@ -11,7 +11,8 @@ pub use sqlite::SqliteStore;
 use async_trait::async_trait;
 
 use crate::domain::{
-    Email, IdempotencyKey, Message, MessageId, MessagePage, ResponderChoice, Status, UserId,
+    Conversation, ConversationId, ConversationSummary, Email, IdempotencyKey, Member, Message,
+    MessageId, MessagePage, ResponderChoice, Status, Title, UserId,
 };
 use crate::failure::{Failure, RetryAfter};
 
@@ -120,6 +121,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+    /// The users of `ids` that exist, in no particular order.
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError>;
     async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError>;
     /// Sets the status and returns the previous one; `None` when no such user exists.
     async fn set_status(&self, id: UserId, status: Status) -> Result<Option<Status>, StoreError>;
@@ -156,12 +159,50 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Everyone `user` has exchanged at least one message with (not `user` itself).
     async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
+    /// One message by its id, whoever may see it.
+    async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError>;
     /// Messages `user` sent or received, selected by `page`, oldest first.
     async fn list_messages(
         &self,
         user: UserId,
         page: &MessagePage,
     ) -> Result<Vec<Message>, StoreError>;
+    /// Stores a new group with its members; [`StoreError::UnknownUser`] (and nothing stored)
+    /// when one of them does not exist.
+    async fn create_conversation(&self, conversation: &Conversation) -> Result<(), StoreError>;
+    /// The conversation with its members in the order they joined. A direct conversation
+    /// exists from its first message on.
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError>;
+    /// Renames a group; false when no such conversation.
+    async fn set_title(&self, id: ConversationId, title: &Title) -> Result<bool, StoreError>;
+    /// Adds a member (false: already one, nothing changed); [`StoreError::UnknownUser`] when
+    /// the user does not exist. Callers check that the conversation exists.
+    async fn add_member(&self, id: ConversationId, member: &Member) -> Result<bool, StoreError>;
+    /// Removes a member and returns the conversation as it is after (`None`: it was not a
+    /// member, or the conversation does not exist). A group always has an owner while it has
+    /// members: when the owner goes, the member who joined earliest becomes the owner. The
+    /// last member to leave deletes the group and its messages.
+    async fn remove_member(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Conversation>, StoreError>;
+    /// `user`'s conversations, most recent activity first, starting after the `before` cursor
+    /// (see [`ConversationSummary::cursor`]).
+    async fn conversations_of(
+        &self,
+        user: UserId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError>;
+    /// Moves `user`'s read mark in the conversation forward to `upto` (never back) and
+    /// returns the mark after; `None` when they are not a member.
+    async fn mark_read(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        upto: MessageId,
+    ) -> Result<Option<MessageId>, StoreError>;
     /// Answers when the database is reachable; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }
@@ -185,22 +226,4 @@ pub trait ClusterLog: Send + Sync + 'static {
         since: MessageId,
         upto: Option<MessageId>,
     ) -> Result<Vec<Message>, StoreError>;
-}
-
-/// The key both directions of a conversation share, whichever way a message went.
-pub(crate) fn conversation_key(a: UserId, b: UserId) -> String {
-    let (low, high) = if a <= b { (a, b) } else { (b, a) };
-    format!("{low}:{high}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conversation_key_ignores_direction() {
-        let (a, b) = (UserId::new(), UserId::new());
-        assert_eq!(conversation_key(a, b), conversation_key(b, a));
-        assert_ne!(conversation_key(a, b), conversation_key(a, a));
-    }
 }

@@ -12,18 +12,25 @@ use deadpool_sqlite::rusqlite::{
 };
 use deadpool_sqlite::{Config, Hook, HookError, Pool, Runtime};
 
-use super::{
-    Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User, conversation_key,
-};
+use super::{Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User};
 use crate::config::SqliteSynchronous;
 use crate::domain::{
-    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessageKind, MessagePage, ResponderChoice,
-    Status, UserId,
+    Conversation, ConversationId, ConversationKind, ConversationSummary, Email, IDEMPOTENCY_WINDOW,
+    Member, Message, MessageId, MessageKind, MessagePage, ResponderChoice, Role, Status, Title,
+    UserId,
 };
 
+/// One step of the schema's history.
+enum Migration {
+    Sql(&'static str),
+    /// A step SQL alone cannot take (it needs ids computed in Rust).
+    Rust(fn(&Transaction<'_>) -> rusqlite::Result<()>),
+}
+
 /// Applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[
-    r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(
+        r#"
     CREATE TABLE users (
         id            TEXT PRIMARY KEY,
         email         TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -44,17 +51,85 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX messages_by_recipient ON messages (recipient, id);
     CREATE INDEX messages_by_conversation ON messages (conversation, id);
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
     ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE messages ADD COLUMN idempotency TEXT;
     CREATE INDEX messages_by_idempotency ON messages (idempotency)
         WHERE idempotency IS NOT NULL;
 "#,
+    ),
     // The user's responder choice, as JSON ({"plugin", "config"}); NULL until they choose.
-    r#"
+    Migration::Sql(
+        r#"
     ALTER TABLE users ADD COLUMN responder TEXT;
 "#,
+    ),
+    // Conversations with ids and members (with their read marks). `activity` is the id of the
+    // last message, or one drawn at creation: the conversation list's order and cursor.
+    // Members keep the order they joined in by rowid.
+    Migration::Sql(
+        r#"
+    CREATE TABLE conversations (
+        id         TEXT PRIMARY KEY,
+        kind       TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+        title      TEXT,
+        created_at TEXT NOT NULL,
+        activity   TEXT NOT NULL
+    );
+    CREATE TABLE members (
+        conversation TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        member       TEXT NOT NULL REFERENCES users(id),
+        role         TEXT NOT NULL CHECK (role IN ('owner', 'member')),
+        read_upto    TEXT,
+        PRIMARY KEY (conversation, member)
+    );
+    CREATE INDEX members_by_member ON members (member);
+"#,
+    ),
+    // Messages written before conversations had ids carry the pair's key ("low:high"): each
+    // pair becomes a direct conversation and its messages take its id.
+    Migration::Rust(give_direct_conversations_ids),
 ];
+
+fn give_direct_conversations_ids(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let pairs: Vec<(String, String, String)> = tx
+        .prepare(
+            "SELECT conversation, min(sent_at), max(id) FROM messages
+             WHERE conversation LIKE '%:%' GROUP BY conversation",
+        )?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (key, created_at, last) in pairs {
+        let users = key
+            .split_once(':')
+            .and_then(|(a, b)| Some((UserId::parse(a).ok()?, UserId::parse(b).ok()?)));
+        let Some((a, b)) = users else {
+            return Err(rusqlite::Error::ToSqlConversionFailure(
+                anyhow!("message conversation key {key:?} is not two user ids").into(),
+            ));
+        };
+        let id = ConversationId::direct(a, b).to_string();
+        tx.execute(
+            "INSERT INTO conversations (id, kind, title, created_at, activity)
+             VALUES (?1, 'direct', NULL, ?2, ?3)",
+            (&id, &created_at, &last),
+        )?;
+        for user in [a, b] {
+            tx.execute(
+                "INSERT OR IGNORE INTO members (conversation, member, role)
+                 VALUES (?1, ?2, 'member')",
+                (&id, user.to_string()),
+            )?;
+        }
+        tx.execute(
+            "UPDATE messages SET conversation = ?1 WHERE conversation = ?2",
+            (&id, &key),
+        )?;
+    }
+    Ok(())
+}
 
 /// `synchronous` comes from the configuration (FULL by default: a message is on disk before the
 /// API says it was sent). `wal_autocheckpoint = 0`: the commit that crosses the threshold would
@@ -186,9 +261,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "the database schema (version {applied}) is newer than this server understands"
         )));
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
         let tx = write_transaction(conn)?;
-        tx.execute_batch(sql).map_err(internal)?;
+        match migration {
+            Migration::Sql(sql) => tx.execute_batch(sql),
+            Migration::Rust(step) => step(&tx),
+        }
+        .map_err(internal)?;
         tx.pragma_update(None, "user_version", (index + 1) as i64)
             .map_err(internal)?;
         tx.commit().map_err(internal)?;
@@ -256,6 +335,85 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> Result<Message, rusqlite::Error>
     })
 }
 
+/// Adds a member unless they are one; true when added.
+fn insert_member(conn: &Connection, conversation: &str, member: &Member) -> rusqlite::Result<bool> {
+    conn.execute(
+        "INSERT OR IGNORE INTO members (conversation, member, role) VALUES (?1, ?2, ?3)",
+        (conversation, member.user.to_string(), member.role.as_str()),
+    )
+    .map(|added| added > 0)
+}
+
+/// Takes `user` out of the conversation (false: not a member). An owner who leaves hands the
+/// group to the member who joined earliest; the last member out deletes it and its messages.
+fn leave(tx: &Transaction<'_>, conversation: &str, user: &str) -> rusqlite::Result<bool> {
+    let role: Option<String> = tx
+        .query_row(
+            "DELETE FROM members WHERE conversation = ?1 AND member = ?2 RETURNING role",
+            (conversation, user),
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(role) = role else {
+        return Ok(false);
+    };
+    let remaining: i64 = tx.query_row(
+        "SELECT count(*) FROM members WHERE conversation = ?1",
+        [conversation],
+        |row| row.get(0),
+    )?;
+    if remaining == 0 {
+        tx.execute(
+            "DELETE FROM messages WHERE conversation = ?1",
+            [conversation],
+        )?;
+        tx.execute("DELETE FROM conversations WHERE id = ?1", [conversation])?;
+    } else if role == Role::Owner.as_str() {
+        tx.execute(
+            "UPDATE members SET role = 'owner' WHERE rowid =
+               (SELECT min(rowid) FROM members WHERE conversation = ?1)",
+            [conversation],
+        )?;
+    }
+    Ok(true)
+}
+
+fn load_conversation(conn: &Connection, id: &str) -> rusqlite::Result<Option<Conversation>> {
+    let head = conn
+        .query_row(
+            "SELECT id, kind, title, created_at FROM conversations WHERE id = ?1",
+            [id],
+            |row| {
+                let title: Option<String> = row.get(2)?;
+                Ok(Conversation {
+                    id: decode(0, ConversationId::parse(&row.get::<_, String>(0)?))?,
+                    kind: decode(1, ConversationKind::parse(&row.get::<_, String>(1)?))?,
+                    title: title.map(|t| decode(2, Title::parse(&t))).transpose()?,
+                    members: Vec::new(),
+                    created_at: decode(
+                        3,
+                        DateTime::parse_from_rfc3339(&row.get::<_, String>(3)?)
+                            .map(|t| t.with_timezone(&Utc)),
+                    )?,
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut conversation) = head else {
+        return Ok(None);
+    };
+    conversation.members = conn
+        .prepare_cached("SELECT member, role FROM members WHERE conversation = ?1 ORDER BY rowid")?
+        .query_map([id], |row| {
+            Ok(Member {
+                user: decode(0, UserId::parse(&row.get::<_, String>(0)?))?,
+                role: decode(1, Role::parse(&row.get::<_, String>(1)?))?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(conversation))
+}
+
 fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -308,6 +466,32 @@ impl Store for SqliteStore {
                 "SELECT id, email, status FROM users WHERE email = ?1",
                 [email.as_str()],
                 user_from_row,
+            )
+            .optional()
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let ids = serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Internal(e.into()))?;
+        self.with_conn(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, email, status FROM users WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .and_then(|mut query| query.query_map([ids], user_from_row)?.collect())
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
+        self.with_conn(move |conn| {
+            conn.query_row(
+                "SELECT id, sender, recipient, content, sent_at, kind FROM messages WHERE id = ?1",
+                [id.to_string()],
+                message_from_row,
             )
             .optional()
             .map_err(internal)
@@ -387,6 +571,19 @@ impl Store for SqliteStore {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )
                     .map_err(internal)?;
+                let mut direct = tx
+                    .prepare_cached(
+                        "INSERT INTO conversations (id, kind, title, created_at, activity)
+                         VALUES (?1, 'direct', NULL, ?2, ?3)
+                         ON CONFLICT (id) DO UPDATE SET activity = max(activity, excluded.activity)",
+                    )
+                    .map_err(internal)?;
+                let mut member = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO members (conversation, member, role)
+                         VALUES (?1, ?2, 'member')",
+                    )
+                    .map_err(internal)?;
                 for new in &batch {
                     let message = &new.message;
                     let scoped = new
@@ -407,12 +604,24 @@ impl Store for SqliteStore {
                         message.id.to_string(),
                         message.sender.to_string(),
                         message.recipient.to_string(),
-                        conversation_key(message.sender, message.recipient),
+                        message.conversation().to_string(),
                         &message.content,
                         rfc3339(message.sent_at),
                         message.kind.as_str(),
                         scoped,
                     ));
+                    if inserted.is_ok() {
+                        let conversation = message.conversation().to_string();
+                        let id = message.id.to_string();
+                        direct
+                            .execute((&conversation, rfc3339(message.sent_at), &id))
+                            .map_err(internal)?;
+                        for user in [message.sender, message.recipient] {
+                            member
+                                .execute((&conversation, user.to_string()))
+                                .map_err(internal)?;
+                        }
+                    }
                     outcomes.push(match inserted {
                         Ok(_) => Ok(Inserted::Stored),
                         Err(e) if is_foreign_key_violation(&e) => Err(StoreError::UnknownUser),
@@ -523,6 +732,19 @@ impl Store for SqliteStore {
                 [&id],
             )
             .map_err(internal)?;
+            tx.execute(
+                "DELETE FROM conversations WHERE kind = 'direct'
+                   AND id IN (SELECT conversation FROM members WHERE member = ?1)",
+                [&id],
+            )
+            .map_err(internal)?;
+            let groups: Vec<String> = tx
+                .prepare("SELECT conversation FROM members WHERE member = ?1")
+                .and_then(|mut q| q.query_map([&id], |row| row.get(0))?.collect())
+                .map_err(internal)?;
+            for group in groups {
+                leave(&tx, &group, &id).map_err(internal)?;
+            }
             let deleted = tx
                 .execute("DELETE FROM users WHERE id = ?1", [&id])
                 .map_err(internal)?;
@@ -566,7 +788,7 @@ impl Store for SqliteStore {
             match page.with {
                 Some(peer) => {
                     sql.push_str("conversation = ?");
-                    args.push(conversation_key(user, peer));
+                    args.push(ConversationId::direct(user, peer).to_string());
                 }
                 None => {
                     sql.push_str("(sender = ? OR recipient = ?)");
@@ -605,6 +827,178 @@ impl Store for SqliteStore {
                 messages.reverse();
             }
             Ok(messages)
+        })
+        .await
+    }
+
+    async fn create_conversation(&self, conversation: &Conversation) -> Result<(), StoreError> {
+        let conversation = conversation.clone();
+        self.with_conn(move |conn| {
+            let tx = write_transaction(conn)?;
+            let id = conversation.id.to_string();
+            tx.execute(
+                "INSERT INTO conversations (id, kind, title, created_at, activity)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                (
+                    &id,
+                    conversation.kind.as_str(),
+                    conversation.title.as_ref().map(Title::as_str),
+                    rfc3339(conversation.created_at),
+                    MessageId::new().to_string(),
+                ),
+            )
+            .map_err(internal)?;
+            for member in &conversation.members {
+                match insert_member(&tx, &id, member) {
+                    Err(e) if is_foreign_key_violation(&e) => return Err(StoreError::UnknownUser),
+                    other => other.map_err(internal)?,
+                };
+            }
+            tx.commit().map_err(internal)
+        })
+        .await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
+        self.with_conn(move |conn| load_conversation(conn, &id.to_string()).map_err(internal))
+            .await
+    }
+
+    async fn set_title(&self, id: ConversationId, title: &Title) -> Result<bool, StoreError> {
+        let title = title.clone();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE conversations SET title = ?1 WHERE id = ?2 AND kind = 'group'",
+                (title.as_str(), id.to_string()),
+            )
+            .map(|updated| updated > 0)
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn add_member(&self, id: ConversationId, member: &Member) -> Result<bool, StoreError> {
+        let member = member.clone();
+        self.with_conn(
+            move |conn| match insert_member(conn, &id.to_string(), &member) {
+                Ok(added) => Ok(added),
+                Err(e) if is_foreign_key_violation(&e) => Err(StoreError::UnknownUser),
+                Err(e) => Err(internal(e)),
+            },
+        )
+        .await
+    }
+
+    async fn remove_member(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Conversation>, StoreError> {
+        self.with_conn(move |conn| {
+            let tx = write_transaction(conn)?;
+            let id = id.to_string();
+            let Some(before) = load_conversation(&tx, &id).map_err(internal)? else {
+                return Ok(None);
+            };
+            if !leave(&tx, &id, &user.to_string()).map_err(internal)? {
+                return Ok(None);
+            }
+            let after = load_conversation(&tx, &id).map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            // The last member out deleted the group: to the caller it is left with nobody.
+            Ok(Some(after.unwrap_or(Conversation {
+                members: Vec::new(),
+                ..before
+            })))
+        })
+        .await
+    }
+
+    async fn conversations_of(
+        &self,
+        user: UserId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.with_conn(move |conn| {
+            let user = user.to_string();
+            let rows: Vec<(String, String, Option<String>)> = conn
+                .prepare_cached(
+                    "SELECT c.id, c.activity, m.read_upto FROM members m
+                     JOIN conversations c ON c.id = m.conversation
+                     WHERE m.member = ?1 AND c.activity < ?2
+                     ORDER BY c.activity DESC LIMIT ?3",
+                )
+                .and_then(|mut q| {
+                    q.query_map(
+                        (
+                            &user,
+                            before.map_or_else(|| "~".to_owned(), |b| b.to_string()),
+                            limit,
+                        ),
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    )?
+                    .collect()
+                })
+                .map_err(internal)?;
+            let mut summaries = Vec::with_capacity(rows.len());
+            for (id, activity, read_upto) in rows {
+                let Some(conversation) = load_conversation(conn, &id).map_err(internal)? else {
+                    continue;
+                };
+                let last_message = conn
+                    .query_row(
+                        "SELECT id, sender, recipient, content, sent_at, kind FROM messages
+                         WHERE conversation = ?1 ORDER BY id DESC LIMIT 1",
+                        [&id],
+                        message_from_row,
+                    )
+                    .optional()
+                    .map_err(internal)?;
+                let unread: i64 = conn
+                    .query_row(
+                        "SELECT count(*) FROM messages
+                         WHERE conversation = ?1 AND id > ?2 AND sender != ?3",
+                        (&id, read_upto.as_deref().unwrap_or(""), &user),
+                        |row| row.get(0),
+                    )
+                    .map_err(internal)?;
+                summaries.push(ConversationSummary {
+                    conversation,
+                    activity: MessageId::parse(&activity).map_err(|e| {
+                        StoreError::Internal(anyhow!("conversation {id}: activity {e}"))
+                    })?,
+                    last_message,
+                    unread: unread.max(0) as u64,
+                    read_upto: read_upto.and_then(|r| MessageId::parse(&r).ok()),
+                });
+            }
+            Ok(summaries)
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        upto: MessageId,
+    ) -> Result<Option<MessageId>, StoreError> {
+        self.with_conn(move |conn| {
+            let mark: Option<String> = conn
+                .query_row(
+                    "UPDATE members SET read_upto = max(coalesce(read_upto, ''), ?3)
+                     WHERE conversation = ?1 AND member = ?2 RETURNING read_upto",
+                    (id.to_string(), user.to_string(), upto.to_string()),
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(internal)?;
+            mark.map(|m| {
+                MessageId::parse(&m)
+                    .map_err(|e| StoreError::Internal(anyhow!("read mark of {user} in {id}: {e}")))
+            })
+            .transpose()
         })
         .await
     }

@@ -59,6 +59,14 @@ impl MongoStore {
             store.create_indexes().await?;
             Ok::<_, MongoError>(store)
         };
+        let connecting = async {
+            let store = connecting.await.map_err(|e| describe(&e))?;
+            store
+                .give_direct_conversations_ids()
+                .await
+                .map_err(|e| format!("giving conversations their ids: {e}"))?;
+            Ok::<_, String>(store)
+        };
         let outcome = tokio::time::timeout(STARTUP_TIMEOUT, connecting).await;
         let failure = match outcome {
             Ok(Ok(store)) => {
@@ -69,7 +77,7 @@ impl MongoStore {
                 );
                 return Ok(store);
             }
-            Ok(Err(e)) => uri.scrub(&describe(&e)),
+            Ok(Err(e)) => uri.scrub(&e),
             Err(_) => format!("no answer within {}s", STARTUP_TIMEOUT.as_secs()),
         };
         Err(anyhow!(
@@ -82,6 +90,8 @@ impl MongoStore {
         Self {
             users: database.collection("users"),
             messages: database.collection("messages"),
+            conversations: database.collection("conversations"),
+            members: database.collection("members"),
             database,
             origin: None,
         }
@@ -125,6 +135,22 @@ impl MongoStore {
             (
                 "messages",
                 named(doc! { "origin": 1, "_id": 1 }, "origin_by_id", false),
+            ),
+            (
+                "members",
+                named(doc! { "user": 1 }, "member_by_user", false),
+            ),
+            (
+                "members",
+                named(
+                    doc! { "conversation": 1, "joined": 1 },
+                    "member_by_conversation",
+                    false,
+                ),
+            ),
+            (
+                "conversations",
+                named(doc! { "activity": -1 }, "conversation_by_activity", false),
             ),
         ];
         for (collection, index) in indexes {

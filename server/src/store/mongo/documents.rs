@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::errors::corrupt;
 use crate::domain::{Email, Message, MessageId, MessageKind, ResponderChoice, Status, UserId};
-use crate::store::{NewMessage, StoreError, User, conversation_key};
+use crate::store::{NewMessage, StoreError, User};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct UserDoc {
@@ -36,7 +36,8 @@ pub(super) struct MessageDoc {
     pub(super) recipient: String,
     /// `[sender, recipient]`: one multikey index serves "all of a user's messages".
     pub(super) participants: [String; 2],
-    /// Both directions of one conversation share this key (see `conversation_key`).
+    /// The conversation's id (see `ConversationId::direct`); before conversations had ids,
+    /// the pair's key `low:high` (see `give_direct_conversations_ids`).
     pub(super) conversation: String,
     pub(super) content: String,
     pub(super) sent_at: bson::DateTime,
@@ -84,7 +85,7 @@ impl From<&Message> for MessageDoc {
         Self {
             id: message.id.to_string(),
             participants: [sender.clone(), recipient.clone()],
-            conversation: conversation_key(message.sender, message.recipient),
+            conversation: message.conversation().to_string(),
             sender,
             recipient,
             content: message.content.clone(),

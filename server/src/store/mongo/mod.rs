@@ -12,6 +12,7 @@
 //! as stored in `documents.rs`, and what a driver error means for the caller in `errors.rs`.
 
 mod connect;
+mod conversations;
 mod documents;
 mod errors;
 
@@ -25,13 +26,12 @@ use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
-use super::{
-    ClusterLog, Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User,
-    conversation_key,
-};
+use super::{ClusterLog, Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User};
 use crate::domain::{
-    Email, IDEMPOTENCY_WINDOW, Message, MessageId, MessagePage, ResponderChoice, Status, UserId,
+    Conversation, ConversationId, ConversationSummary, Email, IDEMPOTENCY_WINDOW, Member, Message,
+    MessageId, MessagePage, ResponderChoice, Status, Title, UserId,
 };
+use conversations::{ConversationDoc, MemberDoc};
 use documents::{MessageDoc, UserDoc};
 use errors::{classify, corrupt, is_duplicate_key, refused_one};
 
@@ -39,6 +39,8 @@ pub struct MongoStore {
     database: Database,
     users: Collection<UserDoc>,
     messages: Collection<MessageDoc>,
+    conversations: Collection<ConversationDoc>,
+    members: Collection<MemberDoc>,
     /// This node's name in a cluster, kept on every message it stores.
     origin: Option<String>,
 }
@@ -173,6 +175,28 @@ impl Store for MongoStore {
             .map(|credentials| credentials.user))
     }
 
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let docs: Vec<UserDoc> = self
+            .users
+            .find(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        docs.into_iter().map(User::try_from).collect()
+    }
+
+    async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
+        self.messages
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(classify)?
+            .map(Message::try_from)
+            .transpose()
+    }
+
     async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError> {
         let found = self
             .users
@@ -301,6 +325,18 @@ impl Store for MongoStore {
                 None => Err(StoreError::Internal(anyhow!("message outcome missing"))),
             });
         }
+        // Each stored message's direct conversation exists and shows it as its latest activity
+        // (the last of the batch per conversation is enough: ids grow).
+        let mut latest: HashMap<ConversationId, &Message> = HashMap::new();
+        for (index, outcome) in outcomes.iter().enumerate() {
+            if let Some(Ok(Inserted::Stored)) = outcome {
+                let message = &batch[index].message;
+                latest.insert(message.conversation(), message);
+            }
+        }
+        for message in latest.into_values() {
+            self.touch_direct(message).await?;
+        }
         Ok(outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(StoreError::Internal(anyhow!("outcome missing")))))
@@ -382,6 +418,7 @@ impl Store for MongoStore {
             .delete_many(doc! { "participants": &id })
             .await
             .map_err(classify)?;
+        self.leave_all(&id).await?;
         Ok(deleted.deleted_count > 0)
     }
 
@@ -408,7 +445,7 @@ impl Store for MongoStore {
         page: &MessagePage,
     ) -> Result<Vec<Message>, StoreError> {
         let mut filter = match page.with {
-            Some(peer) => doc! { "conversation": conversation_key(user, peer) },
+            Some(peer) => doc! { "conversation": ConversationId::direct(user, peer).to_string() },
             None => doc! { "participants": user.to_string() },
         };
         let mut id_range = id_range(page.after, page.upto);
@@ -438,6 +475,62 @@ impl Store for MongoStore {
             messages.reverse();
         }
         Ok(messages)
+    }
+
+    async fn create_conversation(&self, conversation: &Conversation) -> Result<(), StoreError> {
+        self.insert_conversation(conversation).await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
+        self.load_conversation(&id.to_string()).await
+    }
+
+    async fn set_title(&self, id: ConversationId, title: &Title) -> Result<bool, StoreError> {
+        self.rename(&id.to_string(), title).await
+    }
+
+    async fn add_member(&self, id: ConversationId, member: &Member) -> Result<bool, StoreError> {
+        self.insert_member(&id.to_string(), member).await
+    }
+
+    async fn remove_member(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let id = id.to_string();
+        let Some(before) = self.load_conversation(&id).await? else {
+            return Ok(None);
+        };
+        if !self.leave(&id, &user.to_string()).await? {
+            return Ok(None);
+        }
+        // The last member out deleted the group: to the caller it is left with nobody.
+        Ok(Some(self.load_conversation(&id).await?.unwrap_or(
+            Conversation {
+                members: Vec::new(),
+                ..before
+            },
+        )))
+    }
+
+    async fn conversations_of(
+        &self,
+        user: UserId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.summaries(user, before, limit).await
+    }
+
+    async fn mark_read(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        upto: MessageId,
+    ) -> Result<Option<MessageId>, StoreError> {
+        self.move_read_mark(&id.to_string(), &user.to_string(), upto)
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

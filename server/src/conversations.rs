@@ -1,0 +1,252 @@
+//! Conversations, whatever transport asks: creating groups, reading and changing them, the
+//! conversation list and read marks. Who may do what is decided here: a conversation the
+//! caller is not in does not exist for them (the same "Conversation not found" as one that
+//! does not exist at all), and only a group's owner renames it or changes its members
+//! (anyone may leave).
+
+use std::sync::Arc;
+
+use crate::domain::{
+    Conversation, ConversationId, ConversationKind, ConversationSummary, Member, MessageId, Role,
+    Title, UserId, ValidationError,
+};
+use crate::failure::Failure;
+use crate::store::{Store, StoreError, User};
+
+pub const CONVERSATION_NOT_FOUND: &str = "Conversation not found";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConversationError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// It does not exist, or the caller is not in it.
+    #[error("no such conversation")]
+    NotFound,
+    #[error("no such user")]
+    UserNotFound,
+    #[error("no such message in the conversation")]
+    MessageNotFound,
+    #[error("only the owner may do this")]
+    NotOwner,
+    #[error("a direct conversation has no title or members to change")]
+    Direct,
+    #[error("the group is full")]
+    Full(usize),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ConversationError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::UnknownUser => Self::UserNotFound,
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<ConversationError> for Failure {
+    fn from(err: ConversationError) -> Self {
+        match err {
+            ConversationError::Invalid(problem) => problem.into(),
+            ConversationError::NotFound => Failure::not_found(CONVERSATION_NOT_FOUND),
+            ConversationError::UserNotFound => Failure::not_found("User not found"),
+            ConversationError::MessageNotFound => Failure::not_found("Message not found"),
+            ConversationError::NotOwner => Failure::forbidden("Only the group's owner can do this"),
+            ConversationError::Direct => {
+                Failure::bad_request("A direct conversation has no title or members to change")
+            }
+            ConversationError::Full(max) => {
+                Failure::bad_request(format!("A group holds at most {max} members"))
+            }
+            ConversationError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// A conversation with its members' accounts, as clients are shown it.
+pub struct Detailed {
+    pub conversation: Conversation,
+    /// In joining order, beside their roles; members whose account is gone are left out.
+    pub members: Vec<(User, Role)>,
+}
+
+pub struct Conversations {
+    store: Arc<dyn Store>,
+    max_members: usize,
+}
+
+fn parse_user(raw: &str) -> Result<UserId, ValidationError> {
+    UserId::parse(raw).map_err(|problem| ValidationError::new(format!("member {problem}")))
+}
+
+impl Conversations {
+    pub fn new(store: Arc<dyn Store>, max_members: usize) -> Self {
+        Self { store, max_members }
+    }
+
+    /// A new group owned by `creator`, with the users of `members` in it.
+    pub async fn create_group(
+        &self,
+        creator: UserId,
+        title: &str,
+        members: &[String],
+    ) -> Result<Detailed, ConversationError> {
+        let title = Title::parse(title)?;
+        let others = members
+            .iter()
+            .map(|raw| parse_user(raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        let group = Conversation::new_group(title, creator, &others);
+        if group.members.len() > self.max_members {
+            return Err(ConversationError::Full(self.max_members));
+        }
+        self.store.create_conversation(&group).await?;
+        self.detailed(group).await
+    }
+
+    /// The conversation, if `caller` is in it.
+    pub async fn get(&self, caller: UserId, id: &str) -> Result<Conversation, ConversationError> {
+        let id = ConversationId::parse(id).map_err(|_| ConversationError::NotFound)?;
+        match self.store.conversation(id).await? {
+            Some(conversation) if conversation.member(caller).is_some() => Ok(conversation),
+            _ => Err(ConversationError::NotFound),
+        }
+    }
+
+    pub async fn get_detailed(
+        &self,
+        caller: UserId,
+        id: &str,
+    ) -> Result<Detailed, ConversationError> {
+        let conversation = self.get(caller, id).await?;
+        self.detailed(conversation).await
+    }
+
+    /// A group the caller owns.
+    async fn owned_group(
+        &self,
+        caller: UserId,
+        id: &str,
+    ) -> Result<Conversation, ConversationError> {
+        let conversation = self.get(caller, id).await?;
+        if conversation.kind == ConversationKind::Direct {
+            return Err(ConversationError::Direct);
+        }
+        if !conversation.is_owner(caller) {
+            return Err(ConversationError::NotOwner);
+        }
+        Ok(conversation)
+    }
+
+    pub async fn rename(
+        &self,
+        caller: UserId,
+        id: &str,
+        title: &str,
+    ) -> Result<Detailed, ConversationError> {
+        let title = Title::parse(title)?;
+        let conversation = self.owned_group(caller, id).await?;
+        if !self.store.set_title(conversation.id, &title).await? {
+            return Err(ConversationError::NotFound);
+        }
+        self.get_detailed(caller, id).await
+    }
+
+    pub async fn add_member(
+        &self,
+        caller: UserId,
+        id: &str,
+        user: &str,
+    ) -> Result<Detailed, ConversationError> {
+        let user = UserId::parse(user).map_err(|p| ValidationError::new(format!("user {p}")))?;
+        let conversation = self.owned_group(caller, id).await?;
+        if conversation.member(user).is_none() && conversation.members.len() >= self.max_members {
+            return Err(ConversationError::Full(self.max_members));
+        }
+        let member = Member {
+            user,
+            role: Role::Member,
+        };
+        self.store.add_member(conversation.id, &member).await?;
+        self.get_detailed(caller, id).await
+    }
+
+    /// The owner removes anyone; anyone removes themself (leaving). Returns the group as it is
+    /// after (no members: the last one left and it is gone).
+    pub async fn remove_member(
+        &self,
+        caller: UserId,
+        id: &str,
+        user: &str,
+    ) -> Result<Conversation, ConversationError> {
+        let user = UserId::parse(user).map_err(|_| ConversationError::UserNotFound)?;
+        let conversation = if user == caller {
+            let conversation = self.get(caller, id).await?;
+            if conversation.kind == ConversationKind::Direct {
+                return Err(ConversationError::Direct);
+            }
+            conversation
+        } else {
+            self.owned_group(caller, id).await?
+        };
+        if conversation.member(user).is_none() {
+            return Err(ConversationError::UserNotFound);
+        }
+        self.store
+            .remove_member(conversation.id, user)
+            .await?
+            .ok_or(ConversationError::UserNotFound)
+    }
+
+    pub async fn list(
+        &self,
+        caller: UserId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, ConversationError> {
+        Ok(self.store.conversations_of(caller, before, limit).await?)
+    }
+
+    /// Moves the caller's read mark forward to `upto`, a message of the conversation; returns
+    /// the mark after (an earlier `upto` leaves it where it was).
+    pub async fn mark_read(
+        &self,
+        caller: UserId,
+        id: &str,
+        upto: &str,
+    ) -> Result<(Conversation, MessageId), ConversationError> {
+        let conversation = self.get(caller, id).await?;
+        let upto = MessageId::parse(upto).map_err(|p| ValidationError::new(format!("upto {p}")))?;
+        match self.store.message(upto).await? {
+            Some(message) if message.conversation() == conversation.id => {}
+            _ => return Err(ConversationError::MessageNotFound),
+        }
+        let mark = self
+            .store
+            .mark_read(conversation.id, caller, upto)
+            .await?
+            .ok_or(ConversationError::NotFound)?;
+        Ok((conversation, mark))
+    }
+
+    async fn detailed(&self, conversation: Conversation) -> Result<Detailed, ConversationError> {
+        let ids: Vec<UserId> = conversation.members.iter().map(|m| m.user).collect();
+        let mut users: std::collections::HashMap<UserId, User> = self
+            .store
+            .users_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|u| (u.id, u))
+            .collect();
+        let members = conversation
+            .members
+            .iter()
+            .filter_map(|m| users.remove(&m.user).map(|u| (u, m.role)))
+            .collect();
+        Ok(Detailed {
+            conversation,
+            members,
+        })
+    }
+}
