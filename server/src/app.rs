@@ -13,6 +13,7 @@ use crate::api::AppState;
 use crate::auth::{PasswordHasher, Sessions, TokenService, load_or_create_secret};
 use crate::cluster::{Cluster, Parts as ClusterParts};
 use crate::config::Config;
+use crate::conversations::Conversations;
 use crate::limits::Limits;
 use crate::messaging::{BusyRecipients, FanOut, Messaging, Sequencer, Writer};
 use crate::metrics::MetricsServer;
@@ -124,7 +125,13 @@ impl Application {
             hub,
             messaging: messaging.clone(),
         };
+        let conversations = Arc::new(Conversations::new(
+            store.clone(),
+            limits.clone(),
+            config.limits.max_group_members,
+        ));
         let state = AppState {
+            conversations,
             messaging,
             responder,
             store: store.clone(),

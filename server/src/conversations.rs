@@ -10,7 +10,8 @@ use crate::domain::{
     Conversation, ConversationId, ConversationKind, ConversationSummary, Member, MessageId, Role,
     Title, UserId, ValidationError,
 };
-use crate::failure::Failure;
+use crate::failure::{Failure, RetryAfter};
+use crate::limits::Limits;
 use crate::store::{Store, StoreError, User};
 
 pub const CONVERSATION_NOT_FOUND: &str = "Conversation not found";
@@ -32,6 +33,8 @@ pub enum ConversationError {
     Direct,
     #[error("the group is full")]
     Full(usize),
+    #[error("creating groups too fast")]
+    TooFast(RetryAfter),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -59,6 +62,13 @@ impl From<ConversationError> for Failure {
             ConversationError::Full(max) => {
                 Failure::bad_request(format!("A group holds at most {max} members"))
             }
+            ConversationError::TooFast(wait) => Failure::too_many_requests(
+                format!(
+                    "You are creating groups too fast; try again in {} s",
+                    wait.seconds()
+                ),
+                wait,
+            ),
             ConversationError::Store(err) => err.into(),
         }
     }
@@ -73,6 +83,7 @@ pub struct Detailed {
 
 pub struct Conversations {
     store: Arc<dyn Store>,
+    limits: Arc<Limits>,
     max_members: usize,
 }
 
@@ -81,8 +92,12 @@ fn parse_user(raw: &str) -> Result<UserId, ValidationError> {
 }
 
 impl Conversations {
-    pub fn new(store: Arc<dyn Store>, max_members: usize) -> Self {
-        Self { store, max_members }
+    pub fn new(store: Arc<dyn Store>, limits: Arc<Limits>, max_members: usize) -> Self {
+        Self {
+            store,
+            limits,
+            max_members,
+        }
     }
 
     /// A new group owned by `creator`, with the users of `members` in it.
@@ -101,6 +116,9 @@ impl Conversations {
         if group.members.len() > self.max_members {
             return Err(ConversationError::Full(self.max_members));
         }
+        self.limits
+            .create_group(creator)
+            .map_err(ConversationError::TooFast)?;
         self.store.create_conversation(&group).await?;
         self.detailed(group).await
     }

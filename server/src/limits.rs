@@ -55,6 +55,7 @@ pub struct Limits {
     sends: Option<Keyed<UserId>>,
     auto_replies_per_pair: Option<Keyed<(UserId, UserId)>>,
     auto_replies_total: Option<DefaultDirectRateLimiter>,
+    groups_created: Option<Keyed<UserId>>,
 }
 
 impl Limits {
@@ -68,6 +69,7 @@ impl Limits {
             auto_replies_total: settings
                 .auto_replies_total
                 .map(|rate| RateLimiter::direct(quota(rate))),
+            groups_created: settings.groups_created.map(Keyed::new),
         }
     }
 
@@ -106,6 +108,11 @@ impl Limits {
         })
     }
 
+    /// One new group by `user`.
+    pub fn create_group(&self, user: UserId) -> Result<(), RetryAfter> {
+        check("groups_created", &self.groups_created, &user)
+    }
+
     pub fn send(&self, sender: UserId) -> Result<(), RetryAfter> {
         check("sends", &self.sends, &sender)
     }
@@ -139,6 +146,9 @@ impl Limits {
             l.sweep();
         }
         if let Some(l) = &self.auto_replies_per_pair {
+            l.sweep();
+        }
+        if let Some(l) = &self.groups_created {
             l.sweep();
         }
         let now = Instant::now();

@@ -8,6 +8,7 @@ mod attacks;
 mod auth;
 mod binary;
 mod chat;
+mod conversations;
 mod cors;
 mod durability;
 mod errors;

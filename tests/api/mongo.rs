@@ -10,6 +10,7 @@ pub const STORE: helpers::StoreKind = helpers::StoreKind::Mongo;
 
 mod auth;
 mod chat;
+mod conversations;
 mod durability;
 mod errors;
 mod health;

@@ -11,6 +11,7 @@ use poem_openapi::{ApiResponse, Object};
 
 use crate::accounts::AccountError;
 use crate::auth::{AuthError, HashError};
+use crate::conversations::ConversationError;
 use crate::domain::ValidationError;
 use crate::failure::{Failure, RetryAfter, capitalize};
 use crate::messaging::SendError;
@@ -168,6 +169,7 @@ answered_as_failure!(
     HashError,
     AccountError,
     ChoiceError,
+    ConversationError,
 );
 
 /// poem-openapi calls this when it cannot parse a request for an operation.

@@ -3,6 +3,7 @@
 
 mod auth;
 mod chat;
+mod conversations;
 pub mod error;
 mod health;
 pub mod middleware;
@@ -23,6 +24,8 @@ enum ApiTags {
     Auth,
     /// Sending and reading messages.
     Chat,
+    /// Groups, the conversation list and read marks.
+    Conversations,
     /// Profiles and status.
     Users,
     /// Liveness and readiness probes.
@@ -34,6 +37,7 @@ enum ApiTags {
 pub type Api = (
     auth::AuthApi,
     chat::ChatApi,
+    conversations::ConversationsApi,
     users::UsersApi,
     plugins::PluginsApi,
     health::HealthApi,
@@ -44,6 +48,7 @@ pub fn service() -> OpenApiService<Api, ()> {
         (
             auth::AuthApi,
             chat::ChatApi,
+            conversations::ConversationsApi,
             users::UsersApi,
             plugins::PluginsApi,
             health::HealthApi,

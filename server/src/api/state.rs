@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use crate::accounts::Accounts;
 use crate::auth::Sessions;
+use crate::conversations::Conversations;
 use crate::limits::Limits;
 use crate::messaging::Messaging;
 use crate::responder::Responder;
@@ -13,6 +14,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub accounts: Arc<Accounts>,
+    pub conversations: Arc<Conversations>,
     pub sessions: Arc<Sessions>,
     pub messaging: Arc<Messaging>,
     pub responder: Arc<Responder>,

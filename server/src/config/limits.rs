@@ -73,6 +73,10 @@ pub struct LimitSettings {
     pub connections_per_user: Option<usize>,
     /// Live connections in total, and Engine.IO sessions in total (`MAX_CONNECTIONS`).
     pub connections_total: Option<usize>,
+    /// Groups one user may create (`GROUP_CREATE_LIMIT`).
+    pub groups_created: Option<Rate>,
+    /// Members a group may hold, its owner included (`MAX_GROUP_MEMBERS`).
+    pub max_group_members: usize,
     /// Password hashes computed at once (`PASSWORD_HASH_CONCURRENCY`).
     pub hash_concurrency: usize,
     /// How long a login or registration waits for a hashing slot before a 503
@@ -91,6 +95,8 @@ impl Default for LimitSettings {
             auto_replies_total: Some(Rate::new(1000, Duration::from_secs(3600))),
             connections_per_user: Some(20),
             connections_total: Some(10_000),
+            groups_created: Some(Rate::new(20, Duration::from_secs(3600))),
+            max_group_members: crate::domain::DEFAULT_MAX_GROUP_MEMBERS,
             // Half the CPUs: logins queue for their slot while sends keep the other half.
             hash_concurrency: (cpus / 2).max(1),
             hash_wait: Duration::from_secs(5),
@@ -127,6 +133,12 @@ impl LimitSettings {
                 parse_cap,
             )?,
             connections_total: env.var("MAX_CONNECTIONS", defaults.connections_total, parse_cap)?,
+            groups_created: env.var("GROUP_CREATE_LIMIT", defaults.groups_created, Rate::parse)?,
+            max_group_members: env.var(
+                "MAX_GROUP_MEMBERS",
+                defaults.max_group_members,
+                parse_group_size,
+            )?,
             hash_concurrency,
             hash_wait,
         })
@@ -139,6 +151,15 @@ fn parse_cap(raw: &str) -> Result<Option<usize>, String> {
         .parse::<usize>()
         .map(|n| (n > 0).then_some(n))
         .map_err(|_| format!("must be a whole number (0: no limit), got {raw:?}"))
+}
+
+/// `MAX_GROUP_MEMBERS`: 2 to 100,000 (a group's pushes fan out to every member's devices).
+fn parse_group_size(raw: &str) -> Result<usize, String> {
+    raw.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (2..=100_000).contains(n))
+        .ok_or_else(|| format!("must be between 2 and 100000, got {raw:?}"))
 }
 
 /// `PASSWORD_HASH_CONCURRENCY`: 1 to 256.

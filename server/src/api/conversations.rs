@@ -1,0 +1,455 @@
+use chrono::SecondsFormat;
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::ApiTags;
+use super::AppState;
+use super::error::ApiError;
+use super::schema::{PageLimit, UuidText};
+use super::security::AuthUser;
+use crate::conversations::Detailed;
+use crate::domain::{
+    ConversationKind, ConversationSummary, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessageId, Role,
+    UserId, ValidationError,
+};
+use crate::messaging::MessageView;
+
+pub struct ConversationsApi;
+
+const GROUP: &str = "0193a5f4-1b2c-7d3e-8f40-5a6b7c8d9e0f";
+const ADA: &str = "0193a5f2-7c1e-7b3a-9f1e-2b6c8d4e5f60";
+const GRACE: &str = "0193a5f2-9d40-7e21-8c3b-5a6f7e8d9c0b";
+const MESSAGE: &str = "0193a5f3-0a4b-7c2d-8e9f-1a2b3c4d5e6f";
+
+/// A new group.
+#[derive(Object)]
+#[oai(example)]
+pub struct NewGroupBody {
+    /// 1 to 100 characters once trimmed; no invisible or control characters.
+    #[oai(validator(max_length = 1000))]
+    pub title: String,
+    /// The other members' user ids (the creator is the owner without being listed).
+    #[oai(validator(max_items = 100000))]
+    pub members: Vec<UuidText>,
+}
+
+impl Example for NewGroupBody {
+    fn example() -> Self {
+        Self {
+            title: "Lunch crew".to_owned(),
+            members: vec![UuidText(GRACE.to_owned())],
+        }
+    }
+}
+
+#[derive(Object)]
+#[oai(example)]
+pub struct RenameBody {
+    /// 1 to 100 characters once trimmed; no invisible or control characters.
+    #[oai(validator(max_length = 1000))]
+    pub title: String,
+}
+
+impl Example for RenameBody {
+    fn example() -> Self {
+        Self {
+            title: "Dinner crew".to_owned(),
+        }
+    }
+}
+
+#[derive(Object)]
+#[oai(example)]
+pub struct AddMemberBody {
+    /// The user id to add.
+    pub user: UuidText,
+}
+
+impl Example for AddMemberBody {
+    fn example() -> Self {
+        Self {
+            user: UuidText(GRACE.to_owned()),
+        }
+    }
+}
+
+#[derive(Object)]
+#[oai(example)]
+pub struct ReadBody {
+    /// A message of the conversation: everything up to it is read.
+    pub upto: UuidText,
+}
+
+impl Example for ReadBody {
+    fn example() -> Self {
+        Self {
+            upto: UuidText(MESSAGE.to_owned()),
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct MemberView {
+    pub id: String,
+    pub email: String,
+    /// "owner" (renames the group, adds and removes members) or "member".
+    pub role: Role,
+}
+
+/// A conversation and its members, in the order they joined.
+#[derive(Object)]
+#[oai(example)]
+pub struct ConversationView {
+    pub id: String,
+    /// "direct" (two people) or "group".
+    pub kind: ConversationKind,
+    /// Groups only.
+    #[oai(skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    pub members: Vec<MemberView>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+}
+
+impl From<Detailed> for ConversationView {
+    fn from(detailed: Detailed) -> Self {
+        let Detailed {
+            conversation,
+            members,
+        } = detailed;
+        Self {
+            id: conversation.id.to_string(),
+            kind: conversation.kind,
+            title: conversation.title.map(|t| t.as_str().to_owned()),
+            members: members
+                .into_iter()
+                .map(|(user, role)| MemberView {
+                    id: user.id.to_string(),
+                    email: user.email.as_str().to_owned(),
+                    role,
+                })
+                .collect(),
+            created_at: conversation
+                .created_at
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        }
+    }
+}
+
+impl Example for ConversationView {
+    fn example() -> Self {
+        Self {
+            id: GROUP.to_owned(),
+            kind: ConversationKind::Group,
+            title: Some("Lunch crew".to_owned()),
+            members: vec![
+                MemberView {
+                    id: ADA.to_owned(),
+                    email: "ada@example.com".to_owned(),
+                    role: Role::Owner,
+                },
+                MemberView {
+                    id: GRACE.to_owned(),
+                    email: "grace@example.com".to_owned(),
+                    role: Role::Member,
+                },
+            ],
+            created_at: "2026-11-27T12:00:00.000Z".to_owned(),
+        }
+    }
+}
+
+/// One line of the conversation list.
+#[derive(Object)]
+#[oai(example)]
+pub struct ConversationListItem {
+    pub id: String,
+    pub kind: ConversationKind,
+    /// Groups only.
+    #[oai(skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    /// Direct conversations only: the other person's user id.
+    #[oai(skip_serializing_if_is_none)]
+    pub peer: Option<String>,
+    /// The newest message, if there is one.
+    #[oai(skip_serializing_if_is_none)]
+    pub last_message: Option<MessageView>,
+    /// Messages after `read_upto` that others sent.
+    pub unread: u64,
+    /// The caller's read mark: the id of the last message they have read.
+    #[oai(skip_serializing_if_is_none)]
+    pub read_upto: Option<String>,
+    /// Pass the last item's `cursor` as `before` for the next page.
+    pub cursor: String,
+}
+
+impl ConversationListItem {
+    fn new(caller: UserId, summary: ConversationSummary) -> Self {
+        let ConversationSummary {
+            conversation,
+            activity,
+            last_message,
+            unread,
+            read_upto,
+        } = summary;
+        let peer = (conversation.kind == ConversationKind::Direct).then(|| {
+            conversation
+                .members
+                .iter()
+                .map(|m| m.user)
+                .find(|&u| u != caller)
+                .unwrap_or(caller)
+                .to_string()
+        });
+        Self {
+            id: conversation.id.to_string(),
+            kind: conversation.kind,
+            title: conversation.title.map(|t| t.as_str().to_owned()),
+            peer,
+            last_message: last_message.map(MessageView::from),
+            unread,
+            read_upto: read_upto.map(|r| r.to_string()),
+            cursor: activity.to_string(),
+        }
+    }
+}
+
+impl Example for ConversationListItem {
+    fn example() -> Self {
+        Self {
+            id: GROUP.to_owned(),
+            kind: ConversationKind::Group,
+            title: Some("Lunch crew".to_owned()),
+            peer: None,
+            last_message: None,
+            unread: 2,
+            read_upto: Some(MESSAGE.to_owned()),
+            cursor: MESSAGE.to_owned(),
+        }
+    }
+}
+
+/// A read mark, as it is after the request.
+#[derive(Object)]
+#[oai(example)]
+pub struct ReadMark {
+    pub conversation: String,
+    pub user: String,
+    /// Never moves back: an older `upto` leaves it where it was.
+    pub upto: String,
+}
+
+impl Example for ReadMark {
+    fn example() -> Self {
+        Self {
+            conversation: GROUP.to_owned(),
+            user: ADA.to_owned(),
+            upto: MESSAGE.to_owned(),
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+enum CreatedResponse {
+    /// The group exists, with the caller as its owner.
+    #[oai(status = 201)]
+    Created(Json<ConversationView>),
+}
+
+#[derive(ApiResponse)]
+enum RemovedResponse {
+    /// They are out of the group (the last member out deletes it).
+    #[oai(status = 204)]
+    Removed,
+}
+
+#[OpenApi(tag = "ApiTags::Conversations")]
+impl ConversationsApi {
+    /// Create a group
+    ///
+    /// The caller becomes its owner; the listed users its members. 404 `User not found` when
+    /// one of them does not exist.
+    #[oai(
+        path = "/api/conversations",
+        method = "post",
+        operation_id = "createGroup"
+    )]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        body: Json<NewGroupBody>,
+    ) -> Result<CreatedResponse, ApiError> {
+        let Json(body) = body;
+        let members: Vec<String> = body.members.into_iter().map(|m| m.0).collect();
+        let group = state
+            .conversations
+            .create_group(user, &body.title, &members)
+            .await?;
+        Ok(CreatedResponse::Created(Json(group.into())))
+    }
+
+    /// List conversations
+    ///
+    /// The caller's conversations, most recent activity first, with the newest message, the
+    /// unread count and the caller's read mark. Paged: pass the last item's `cursor` as
+    /// `before` for the next page.
+    #[oai(
+        path = "/api/conversations",
+        method = "get",
+        operation_id = "listConversations"
+    )]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        /// Only conversations older than this cursor (an item's `cursor`).
+        before: Query<Option<UuidText>>,
+        /// Page size, 1 to 200 (default 50).
+        limit: Query<Option<PageLimit>>,
+    ) -> Result<Json<Vec<ConversationListItem>>, ApiError> {
+        let before = before
+            .0
+            .map(|b| MessageId::parse(&b.0))
+            .transpose()
+            .map_err(|_| ApiError::bad_request("before must be a cursor from this list"))?;
+        let limit = limit.0.map_or(DEFAULT_PAGE_LIMIT, |l| l.0);
+        if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
+            return Err(ValidationError::new(format!(
+                "limit must be between 1 and {MAX_PAGE_LIMIT}"
+            ))
+            .into());
+        }
+        let summaries = state.conversations.list(user, before, limit).await?;
+        Ok(Json(
+            summaries
+                .into_iter()
+                .map(|s| ConversationListItem::new(user, s))
+                .collect(),
+        ))
+    }
+
+    /// Get a conversation
+    ///
+    /// Its kind, title (groups) and members. 404 `Conversation not found` when it does not
+    /// exist or the caller is not in it.
+    #[oai(
+        path = "/api/conversations/:id",
+        method = "get",
+        operation_id = "getConversation"
+    )]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        /// The conversation's id.
+        id: Path<String>,
+    ) -> Result<Json<ConversationView>, ApiError> {
+        let detailed = state.conversations.get_detailed(user, &id.0).await?;
+        Ok(Json(detailed.into()))
+    }
+
+    /// Rename a group
+    ///
+    /// The owner only (403 for other members).
+    #[oai(
+        path = "/api/conversations/:id",
+        method = "patch",
+        operation_id = "renameGroup"
+    )]
+    async fn rename(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        /// The group's id.
+        id: Path<String>,
+        body: Json<RenameBody>,
+    ) -> Result<Json<ConversationView>, ApiError> {
+        let detailed = state
+            .conversations
+            .rename(user, &id.0, &body.0.title)
+            .await?;
+        Ok(Json(detailed.into()))
+    }
+
+    /// Add a member
+    ///
+    /// The owner only (403 for other members). Adding someone who is a member already changes
+    /// nothing.
+    #[oai(
+        path = "/api/conversations/:id/members",
+        method = "post",
+        operation_id = "addMember"
+    )]
+    async fn add_member(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        /// The group's id.
+        id: Path<String>,
+        body: Json<AddMemberBody>,
+    ) -> Result<Json<ConversationView>, ApiError> {
+        let detailed = state
+            .conversations
+            .add_member(user, &id.0, &body.0.user.0)
+            .await?;
+        Ok(Json(detailed.into()))
+    }
+
+    /// Remove a member, or leave
+    ///
+    /// The owner removes anyone; anyone removes themself, which is leaving. When the owner
+    /// leaves, the member who joined earliest becomes the owner; the last member out deletes
+    /// the group and its messages.
+    #[oai(
+        path = "/api/conversations/:id/members/:user",
+        method = "delete",
+        operation_id = "removeMember"
+    )]
+    async fn remove_member(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(caller): AuthUser,
+        /// The group's id.
+        id: Path<String>,
+        /// The member's user id.
+        user: Path<String>,
+    ) -> Result<RemovedResponse, ApiError> {
+        state
+            .conversations
+            .remove_member(caller, &id.0, &user.0)
+            .await?;
+        Ok(RemovedResponse::Removed)
+    }
+
+    /// Mark as read
+    ///
+    /// Moves the caller's read mark forward to `upto`, a message of the conversation (never
+    /// back). 404 `Message not found` for a message that is not in it.
+    #[oai(
+        path = "/api/conversations/:id/read",
+        method = "post",
+        operation_id = "markRead"
+    )]
+    async fn mark_read(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        /// The conversation's id.
+        id: Path<String>,
+        body: Json<ReadBody>,
+    ) -> Result<Json<ReadMark>, ApiError> {
+        let (conversation, mark) = state
+            .conversations
+            .mark_read(user, &id.0, &body.0.upto.0)
+            .await?;
+        Ok(Json(ReadMark {
+            conversation: conversation.id.to_string(),
+            user: user.to_string(),
+            upto: mark.to_string(),
+        }))
+    }
+}
