@@ -237,7 +237,7 @@ impl Conversations {
         let conversation = self.get(caller, id).await?;
         let upto = MessageId::parse(upto).map_err(|p| ValidationError::new(format!("upto {p}")))?;
         match self.store.message(upto).await? {
-            Some(message) if message.conversation() == conversation.id => {}
+            Some(message) if message.conversation == conversation.id => {}
             _ => return Err(ConversationError::MessageNotFound),
         }
         let mark = self

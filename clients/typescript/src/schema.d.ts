@@ -614,7 +614,8 @@ export interface components {
             /** @description The conversation it belongs to (see `GET /api/conversations/{id}`). */
             conversation: string;
             sender: string;
-            recipient: string;
+            /** @description Direct messages only; a group message goes to the group's members. */
+            recipient?: string;
             content: string;
             /** @description RFC 3339, UTC, millisecond precision. */
             sent_at: string;

@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::models::{MessageSent, SendMessageBody};
 use super::schema::{KeyText, PageLimit, UuidText};
 use super::security::AuthUser;
-use crate::domain::{MessageId, MessagePage, UserId, ValidationError};
+use crate::domain::{ConversationId, MessageId, MessagePage, UserId, ValidationError};
 use crate::messaging::{MessageView, SendRequest};
 
 pub struct ChatApi;
@@ -50,7 +50,7 @@ impl ChatApi {
     ) -> Result<Json<Vec<MessageView>>, ApiError> {
         let with = parse_optional("with", with.0.map(|t| t.0), UserId::parse)?;
         let page = MessagePage::new(
-            with,
+            with.map(|peer| ConversationId::direct(user, peer)),
             parse_optional("before", before.0.map(|t| t.0), MessageId::parse)?,
             parse_optional("after", after.0.map(|t| t.0), MessageId::parse)?,
             limit.0.map(|l| l.0),

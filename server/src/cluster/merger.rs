@@ -226,21 +226,24 @@ async fn answer_orphans(
             return;
         }
     };
-    let mut newest: HashMap<(UserId, UserId), Message> = HashMap::new();
+    let mut newest: HashMap<(UserId, UserId), (UserId, Message)> = HashMap::new();
     for message in awaiting {
-        newest.insert((message.sender, message.recipient), message);
+        // Only direct messages await an auto-reply.
+        if let Some(recipient) = message.recipient {
+            newest.insert((message.sender, recipient), (recipient, message));
+        }
     }
-    for message in newest.into_values() {
+    for (recipient, message) in newest.into_values() {
         let page = MessagePage {
-            with: Some(message.sender),
+            conversation: Some(message.conversation),
             after: Some(message.id),
             limit: crate::domain::MAX_PAGE_LIMIT,
             ..MessagePage::default()
         };
-        let answered = match store.list_messages(message.recipient, &page).await {
+        let answered = match store.list_messages(recipient, &page).await {
             Ok(later) => later
                 .iter()
-                .any(|m| m.kind == MessageKind::AutoReply && m.sender == message.recipient),
+                .any(|m| m.kind == MessageKind::AutoReply && m.sender == recipient),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check for an answer; sending the fallback");
                 false

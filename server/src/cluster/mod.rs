@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::config::ClusterSettings;
-use crate::domain::{Message, MessageId, MessageKind, Status, UserId};
+use crate::domain::{ConversationId, Message, MessageId, MessageKind, Status, UserId};
 use crate::messaging::{FanOut, Sequencer, Unavailable};
 use crate::store::{ClusterLog, Store};
 
@@ -127,7 +127,10 @@ struct Frame {
 struct WireMessage {
     id: String,
     sender: String,
-    recipient: String,
+    /// Direct messages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recipient: Option<String>,
+    conversation: String,
     content: String,
     sent_at_ms: i64,
     kind: String,
@@ -138,7 +141,8 @@ impl From<&Message> for WireMessage {
         Self {
             id: m.id.to_string(),
             sender: m.sender.to_string(),
-            recipient: m.recipient.to_string(),
+            recipient: m.recipient.map(|r| r.to_string()),
+            conversation: m.conversation.to_string(),
             content: m.content.clone(),
             sent_at_ms: m.sent_at.timestamp_millis(),
             kind: m.kind.as_str().to_owned(),
@@ -154,7 +158,13 @@ impl TryFrom<WireMessage> for Message {
         Ok(Message {
             id: MessageId::parse(&w.id).map_err(bad)?,
             sender: UserId::parse(&w.sender).map_err(bad)?,
-            recipient: UserId::parse(&w.recipient).map_err(bad)?,
+            recipient: w
+                .recipient
+                .as_deref()
+                .map(UserId::parse)
+                .transpose()
+                .map_err(bad)?,
+            conversation: ConversationId::parse(&w.conversation).map_err(bad)?,
             content: w.content,
             sent_at: chrono::DateTime::from_timestamp_millis(w.sent_at_ms)
                 .ok_or("sent_at out of range")?,

@@ -34,28 +34,40 @@ impl MessageKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub id: MessageId,
+    pub conversation: ConversationId,
     pub sender: UserId,
-    pub recipient: UserId,
+    /// Direct messages only: a group message goes to whoever is in the group.
+    pub recipient: Option<UserId>,
     pub content: String,
     pub sent_at: DateTime<Utc>,
     pub kind: MessageKind,
 }
 
 impl Message {
+    /// A direct message.
     pub fn new(sender: UserId, recipient: UserId, content: Content, kind: MessageKind) -> Self {
         Self {
             id: MessageId::new(),
+            conversation: ConversationId::direct(sender, recipient),
             sender,
-            recipient,
+            recipient: Some(recipient),
             content: content.into_string(),
             sent_at: Utc::now().trunc_subsecs(3),
             kind,
         }
     }
 
-    /// The conversation the message belongs to.
-    pub fn conversation(&self) -> ConversationId {
-        ConversationId::direct(self.sender, self.recipient)
+    /// A message to a group.
+    pub fn to_group(sender: UserId, conversation: ConversationId, content: Content) -> Self {
+        Self {
+            id: MessageId::new(),
+            conversation,
+            sender,
+            recipient: None,
+            content: content.into_string(),
+            sent_at: Utc::now().trunc_subsecs(3),
+            kind: MessageKind::User,
+        }
     }
 }
 
@@ -69,7 +81,8 @@ pub const MAX_PAGE_LIMIT: u32 = 200;
 /// up after a reconnect. Either way the page is returned oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessagePage {
-    pub with: Option<UserId>,
+    /// Only this conversation (the caller checks that the user is in it).
+    pub conversation: Option<ConversationId>,
     pub before: Option<MessageId>,
     pub after: Option<MessageId>,
     pub limit: u32,
@@ -80,7 +93,7 @@ pub struct MessagePage {
 
 impl MessagePage {
     pub fn new(
-        with: Option<UserId>,
+        conversation: Option<ConversationId>,
         before: Option<MessageId>,
         after: Option<MessageId>,
         limit: Option<u32>,
@@ -92,7 +105,7 @@ impl MessagePage {
             )));
         }
         Ok(Self {
-            with,
+            conversation,
             before,
             after,
             limit,
@@ -104,7 +117,7 @@ impl MessagePage {
 impl Default for MessagePage {
     fn default() -> Self {
         Self {
-            with: None,
+            conversation: None,
             before: None,
             after: None,
             limit: DEFAULT_PAGE_LIMIT,

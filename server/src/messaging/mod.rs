@@ -203,7 +203,7 @@ impl Messaging {
             Delivered::Stored(message) => message,
             // A retry: the same answer as the first time, and nothing runs again.
             Delivered::Replayed(first)
-                if first.recipient == recipient.id && first.content == content.as_str() =>
+                if first.recipient == Some(recipient.id) && first.content == content.as_str() =>
             {
                 return Ok(first);
             }

@@ -16,7 +16,10 @@ pub struct MessageView {
     /// The conversation it belongs to (see `GET /api/conversations/{id}`).
     pub conversation: String,
     pub sender: String,
-    pub recipient: String,
+    /// Direct messages only; a group message goes to the group's members.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
     pub content: String,
     /// RFC 3339, UTC, millisecond precision.
     pub sent_at: String,
@@ -28,9 +31,9 @@ impl From<Message> for MessageView {
     fn from(message: Message) -> Self {
         Self {
             id: message.id.to_string(),
-            conversation: message.conversation().to_string(),
+            conversation: message.conversation.to_string(),
             sender: message.sender.to_string(),
-            recipient: message.recipient.to_string(),
+            recipient: message.recipient.map(|r| r.to_string()),
             content: message.content,
             sent_at: message.sent_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             kind: message.kind,
@@ -50,7 +53,7 @@ impl Example for MessageView {
             id: "0193a5f3-0a4b-7c2d-8e9f-1a2b3c4d5e6f".to_owned(),
             conversation: "5b3c1f0e-2d4a-5e6f-8a9b-0c1d2e3f4a5b".to_owned(),
             sender: "0193a5f2-7c1e-7b3a-9f1e-2b6c8d4e5f60".to_owned(),
-            recipient: "0193a5f2-9d40-7e21-8c3b-5a6f7e8d9c0b".to_owned(),
+            recipient: Some("0193a5f2-9d40-7e21-8c3b-5a6f7e8d9c0b".to_owned()),
             content: "Lunch at noon?".to_owned(),
             sent_at: "2026-11-27T12:00:00.000Z".to_owned(),
             kind: MessageKind::User,

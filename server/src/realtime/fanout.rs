@@ -21,10 +21,13 @@ impl LocalFanOut {
 impl FanOut for LocalFanOut {
     fn committed(&self, messages: Vec<Message>, _position: MessageId) {
         for message in &messages {
-            self.hub.publish(
-                &[message.recipient, message.sender],
-                Push::message(&MessageView::from(message)),
-            );
+            // Group messages cannot be sent yet: their pushes come with group sends.
+            if let Some(recipient) = message.recipient {
+                self.hub.publish(
+                    &[recipient, message.sender],
+                    Push::message(&MessageView::from(message)),
+                );
+            }
         }
     }
 

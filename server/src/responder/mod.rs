@@ -158,8 +158,12 @@ impl Responder {
     /// Stores `reply` as `message`'s auto-reply, unless one is stored already (by this node or,
     /// in a cluster, by another that took over from a node that died).
     async fn reply_to(&self, message: &Message, reply: Content) {
+        // Only direct messages are answered (a BUSY member does not answer for a group).
+        let Some(recipient) = message.recipient else {
+            return;
+        };
         let outgoing = Outgoing {
-            sender: message.recipient,
+            sender: recipient,
             recipient: message.sender,
             content: reply,
             kind: MessageKind::AutoReply,
@@ -197,7 +201,7 @@ impl BusyRecipients for Responder {
         if message.kind != MessageKind::User {
             return; // never answer an auto-reply: two BUSY users would talk forever
         }
-        let pair = (message.sender, message.recipient);
+        let pair = (message.sender, recipient.id);
         let Some(guard) = InFlight::claim(self.clone(), pair) else {
             tracing::debug!(sender = %message.sender, recipient = %recipient.id,
                 "an auto-reply is already on its way; not starting another");
@@ -287,7 +291,7 @@ impl Responder {
             None => deadline,
         };
         let page = MessagePage {
-            with: Some(message.sender),
+            conversation: Some(message.conversation),
             limit: HISTORY,
             ..MessagePage::default()
         };
@@ -449,7 +453,8 @@ fn chat_message(message: &Message) -> ChatMessage {
     ChatMessage {
         id: message.id.to_string(),
         sender: message.sender.to_string(),
-        recipient: message.recipient.to_string(),
+        // The responder only ever sees direct messages, which have a recipient.
+        recipient: message.recipient.map(|r| r.to_string()).unwrap_or_default(),
         content: message.content.clone(),
         sent_at: message.sent_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         auto_reply: message.kind == MessageKind::AutoReply,

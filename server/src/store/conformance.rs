@@ -38,8 +38,9 @@ fn messages(pairs: &[(UserId, UserId)]) -> Vec<Message> {
         .enumerate()
         .map(|(i, (from, to))| Message {
             id: MessageId::new(),
+            conversation: ConversationId::direct(*from, *to),
             sender: *from,
-            recipient: *to,
+            recipient: Some(*to),
             content: format!("message {i}"),
             sent_at: start + ChronoDuration::milliseconds(i as i64),
             kind: if i % 3 == 2 {
@@ -210,7 +211,7 @@ async fn pages_scroll_back_and_catch_up(store: Arc<dyn Store>) {
     let all = ids(&batch);
     let with_b: Vec<MessageId> = batch
         .iter()
-        .filter(|m| m.sender == b || m.recipient == b)
+        .filter(|m| m.sender == b || m.recipient == Some(b))
         .map(|m| m.id)
         .collect();
     let limit = |n| MessagePage {
@@ -262,7 +263,7 @@ async fn pages_scroll_back_and_catch_up(store: Arc<dyn Store>) {
             &store,
             a,
             MessagePage {
-                with: Some(b),
+                conversation: Some(ConversationId::direct(a, b)),
                 ..limit(50)
             }
         )
@@ -274,7 +275,7 @@ async fn pages_scroll_back_and_catch_up(store: Arc<dyn Store>) {
             &store,
             b,
             MessagePage {
-                with: Some(a),
+                conversation: Some(ConversationId::direct(b, a)),
                 ..limit(50)
             }
         )
@@ -286,7 +287,7 @@ async fn pages_scroll_back_and_catch_up(store: Arc<dyn Store>) {
             &store,
             b,
             MessagePage {
-                with: Some(c),
+                conversation: Some(ConversationId::direct(b, c)),
                 ..limit(50)
             }
         )
@@ -295,7 +296,7 @@ async fn pages_scroll_back_and_catch_up(store: Arc<dyn Store>) {
     );
     let c_sees: Vec<MessageId> = batch
         .iter()
-        .filter(|m| m.sender == c || m.recipient == c)
+        .filter(|m| m.sender == c || m.recipient == Some(c))
         .map(|m| m.id)
         .collect();
     assert_eq!(page(&store, c, MessagePage::default()).await, c_sees);
@@ -731,6 +732,59 @@ async fn the_conversation_list_counts_unread_and_pages_by_activity(store: Arc<dy
     assert!(store.conversations_of(c, None, 10).await.expect("c").len() == 1);
 }
 
+async fn group_messages_reach_members_only_while_they_are_members(store: Arc<dyn Store>) {
+    let (a, b, c) = (
+        user(&store, "a").await,
+        user(&store, "b").await,
+        user(&store, "c").await,
+    );
+    let group = Conversation::new_group(title("G"), a, &[b]);
+    store.create_conversation(&group).await.expect("create");
+    let content = |text: &str| crate::domain::Content::parse(text.to_owned()).expect("content");
+    let first = Message::to_group(a, group.id, content("hello group"));
+    let from_outside = Message::to_group(c, group.id, content("let me in"));
+    let outcomes = store
+        .insert_messages(&[
+            NewMessage {
+                message: first.clone(),
+                idempotency_key: None,
+                awaits_reply: false,
+            },
+            NewMessage {
+                message: from_outside,
+                idempotency_key: None,
+                awaits_reply: false,
+            },
+        ])
+        .await
+        .expect("insert");
+    assert_eq!(outcomes[0].as_ref().expect("stored"), &Inserted::Stored);
+    assert!(matches!(outcomes[1], Err(StoreError::NotMember)));
+
+    assert_eq!(
+        store.message(first.id).await.expect("read"),
+        Some(first.clone())
+    );
+    let everything = MessagePage::default();
+    assert_eq!(page(&store, b, everything.clone()).await, vec![first.id]);
+    assert_eq!(
+        page(&store, c, everything.clone()).await,
+        Vec::<MessageId>::new()
+    );
+    let in_group = MessagePage {
+        conversation: Some(group.id),
+        ..MessagePage::default()
+    };
+    assert_eq!(page(&store, b, in_group).await, vec![first.id]);
+    let list = store.conversations_of(b, None, 10).await.expect("list");
+    assert_eq!(list[0].conversation.id, group.id);
+    assert_eq!(list[0].last_message.as_ref(), Some(&first));
+    assert_eq!(list[0].unread, 1);
+
+    store.remove_member(group.id, b).await.expect("remove");
+    assert_eq!(page(&store, b, everything).await, Vec::<MessageId>::new());
+}
+
 async fn deleting_a_user_takes_them_out_of_every_conversation(store: Arc<dyn Store>) {
     let (a, b) = (user(&store, "a").await, user(&store, "b").await);
     insert(&store, &messages(&[(a, b)])).await;
@@ -831,6 +885,7 @@ macro_rules! every_check {
                 direct_conversations_exist_from_their_first_message,
                 the_conversation_list_counts_unread_and_pages_by_activity,
                 deleting_a_user_takes_them_out_of_every_conversation,
+                group_messages_reach_members_only_while_they_are_members,
                 answers_pings,
             );
         )*

@@ -66,6 +66,9 @@ pub enum StoreError {
     /// A message's sender or recipient does not exist (any more).
     #[error("no such user")]
     UnknownUser,
+    /// A group message's sender is not (any more) in the group.
+    #[error("not a member of the conversation")]
+    NotMember,
     /// The database cannot be reached right now; the request may succeed later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -79,7 +82,7 @@ impl StoreError {
         match &self {
             StoreError::Unavailable(_) => crate::metrics::store_error("unavailable"),
             StoreError::Internal(_) => crate::metrics::store_error("internal"),
-            StoreError::EmailTaken | StoreError::UnknownUser => {}
+            StoreError::EmailTaken | StoreError::UnknownUser | StoreError::NotMember => {}
         }
         self
     }
@@ -89,6 +92,7 @@ impl StoreError {
         match self {
             StoreError::EmailTaken => StoreError::EmailTaken,
             StoreError::UnknownUser => StoreError::UnknownUser,
+            StoreError::NotMember => StoreError::NotMember,
             StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
             StoreError::Internal(cause) => StoreError::Internal(anyhow::anyhow!("{cause:#}")),
         }
@@ -103,6 +107,7 @@ impl From<StoreError> for Failure {
         match err {
             StoreError::EmailTaken => Failure::conflict("Email is already registered"),
             StoreError::UnknownUser => Failure::not_found("User not found"),
+            StoreError::NotMember => Failure::not_found("Conversation not found"),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "database unavailable");
                 Failure::unavailable(

@@ -91,6 +91,32 @@ const MIGRATIONS: &[Migration] = &[
     // Messages written before conversations had ids carry the pair's key ("low:high"): each
     // pair becomes a direct conversation and its messages take its id.
     Migration::Rust(give_direct_conversations_ids),
+    // Group messages have no recipient: the column becomes optional (SQLite rebuilds the table
+    // to change a column's constraints).
+    Migration::Sql(
+        r#"
+    CREATE TABLE messages_with_groups (
+        id           TEXT PRIMARY KEY,
+        sender       TEXT NOT NULL REFERENCES users(id),
+        recipient    TEXT REFERENCES users(id),
+        conversation TEXT NOT NULL,
+        content      TEXT NOT NULL,
+        sent_at      TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        idempotency  TEXT
+    );
+    INSERT INTO messages_with_groups
+        SELECT id, sender, recipient, conversation, content, sent_at, kind, idempotency
+        FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_with_groups RENAME TO messages;
+    CREATE INDEX messages_by_sender ON messages (sender, id);
+    CREATE INDEX messages_by_recipient ON messages (recipient, id);
+    CREATE INDEX messages_by_conversation ON messages (conversation, id);
+    CREATE INDEX messages_by_idempotency ON messages (idempotency)
+        WHERE idempotency IS NOT NULL;
+"#,
+    ),
 ];
 
 fn give_direct_conversations_ids(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -325,13 +351,17 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> Result<Message, rusqlite::Error>
     Ok(Message {
         id: decode(0, MessageId::parse(&row.get::<_, String>(0)?))?,
         sender: decode(1, UserId::parse(&row.get::<_, String>(1)?))?,
-        recipient: decode(2, UserId::parse(&row.get::<_, String>(2)?))?,
+        recipient: row
+            .get::<_, Option<String>>(2)?
+            .map(|r| decode(2, UserId::parse(&r)))
+            .transpose()?,
         content: row.get(3)?,
         sent_at: decode(
             4,
             DateTime::parse_from_rfc3339(&row.get::<_, String>(4)?).map(|t| t.with_timezone(&Utc)),
         )?,
         kind: decode(5, MessageKind::parse(&row.get::<_, String>(5)?))?,
+        conversation: decode(6, ConversationId::parse(&row.get::<_, String>(6)?))?,
     })
 }
 
@@ -489,7 +519,7 @@ impl Store for SqliteStore {
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
         self.with_conn(move |conn| {
             conn.query_row(
-                "SELECT id, sender, recipient, content, sent_at, kind FROM messages WHERE id = ?1",
+                "SELECT id, sender, recipient, content, sent_at, kind, conversation FROM messages WHERE id = ?1",
                 [id.to_string()],
                 message_from_row,
             )
@@ -559,7 +589,7 @@ impl Store for SqliteStore {
             {
                 let mut earlier = tx
                     .prepare_cached(
-                        "SELECT id, sender, recipient, content, sent_at, kind FROM messages
+                        "SELECT id, sender, recipient, content, sent_at, kind, conversation FROM messages
                          WHERE idempotency = ?1 AND sent_at >= ?2 ORDER BY id LIMIT 1",
                     )
                     .map_err(internal)?;
@@ -584,6 +614,16 @@ impl Store for SqliteStore {
                          VALUES (?1, ?2, 'member')",
                     )
                     .map_err(internal)?;
+                let mut in_group = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM members WHERE conversation = ?1 AND member = ?2",
+                    )
+                    .map_err(internal)?;
+                let mut group_activity = tx
+                    .prepare_cached(
+                        "UPDATE conversations SET activity = max(activity, ?2) WHERE id = ?1",
+                    )
+                    .map_err(internal)?;
                 for new in &batch {
                     let message = &new.message;
                     let scoped = new
@@ -600,26 +640,46 @@ impl Store for SqliteStore {
                             continue;
                         }
                     }
+                    // A group message is stored only while its sender is in the group (they
+                    // may have left, or been removed, since the send was checked).
+                    if message.recipient.is_none() {
+                        let member_now = in_group
+                            .exists((message.conversation.to_string(), message.sender.to_string()))
+                            .map_err(internal)?;
+                        if !member_now {
+                            outcomes.push(Err(StoreError::NotMember));
+                            continue;
+                        }
+                    }
                     let inserted = insert.execute((
                         message.id.to_string(),
                         message.sender.to_string(),
-                        message.recipient.to_string(),
-                        message.conversation().to_string(),
+                        message.recipient.map(|r| r.to_string()),
+                        message.conversation.to_string(),
                         &message.content,
                         rfc3339(message.sent_at),
                         message.kind.as_str(),
                         scoped,
                     ));
                     if inserted.is_ok() {
-                        let conversation = message.conversation().to_string();
+                        let conversation = message.conversation.to_string();
                         let id = message.id.to_string();
-                        direct
-                            .execute((&conversation, rfc3339(message.sent_at), &id))
-                            .map_err(internal)?;
-                        for user in [message.sender, message.recipient] {
-                            member
-                                .execute((&conversation, user.to_string()))
-                                .map_err(internal)?;
+                        match message.recipient {
+                            Some(recipient) => {
+                                direct
+                                    .execute((&conversation, rfc3339(message.sent_at), &id))
+                                    .map_err(internal)?;
+                                for user in [message.sender, recipient] {
+                                    member
+                                        .execute((&conversation, user.to_string()))
+                                        .map_err(internal)?;
+                                }
+                            }
+                            None => {
+                                group_activity
+                                    .execute((&conversation, &id))
+                                    .map_err(internal)?;
+                            }
                         }
                     }
                     outcomes.push(match inserted {
@@ -782,16 +842,25 @@ impl Store for SqliteStore {
         let page = page.clone();
         self.with_conn(move |conn| {
             let mut sql = String::from(
-                "SELECT id, sender, recipient, content, sent_at, kind FROM messages WHERE ",
+                "SELECT id, sender, recipient, content, sent_at, kind, conversation FROM messages WHERE ",
             );
             let mut args: Vec<String> = Vec::new();
-            match page.with {
-                Some(peer) => {
+            match page.conversation {
+                Some(conversation) => {
                     sql.push_str("conversation = ?");
-                    args.push(ConversationId::direct(user, peer).to_string());
+                    args.push(conversation.to_string());
                 }
+                // Direct messages by their own indexes; group messages of the groups the user
+                // is in now (one who left sees nothing more of a group, not even their own).
                 None => {
-                    sql.push_str("(sender = ? OR recipient = ?)");
+                    sql.push_str(
+                        "(recipient = ? OR (sender = ? AND recipient IS NOT NULL)
+                          OR (recipient IS NULL AND conversation IN
+                              (SELECT m.conversation FROM members m
+                               JOIN conversations c ON c.id = m.conversation
+                               WHERE m.member = ? AND c.kind = 'group')))",
+                    );
+                    args.push(user.to_string());
                     args.push(user.to_string());
                     args.push(user.to_string());
                 }
@@ -948,7 +1017,7 @@ impl Store for SqliteStore {
                 };
                 let last_message = conn
                     .query_row(
-                        "SELECT id, sender, recipient, content, sent_at, kind FROM messages
+                        "SELECT id, sender, recipient, content, sent_at, kind, conversation FROM messages
                          WHERE conversation = ?1 ORDER BY id DESC LIMIT 1",
                         [&id],
                         message_from_row,

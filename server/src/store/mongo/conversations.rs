@@ -61,10 +61,73 @@ fn millis(at: DateTime<Utc>) -> bson::DateTime {
 }
 
 impl MongoStore {
-    /// The direct conversation of a stored message exists, with both people in it, and its
-    /// activity is at least the message's id.
-    pub(super) async fn touch_direct(&self, message: &Message) -> Result<(), StoreError> {
-        let id = message.conversation().to_string();
+    /// The ids of the groups `user` is in.
+    pub(super) async fn groups_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = self
+            .members
+            .find(doc! { "user": user })
+            .await
+            .map_err(classify)?
+            .try_collect::<Vec<MemberDoc>>()
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .map(|m| m.conversation)
+            .collect();
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let groups: Vec<ConversationDoc> = self
+            .conversations
+            .find(doc! { "_id": { "$in": ids }, "kind": ConversationKind::Group.as_str() })
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        Ok(groups.into_iter().map(|g| g.id).collect())
+    }
+
+    /// Which `<conversation>/<sender>` memberships of the batch's group messages exist.
+    pub(super) async fn memberships_of_senders(
+        &self,
+        indexes: &[usize],
+        batch: &[crate::store::NewMessage],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let ids: Vec<String> = indexes
+            .iter()
+            .map(|&i| &batch[i].message)
+            .filter(|m| m.recipient.is_none())
+            .map(|m| format!("{}/{}", m.conversation, m.sender))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let found: Vec<MemberDoc> = self
+            .members
+            .find(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        Ok(found.into_iter().map(|m| m.id).collect())
+    }
+
+    /// A stored message's conversation shows it as its latest activity; a direct one is
+    /// created with both people in it if it did not exist.
+    pub(super) async fn touch(&self, message: &Message) -> Result<(), StoreError> {
+        let id = message.conversation.to_string();
+        let Some(recipient) = message.recipient else {
+            self.conversations
+                .update_one(
+                    doc! { "_id": &id },
+                    doc! { "$max": { "activity": message.id.to_string() } },
+                )
+                .await
+                .map_err(classify)?;
+            return Ok(());
+        };
         self.conversations
             .update_one(
                 doc! { "_id": &id },
@@ -79,7 +142,7 @@ impl MongoStore {
             .upsert(true)
             .await
             .map_err(classify)?;
-        for user in [message.sender, message.recipient] {
+        for user in [message.sender, recipient] {
             let member = member_doc(
                 &id,
                 &Member {
@@ -424,7 +487,7 @@ impl MongoStore {
             let Some(last) = last else { continue };
             // The conversation and its members first: a crash part-way leaves messages that the
             // next start still finds by their old key.
-            self.touch_direct(&Message::try_from(last)?).await?;
+            self.touch(&Message::try_from(last)?).await?;
             let id = ConversationId::direct(a, b).to_string();
             self.messages
                 .update_many(
@@ -491,7 +554,7 @@ mod tests {
 
         let store = MongoStore::connect(&settings).await.expect("connect");
         let page = MessagePage {
-            with: Some(b),
+            conversation: Some(ConversationId::direct(a, b)),
             ..MessagePage::default()
         };
         let listed = store.list_messages(a, &page).await.expect("list");

@@ -7,7 +7,9 @@ use mongodb::bson;
 use serde::{Deserialize, Serialize};
 
 use super::errors::corrupt;
-use crate::domain::{Email, Message, MessageId, MessageKind, ResponderChoice, Status, UserId};
+use crate::domain::{
+    ConversationId, Email, Message, MessageId, MessageKind, ResponderChoice, Status, UserId,
+};
 use crate::store::{NewMessage, StoreError, User};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,9 +35,13 @@ pub(super) struct MessageDoc {
     #[serde(rename = "_id")]
     pub(super) id: String,
     pub(super) sender: String,
-    pub(super) recipient: String,
-    /// `[sender, recipient]`: one multikey index serves "all of a user's messages".
-    pub(super) participants: [String; 2],
+    /// Direct messages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) recipient: Option<String>,
+    /// `[sender, recipient]` of a direct message (empty for a group message, which its
+    /// conversation's members see): one multikey index serves "all of a user's direct
+    /// messages".
+    pub(super) participants: Vec<String>,
     /// The conversation's id (see `ConversationId::direct`); before conversations had ids,
     /// the pair's key `low:high` (see `give_direct_conversations_ids`).
     pub(super) conversation: String,
@@ -81,11 +87,16 @@ impl From<&NewMessage> for MessageDoc {
 
 impl From<&Message> for MessageDoc {
     fn from(message: &Message) -> Self {
-        let (sender, recipient) = (message.sender.to_string(), message.recipient.to_string());
+        let sender = message.sender.to_string();
+        let recipient = message.recipient.map(|r| r.to_string());
         Self {
             id: message.id.to_string(),
-            participants: [sender.clone(), recipient.clone()],
-            conversation: message.conversation().to_string(),
+            participants: recipient
+                .iter()
+                .map(|r| vec![sender.clone(), r.clone()])
+                .next()
+                .unwrap_or_default(),
+            conversation: message.conversation.to_string(),
             sender,
             recipient,
             content: message.content.clone(),
@@ -105,10 +116,25 @@ impl TryFrom<MessageDoc> for Message {
         let bad = |e| corrupt("message", &doc.id, e);
         let sent_at = DateTime::<Utc>::from_timestamp_millis(doc.sent_at.timestamp_millis())
             .ok_or_else(|| corrupt("message", &doc.id, "timestamp out of range"))?;
+        let sender = UserId::parse(&doc.sender).map_err(bad)?;
+        let recipient = doc
+            .recipient
+            .as_deref()
+            .map(UserId::parse)
+            .transpose()
+            .map_err(bad)?;
+        let conversation = match recipient {
+            // Written before conversations had ids (the pair's key): being given its id.
+            Some(recipient) if doc.conversation.contains(':') => {
+                ConversationId::direct(sender, recipient)
+            }
+            _ => ConversationId::parse(&doc.conversation).map_err(bad)?,
+        };
         Ok(Message {
             id: MessageId::parse(&doc.id).map_err(bad)?,
-            sender: UserId::parse(&doc.sender).map_err(bad)?,
-            recipient: UserId::parse(&doc.recipient).map_err(bad)?,
+            conversation,
+            sender,
+            recipient,
             kind: MessageKind::parse(&doc.kind).map_err(bad)?,
             content: doc.content,
             sent_at,
@@ -122,10 +148,12 @@ mod tests {
 
     #[test]
     fn message_documents_round_trip() {
+        let (sender, recipient) = (UserId::new(), UserId::new());
         let message = Message {
             id: MessageId::new(),
-            sender: UserId::new(),
-            recipient: UserId::new(),
+            conversation: ConversationId::direct(sender, recipient),
+            sender,
+            recipient: Some(recipient),
             content: "hello".into(),
             sent_at: DateTime::from_timestamp_millis(1_790_000_000_123).expect("valid"),
             kind: MessageKind::AutoReply,
@@ -133,8 +161,17 @@ mod tests {
         let doc = MessageDoc::from(&message);
         assert_eq!(
             doc.participants,
-            [message.sender.to_string(), message.recipient.to_string()]
+            [sender.to_string(), recipient.to_string()]
         );
         assert_eq!(Message::try_from(doc).expect("valid"), message);
+        let group = Message {
+            conversation: ConversationId::new_group(),
+            recipient: None,
+            kind: MessageKind::User,
+            ..message
+        };
+        let doc = MessageDoc::from(&group);
+        assert!(doc.participants.is_empty());
+        assert_eq!(Message::try_from(doc).expect("valid"), group);
     }
 }

@@ -78,7 +78,8 @@ impl MongoStore {
     ) -> Result<std::collections::HashSet<String>, StoreError> {
         let mut ids: Vec<String> = indexes
             .iter()
-            .flat_map(|&i| [batch[i].message.sender, batch[i].message.recipient])
+            .flat_map(|&i| [Some(batch[i].message.sender), batch[i].message.recipient])
+            .flatten()
             .map(|id| id.to_string())
             .collect();
         ids.sort_unstable();
@@ -272,14 +273,24 @@ impl Store for MongoStore {
         // No foreign keys here: a message whose sender or recipient is gone fails alone, as
         // it does on SQLite, for the price of one lookup per batch.
         let existing = self.existing_users(&to_insert, batch).await?;
+        // A group message is stored only while its sender is in the group.
+        let in_groups = self.memberships_of_senders(&to_insert, batch).await?;
         to_insert.retain(|&index| {
             let message = &batch[index].message;
             let known = existing.contains(&message.sender.to_string())
-                && existing.contains(&message.recipient.to_string());
+                && message
+                    .recipient
+                    .is_none_or(|r| existing.contains(&r.to_string()));
             if !known {
                 outcomes[index] = Some(Err(StoreError::UnknownUser));
+                return false;
             }
-            known
+            let member = message.recipient.is_some()
+                || in_groups.contains(&format!("{}/{}", message.conversation, message.sender));
+            if !member {
+                outcomes[index] = Some(Err(StoreError::NotMember));
+            }
+            member
         });
 
         let mut rest = &to_insert[..];
@@ -331,11 +342,11 @@ impl Store for MongoStore {
         for (index, outcome) in outcomes.iter().enumerate() {
             if let Some(Ok(Inserted::Stored)) = outcome {
                 let message = &batch[index].message;
-                latest.insert(message.conversation(), message);
+                latest.insert(message.conversation, message);
             }
         }
         for message in latest.into_values() {
-            self.touch_direct(message).await?;
+            self.touch(message).await?;
         }
         Ok(outcomes
             .into_iter()
@@ -415,7 +426,7 @@ impl Store for MongoStore {
             .await
             .map_err(classify)?;
         self.messages
-            .delete_many(doc! { "participants": &id })
+            .delete_many(doc! { "$or": [{ "participants": &id }, { "sender": &id }] })
             .await
             .map_err(classify)?;
         self.leave_all(&id).await?;
@@ -444,9 +455,21 @@ impl Store for MongoStore {
         user: UserId,
         page: &MessagePage,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut filter = match page.with {
-            Some(peer) => doc! { "conversation": ConversationId::direct(user, peer).to_string() },
-            None => doc! { "participants": user.to_string() },
+        let mut filter = match page.conversation {
+            Some(conversation) => doc! { "conversation": conversation.to_string() },
+            None => {
+                // Direct messages by the participants index; group messages of the groups the
+                // user is in now (one who left sees nothing more of a group).
+                let groups = self.groups_of(&user.to_string()).await?;
+                if groups.is_empty() {
+                    doc! { "participants": user.to_string() }
+                } else {
+                    doc! { "$or": [
+                        { "participants": user.to_string() },
+                        { "conversation": { "$in": groups } },
+                    ] }
+                }
+            }
         };
         let mut id_range = id_range(page.after, page.upto);
         if let Some(before) = page.before {
