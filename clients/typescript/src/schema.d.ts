@@ -633,7 +633,6 @@ export interface components {
          *     }
          */
         NewGroupBody: {
-            /** @description 1 to 100 characters once trimmed; no invisible or control characters. */
             title: string;
             /** @description The other members' user ids (the creator is the owner without being listed). */
             members: string[];
@@ -789,7 +788,6 @@ export interface components {
          *     }
          */
         RenameBody: {
-            /** @description 1 to 100 characters once trimmed; no invisible or control characters. */
             title: string;
         };
         /**

@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::ApiTags;
 use super::AppState;
 use super::error::ApiError;
-use super::schema::{PageLimit, UuidText};
+use super::schema::{PageLimit, TitleText, UuidText};
 use super::security::AuthUser;
 use crate::conversations::Detailed;
 use crate::domain::{
@@ -28,9 +28,7 @@ const MESSAGE: &str = "0193a5f3-0a4b-7c2d-8e9f-1a2b3c4d5e6f";
 #[derive(Object)]
 #[oai(example)]
 pub struct NewGroupBody {
-    /// 1 to 100 characters once trimmed; no invisible or control characters.
-    #[oai(validator(max_length = 1000))]
-    pub title: String,
+    pub title: TitleText,
     /// The other members' user ids (the creator is the owner without being listed).
     #[oai(validator(max_items = 100000))]
     pub members: Vec<UuidText>,
@@ -39,7 +37,7 @@ pub struct NewGroupBody {
 impl Example for NewGroupBody {
     fn example() -> Self {
         Self {
-            title: "Lunch crew".to_owned(),
+            title: TitleText("Lunch crew".to_owned()),
             members: vec![UuidText(GRACE.to_owned())],
         }
     }
@@ -48,15 +46,13 @@ impl Example for NewGroupBody {
 #[derive(Object)]
 #[oai(example)]
 pub struct RenameBody {
-    /// 1 to 100 characters once trimmed; no invisible or control characters.
-    #[oai(validator(max_length = 1000))]
-    pub title: String,
+    pub title: TitleText,
 }
 
 impl Example for RenameBody {
     fn example() -> Self {
         Self {
-            title: "Dinner crew".to_owned(),
+            title: TitleText("Dinner crew".to_owned()),
         }
     }
 }
@@ -287,7 +283,7 @@ impl ConversationsApi {
         let members: Vec<String> = body.members.into_iter().map(|m| m.0).collect();
         let group = state
             .conversations
-            .create_group(user, &body.title, &members)
+            .create_group(user, &body.title.0, &members)
             .await?;
         Ok(CreatedResponse::Created(Json(group.into())))
     }
@@ -370,7 +366,7 @@ impl ConversationsApi {
     ) -> Result<Json<ConversationView>, ApiError> {
         let detailed = state
             .conversations
-            .rename(user, &id.0, &body.0.title)
+            .rename(user, &id.0, &body.0.title.0)
             .await?;
         Ok(Json(detailed.into()))
     }

@@ -122,6 +122,12 @@ documented_string!(
     KeyText, "idempotency key", None, Some(1), Some(crate::domain::MAX_KEY_CHARS)
 );
 documented_string!(
+    /// A group's title: 1 to 100 characters once trimmed and NFC-normalised, with no invisible
+    /// or control characters except spaces between words.
+    TitleText, "title", None, Some(1), Some(crate::domain::TITLE_MAX),
+    content_pattern()
+);
+documented_string!(
     /// Message content: 1 to 4,000 characters, not blank.
     ContentText, "content", None, Some(1), Some(crate::domain::CONTENT_MAX),
     content_pattern()
