@@ -382,6 +382,65 @@ async fn the_list_shows_recent_activity_first_with_unread_counts_and_read_marks(
 }
 
 #[tokio::test]
+async fn a_conversation_pages_its_own_messages_for_its_members_only() {
+    let app = TestApp::spawn().await;
+    let (ada, grace, eve) = (
+        app.user("ada").await,
+        app.user("grace").await,
+        app.user("eve").await,
+    );
+    let ids = [
+        app.send_ok(&ada, &grace, "one").await,
+        app.send_ok(&grace, &ada, "two").await,
+        app.send_ok(&ada, &grace, "three").await,
+    ];
+    app.send_ok(&ada, &eve, "elsewhere").await;
+    let conversation = app
+        .messages(&ada, &format!("?with={}", grace.id))
+        .await
+        .body[0]["conversation"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    let path = format!("/api/conversations/{conversation}/messages");
+    let listed = |answer: Answer| -> Vec<String> {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer
+            .body
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    assert_eq!(listed(app.get(&path, &grace.token).await), ids);
+    assert_eq!(
+        listed(app.get(&format!("{path}?limit=2"), &ada.token).await),
+        ids[1..]
+    );
+    assert_eq!(
+        listed(
+            app.get(&format!("{path}?after={}&limit=1", ids[0]), &ada.token)
+                .await
+        ),
+        ids[1..2]
+    );
+    assert_eq!(
+        listed(
+            app.get(&format!("{path}?before={}", ids[2]), &ada.token)
+                .await
+        ),
+        ids[..2]
+    );
+    let outsider = app.get(&path, &eve.token).await;
+    assert_eq!(outsider.status, StatusCode::NOT_FOUND);
+    assert_eq!(outsider.message(), "Conversation not found");
+    let bad = app.get(&format!("{path}?limit=0"), &ada.token).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.message(), "Limit must be between 1 and 200");
+}
+
+#[tokio::test]
 async fn groups_have_a_member_cap_and_a_creation_rate() {
     let app = TestApp::spawn_configured(|config| {
         config.limits.max_group_members = 3;

@@ -12,8 +12,8 @@ use super::schema::{PageLimit, TitleText, UuidText};
 use super::security::AuthUser;
 use crate::conversations::Detailed;
 use crate::domain::{
-    ConversationKind, ConversationSummary, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessageId, Role,
-    UserId, ValidationError,
+    ConversationKind, ConversationSummary, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessageId,
+    MessagePage, Role, UserId, ValidationError,
 };
 use crate::messaging::MessageView;
 
@@ -419,6 +419,47 @@ impl ConversationsApi {
             .remove_member(caller, &id.0, &user.0)
             .await?;
         Ok(RemovedResponse::Removed)
+    }
+
+    /// List a conversation's messages
+    ///
+    /// The messages of one conversation (direct or group) the caller is in, with the same
+    /// paging as `GET /api/chat/messages`: without `after`, the newest `limit` (older than
+    /// `before` when given); with `after`, the oldest `limit` newer than it. Oldest first.
+    #[oai(
+        path = "/api/conversations/:id/messages",
+        method = "get",
+        operation_id = "listConversationMessages"
+    )]
+    async fn messages(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        /// The conversation's id.
+        id: Path<String>,
+        /// Only messages older than this message id.
+        before: Query<Option<UuidText>>,
+        /// Only messages newer than this message id.
+        after: Query<Option<UuidText>>,
+        /// Page size, 1 to 200 (default 50).
+        limit: Query<Option<PageLimit>>,
+    ) -> Result<Json<Vec<MessageView>>, ApiError> {
+        let conversation = state.conversations.get(user, &id.0).await?;
+        let cursor = |name: &str, raw: Option<UuidText>| {
+            raw.map(|raw| {
+                MessageId::parse(&raw.0)
+                    .map_err(|problem| ValidationError::new(format!("{name} {problem}")))
+            })
+            .transpose()
+        };
+        let page = MessagePage::new(
+            Some(conversation.id),
+            cursor("before", before.0)?,
+            cursor("after", after.0)?,
+            limit.0.map(|l| l.0),
+        )?;
+        let messages = state.messaging.history(user, page).await?;
+        Ok(Json(messages.into_iter().map(MessageView::from).collect()))
     }
 
     /// Mark as read
