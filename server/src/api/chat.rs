@@ -7,21 +7,12 @@ use super::ApiTags;
 use super::AppState;
 use super::error::ApiError;
 use super::models::{MessageSent, SendMessageBody};
-use super::schema::{KeyText, PageLimit, UuidText};
+use super::schema::{KeyText, PageLimit, UuidText, parse_optional};
 use super::security::AuthUser;
-use crate::domain::{ConversationId, MessageId, MessagePage, UserId, ValidationError};
+use crate::domain::{ConversationId, MessageId, MessagePage, UserId};
 use crate::messaging::{MessageView, SendRequest};
 
 pub struct ChatApi;
-
-fn parse_optional<T>(
-    name: &str,
-    raw: Option<String>,
-    parse: impl Fn(&str) -> Result<T, ValidationError>,
-) -> Result<Option<T>, ValidationError> {
-    raw.map(|raw| parse(&raw).map_err(|problem| ValidationError::new(format!("{name} {problem}"))))
-        .transpose()
-}
 
 #[OpenApi(tag = "ApiTags::Chat")]
 impl ChatApi {

@@ -8,12 +8,11 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::ApiTags;
 use super::AppState;
 use super::error::ApiError;
-use super::schema::{PageLimit, TitleText, UuidText};
+use super::schema::{PageLimit, TitleText, UuidText, parse_optional};
 use super::security::AuthUser;
 use crate::conversations::Detailed;
 use crate::domain::{
-    ConversationKind, ConversationSummary, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessageId,
-    MessagePage, Role, UserId, ValidationError,
+    ConversationKind, ConversationSummary, MessageId, MessagePage, Role, UserId, page_limit,
 };
 use crate::messaging::MessageView;
 
@@ -312,13 +311,7 @@ impl ConversationsApi {
             .map(|b| MessageId::parse(&b.0))
             .transpose()
             .map_err(|_| ApiError::bad_request("before must be a cursor from this list"))?;
-        let limit = limit.0.map_or(DEFAULT_PAGE_LIMIT, |l| l.0);
-        if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
-            return Err(ValidationError::new(format!(
-                "limit must be between 1 and {MAX_PAGE_LIMIT}"
-            ))
-            .into());
-        }
+        let limit = page_limit(limit.0.map(|l| l.0))?;
         let summaries = state.conversations.list(user, before, limit).await?;
         Ok(Json(
             summaries
@@ -445,17 +438,10 @@ impl ConversationsApi {
         limit: Query<Option<PageLimit>>,
     ) -> Result<Json<Vec<MessageView>>, ApiError> {
         let conversation = state.conversations.get(user, &id.0).await?;
-        let cursor = |name: &str, raw: Option<UuidText>| {
-            raw.map(|raw| {
-                MessageId::parse(&raw.0)
-                    .map_err(|problem| ValidationError::new(format!("{name} {problem}")))
-            })
-            .transpose()
-        };
         let page = MessagePage::new(
             Some(conversation.id),
-            cursor("before", before.0)?,
-            cursor("after", after.0)?,
+            parse_optional("before", before.0.map(|t| t.0), MessageId::parse)?,
+            parse_optional("after", after.0.map(|t| t.0), MessageId::parse)?,
             limit.0.map(|l| l.0),
         )?;
         let messages = state.messaging.history(user, page).await?;

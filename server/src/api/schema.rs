@@ -10,6 +10,8 @@ use poem_openapi::types::{
 };
 use serde_json::Value;
 
+use crate::domain::ValidationError;
+
 /// A regex character class of every invisible BMP character (`domain::is_invisible`), without
 /// the brackets: `[^CLASS]` is "a visible character". Built once from the same predicate the
 /// server uses, so the spec and the server cannot drift apart. Astral invisibles (tag characters
@@ -167,4 +169,14 @@ impl ParseFromParameter for PageLimit {
     fn parse_from_parameter(value: &str) -> ParseResult<Self> {
         value.trim().parse().map(Self).map_err(ParseError::custom)
     }
+}
+
+/// An optional query value parsed into its domain type; a refusal names the parameter.
+pub fn parse_optional<T>(
+    name: &str,
+    raw: Option<String>,
+    parse: impl Fn(&str) -> Result<T, ValidationError>,
+) -> Result<Option<T>, ValidationError> {
+    raw.map(|raw| parse(&raw).map_err(|problem| ValidationError::new(format!("{name} {problem}"))))
+        .transpose()
 }

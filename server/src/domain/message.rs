@@ -91,6 +91,18 @@ pub struct MessagePage {
     pub upto: Option<MessageId>,
 }
 
+/// A page size as a client gave it: [`DEFAULT_PAGE_LIMIT`] when absent, else 1 to
+/// [`MAX_PAGE_LIMIT`]. Every paged list (messages, conversations) reads its `limit` here.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ValidationError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+    if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
+        return Err(ValidationError::new(format!(
+            "limit must be between 1 and {MAX_PAGE_LIMIT}"
+        )));
+    }
+    Ok(limit)
+}
+
 impl MessagePage {
     pub fn new(
         conversation: Option<ConversationId>,
@@ -98,12 +110,7 @@ impl MessagePage {
         after: Option<MessageId>,
         limit: Option<u32>,
     ) -> Result<Self, ValidationError> {
-        let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
-        if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
-            return Err(ValidationError::new(format!(
-                "limit must be between 1 and {MAX_PAGE_LIMIT}"
-            )));
-        }
+        let limit = page_limit(limit)?;
         Ok(Self {
             conversation,
             before,

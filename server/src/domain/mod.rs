@@ -19,7 +19,9 @@ pub use conversation::{
 pub use email::Email;
 pub use idempotency::{IDEMPOTENCY_WINDOW, IdempotencyKey, MAX_KEY_CHARS};
 pub use ids::{MessageId, UserId};
-pub use message::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Message, MessageKind, MessagePage};
+pub use message::{
+    DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Message, MessageKind, MessagePage, page_limit,
+};
 pub use password::{MAX_LEN as PASSWORD_MAX, MIN_LEN as PASSWORD_MIN, Password};
 pub use responder::{MAX_SETTING_CHARS, ResponderChoice};
 pub use status::Status;

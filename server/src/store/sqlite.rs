@@ -995,14 +995,14 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT c.id, c.activity, m.read_upto FROM members m
                      JOIN conversations c ON c.id = m.conversation
-                     WHERE m.member = ?1 AND c.activity < ?2
+                     WHERE m.member = ?1 AND (?2 IS NULL OR c.activity < ?2)
                      ORDER BY c.activity DESC LIMIT ?3",
                 )
                 .and_then(|mut q| {
                     q.query_map(
                         (
                             &user,
-                            before.map_or_else(|| "~".to_owned(), |b| b.to_string()),
+                            before.map(|b| b.to_string()),
                             limit,
                         ),
                         |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),

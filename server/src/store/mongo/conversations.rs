@@ -5,14 +5,13 @@
 //! (a membership is removed before the handover; a group is deleted after its last member).
 
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, doc};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
 use super::MongoStore;
 use super::documents::MessageDoc;
-use super::errors::{classify, corrupt};
+use super::errors::{all, classify, corrupt};
 use crate::domain::{
     Conversation, ConversationId, ConversationKind, ConversationSummary, Member, Message,
     MessageId, Role, Title, UserId,
@@ -63,28 +62,17 @@ fn millis(at: DateTime<Utc>) -> bson::DateTime {
 impl MongoStore {
     /// The ids of the groups `user` is in.
     pub(super) async fn groups_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let ids: Vec<String> = self
-            .members
-            .find(doc! { "user": user })
-            .await
-            .map_err(classify)?
-            .try_collect::<Vec<MemberDoc>>()
-            .await
-            .map_err(classify)?
-            .into_iter()
-            .map(|m| m.conversation)
-            .collect();
+        let memberships: Vec<MemberDoc> =
+            all(self.members.find(doc! { "user": user }).await).await?;
+        let ids: Vec<String> = memberships.into_iter().map(|m| m.conversation).collect();
         if ids.is_empty() {
             return Ok(ids);
         }
-        let groups: Vec<ConversationDoc> = self
+        let groups: Vec<ConversationDoc> = all(self
             .conversations
             .find(doc! { "_id": { "$in": ids }, "kind": ConversationKind::Group.as_str() })
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
+            .await)
+        .await?;
         Ok(groups.into_iter().map(|g| g.id).collect())
     }
 
@@ -103,14 +91,8 @@ impl MongoStore {
         if ids.is_empty() {
             return Ok(Default::default());
         }
-        let found: Vec<MemberDoc> = self
-            .members
-            .find(doc! { "_id": { "$in": ids } })
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
+        let found: Vec<MemberDoc> =
+            all(self.members.find(doc! { "_id": { "$in": ids } }).await).await?;
         Ok(found.into_iter().map(|m| m.id).collect())
     }
 
@@ -143,28 +125,33 @@ impl MongoStore {
             .await
             .map_err(classify)?;
         for user in [message.sender, recipient] {
-            let member = member_doc(
-                &id,
-                &Member {
-                    user,
-                    role: Role::Member,
-                },
-            );
-            self.members
-                .update_one(
-                    doc! { "_id": &member.id },
-                    doc! { "$setOnInsert": {
-                        "conversation": &member.conversation,
-                        "user": &member.user,
-                        "role": &member.role,
-                        "joined": &member.joined,
-                    } },
-                )
-                .upsert(true)
-                .await
-                .map_err(classify)?;
+            let member = Member {
+                user,
+                role: Role::Member,
+            };
+            self.join(&id, &member).await?;
         }
         Ok(())
+    }
+
+    /// Makes `member` a member unless they are one already (true: they were not).
+    async fn join(&self, conversation: &str, member: &Member) -> Result<bool, StoreError> {
+        let doc = member_doc(conversation, member);
+        let upserted = self
+            .members
+            .update_one(
+                doc! { "_id": &doc.id },
+                doc! { "$setOnInsert": {
+                    "conversation": &doc.conversation,
+                    "user": &doc.user,
+                    "role": &doc.role,
+                    "joined": &doc.joined,
+                } },
+            )
+            .upsert(true)
+            .await
+            .map_err(classify)?;
+        Ok(upserted.upserted_id.is_some())
     }
 
     pub(super) async fn insert_conversation(
@@ -214,15 +201,12 @@ impl MongoStore {
         else {
             return Ok(None);
         };
-        let members: Vec<MemberDoc> = self
+        let members: Vec<MemberDoc> = all(self
             .members
             .find(doc! { "conversation": id })
             .sort(doc! { "joined": 1 })
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
+            .await)
+        .await?;
         let bad = |e| corrupt("conversation", id, e);
         Ok(Some(Conversation {
             id: ConversationId::parse(&head.id).map_err(bad)?,
@@ -274,22 +258,7 @@ impl MongoStore {
         {
             return Err(StoreError::UnknownUser);
         }
-        let doc = member_doc(id, member);
-        let upserted = self
-            .members
-            .update_one(
-                doc! { "_id": &doc.id },
-                doc! { "$setOnInsert": {
-                    "conversation": &doc.conversation,
-                    "user": &doc.user,
-                    "role": &doc.role,
-                    "joined": &doc.joined,
-                } },
-            )
-            .upsert(true)
-            .await
-            .map_err(classify)?;
-        Ok(upserted.upserted_id.is_some())
+        self.join(id, member).await
     }
 
     /// See `Store::remove_member`; false when `user` was not a member.
@@ -335,14 +304,8 @@ impl MongoStore {
 
     /// Every conversation `user` is in: their direct ones go, the groups lose them.
     pub(super) async fn leave_all(&self, user: &str) -> Result<(), StoreError> {
-        let memberships: Vec<MemberDoc> = self
-            .members
-            .find(doc! { "user": user })
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
+        let memberships: Vec<MemberDoc> =
+            all(self.members.find(doc! { "user": user }).await).await?;
         for membership in memberships {
             let direct = self
                 .conversations
@@ -371,14 +334,8 @@ impl MongoStore {
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
         let me = user.to_string();
-        let memberships: Vec<MemberDoc> = self
-            .members
-            .find(doc! { "user": &me })
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
+        let memberships: Vec<MemberDoc> =
+            all(self.members.find(doc! { "user": &me }).await).await?;
         let ids: Vec<&str> = memberships
             .iter()
             .map(|m| m.conversation.as_str())
@@ -387,16 +344,13 @@ impl MongoStore {
         if let Some(before) = before {
             filter.insert("activity", doc! { "$lt": before.to_string() });
         }
-        let heads: Vec<ConversationDoc> = self
+        let heads: Vec<ConversationDoc> = all(self
             .conversations
             .find(filter)
             .sort(doc! { "activity": -1 })
             .limit(i64::from(limit))
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
+            .await)
+        .await?;
         let mut summaries = Vec::with_capacity(heads.len());
         for head in heads {
             let Some(conversation) = self.load_conversation(&head.id).await? else {

@@ -22,6 +22,22 @@ fn one_line(text: &str) -> String {
 
 /// Unreachable (server selection timed out, connection lost, pool cleared): a 503 that heals by
 /// itself once the database is back. Anything else is a bug or a data problem.
+/// Every document a query finds, with a failure at any point (sending it, or a later batch)
+/// classified once.
+pub(super) async fn all<T>(
+    cursor: Result<mongodb::Cursor<T>, MongoError>,
+) -> Result<Vec<T>, StoreError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + Unpin,
+{
+    use futures_util::TryStreamExt;
+    cursor
+        .map_err(classify)?
+        .try_collect()
+        .await
+        .map_err(classify)
+}
+
 pub(super) fn classify(err: MongoError) -> StoreError {
     let unreachable = matches!(
         err.kind.as_ref(),

@@ -33,7 +33,7 @@ use crate::domain::{
 };
 use conversations::{ConversationDoc, MemberDoc};
 use documents::{MessageDoc, UserDoc};
-use errors::{classify, corrupt, is_duplicate_key, refused_one};
+use errors::{all, classify, corrupt, is_duplicate_key, refused_one};
 
 pub struct MongoStore {
     database: Database,
@@ -53,15 +53,8 @@ impl MongoStore {
     }
 
     async fn find_messages(&self, filter: Document) -> Result<Vec<Message>, StoreError> {
-        let docs: Vec<MessageDoc> = self
-            .messages
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
+        let docs: Vec<MessageDoc> =
+            all(self.messages.find(filter).sort(doc! { "_id": 1 }).await).await?;
         docs.into_iter().map(Message::try_from).collect()
     }
 
@@ -178,14 +171,7 @@ impl Store for MongoStore {
 
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        let docs: Vec<UserDoc> = self
-            .users
-            .find(doc! { "_id": { "$in": ids } })
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
+        let docs: Vec<UserDoc> = all(self.users.find(doc! { "_id": { "$in": ids } }).await).await?;
         docs.into_iter().map(User::try_from).collect()
     }
 
@@ -480,16 +466,13 @@ impl Store for MongoStore {
         }
         // Catch-up reads forward from the cursor; everything else reads back from the newest.
         let newest_first = page.after.is_none();
-        let docs: Vec<MessageDoc> = self
+        let docs: Vec<MessageDoc> = all(self
             .messages
             .find(filter)
             .sort(doc! { "_id": if newest_first { -1 } else { 1 } })
             .limit(i64::from(page.limit))
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
+            .await)
+        .await?;
         let mut messages = docs
             .into_iter()
             .map(Message::try_from)
