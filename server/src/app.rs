@@ -99,7 +99,7 @@ impl Application {
         let messaging = Arc::new(Messaging::new(
             store.clone(),
             writer,
-            fanout,
+            fanout.clone(),
             responder.clone(),
             limits.clone(),
         ));
@@ -120,16 +120,18 @@ impl Application {
             limits.clone(),
             hub.clone(),
         ));
+        let conversations = Arc::new(Conversations::new(
+            store.clone(),
+            fanout,
+            limits.clone(),
+            config.limits.max_group_members,
+        ));
         let live = Live {
             sessions: sessions.clone(),
             hub,
             messaging: messaging.clone(),
+            conversations: conversations.clone(),
         };
-        let conversations = Arc::new(Conversations::new(
-            store.clone(),
-            limits.clone(),
-            config.limits.max_group_members,
-        ));
         let state = AppState {
             conversations,
             messaging,

@@ -12,7 +12,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{LimitSettings, Rate};
-use crate::domain::{Email, UserId};
+use crate::domain::{ConversationId, Email, UserId};
 use crate::failure::RetryAfter;
 
 fn quota(rate: Rate) -> Quota {
@@ -56,6 +56,7 @@ pub struct Limits {
     auto_replies_per_pair: Option<Keyed<(UserId, UserId)>>,
     auto_replies_total: Option<DefaultDirectRateLimiter>,
     groups_created: Option<Keyed<UserId>>,
+    typing: Option<Keyed<(UserId, ConversationId)>>,
 }
 
 impl Limits {
@@ -70,6 +71,7 @@ impl Limits {
                 .auto_replies_total
                 .map(|rate| RateLimiter::direct(quota(rate))),
             groups_created: settings.groups_created.map(Keyed::new),
+            typing: settings.typing.map(Keyed::new),
         }
     }
 
@@ -113,6 +115,11 @@ impl Limits {
         check("groups_created", &self.groups_created, &user)
     }
 
+    /// Whether `user`'s typing notice in `conversation` is relayed.
+    pub fn typing(&self, user: UserId, conversation: ConversationId) -> bool {
+        check("typing", &self.typing, &(user, conversation)).is_ok()
+    }
+
     pub fn send(&self, sender: UserId) -> Result<(), RetryAfter> {
         check("sends", &self.sends, &sender)
     }
@@ -149,6 +156,9 @@ impl Limits {
             l.sweep();
         }
         if let Some(l) = &self.groups_created {
+            l.sweep();
+        }
+        if let Some(l) = &self.typing {
             l.sweep();
         }
         let now = Instant::now();

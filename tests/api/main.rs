@@ -12,6 +12,7 @@ mod conversations;
 mod cors;
 mod durability;
 mod errors;
+mod groups_live;
 mod health;
 mod helpers;
 mod metrics;

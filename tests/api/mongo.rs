@@ -13,6 +13,7 @@ mod chat;
 mod conversations;
 mod durability;
 mod errors;
+mod groups_live;
 mod health;
 mod helpers;
 mod mongo_outage;

@@ -242,7 +242,13 @@ export interface paths {
          */
         get: operations["listConversationMessages"];
         put?: never;
-        post?: never;
+        /**
+         * Send to a conversation
+         * @description To a group (pushed to every member's connections) or a direct conversation the caller
+         *     is in; answered like `POST /api/chat/send`. Auto-replies for BUSY users answer direct
+         *     messages only, never a group.
+         */
+        post: operations["sendToConversation"];
         delete?: never;
         options?: never;
         head?: never;
@@ -493,6 +499,17 @@ export interface components {
             read_upto?: string;
             /** @description Pass the last item's `cursor` as `before` for the next page. */
             cursor: string;
+        };
+        /**
+         * ConversationSendBody
+         * @description A message to a conversation.
+         * @example {
+         *       "content": "Lunch at noon?"
+         *     }
+         */
+        ConversationSendBody: {
+            /** @description 1 to 4,000 characters, not blank. */
+            content: string;
         };
         /**
          * ConversationView
@@ -2500,6 +2517,139 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["MessageView"][];
+                };
+            };
+            /** @description The request is malformed or a value is invalid. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No token, or the token is invalid or expired; or wrong login credentials. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token is valid but does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The user or recipient does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body took too long to arrive. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The email is already registered. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is larger than the limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body was not sent as `application/json`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
+            429: {
+                headers: {
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault on our side; the details are in the server log. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The database cannot be reached, or the server is too busy, right now; `Retry-After`
+             *     says when to try again (seconds).
+             */
+            503: {
+                headers: {
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    sendToConversation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Makes the send safe to retry, as on `POST /api/chat/send`. */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                /** @description The conversation's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ConversationSendBody"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MessageSent"];
                 };
             };
             /** @description The request is malformed or a value is invalid. */

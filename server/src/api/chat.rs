@@ -10,7 +10,7 @@ use super::models::{MessageSent, SendMessageBody};
 use super::schema::{KeyText, PageLimit, UuidText, parse_optional};
 use super::security::AuthUser;
 use crate::domain::{ConversationId, MessageId, MessagePage, UserId};
-use crate::messaging::{MessageView, SendRequest};
+use crate::messaging::{MessageView, SendRequest, SendTo};
 
 pub struct ChatApi;
 
@@ -49,7 +49,7 @@ impl ChatApi {
         if let Some(peer) = with
             && state.store.user_by_id(peer).await?.is_none()
         {
-            return Err(ApiError::not_found("User not found"));
+            return Err(ApiError::not_found(crate::store::USER_NOT_FOUND));
         }
         let messages = state.messaging.history(user, page).await?;
         Ok(Json(messages.into_iter().map(MessageView::from).collect()))
@@ -74,14 +74,11 @@ impl ChatApi {
         let Json(body) = body;
         let request = SendRequest {
             claimed_sender: body.sender.map(|s| s.0),
-            recipient: body.recipient.0,
+            to: SendTo::Recipient(body.recipient.0),
             content: body.content.0,
             idempotency_key: idempotency_key.0.map(|k| k.0),
         };
         let message = state.messaging.send(user, request).await?;
-        Ok(Json(MessageSent {
-            message: "Message sent successfully".to_owned(),
-            id: message.id.to_string(),
-        }))
+        Ok(Json(MessageSent::new(message.id)))
     }
 }

@@ -1,6 +1,5 @@
-use chrono::SecondsFormat;
 use poem::web::Data;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -8,13 +7,14 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::ApiTags;
 use super::AppState;
 use super::error::ApiError;
-use super::schema::{PageLimit, TitleText, UuidText, parse_optional};
+use super::models::MessageSent;
+use super::schema::{ContentText, KeyText, PageLimit, TitleText, UuidText, parse_optional};
 use super::security::AuthUser;
-use crate::conversations::Detailed;
+use crate::conversations::ConversationView;
 use crate::domain::{
-    ConversationKind, ConversationSummary, MessageId, MessagePage, Role, UserId, page_limit,
+    ConversationKind, ConversationSummary, MessageId, MessagePage, UserId, page_limit,
 };
-use crate::messaging::MessageView;
+use crate::messaging::{MessageView, SendRequest, SendTo};
 
 pub struct ConversationsApi;
 
@@ -82,77 +82,6 @@ impl Example for ReadBody {
     fn example() -> Self {
         Self {
             upto: UuidText(MESSAGE.to_owned()),
-        }
-    }
-}
-
-#[derive(Object)]
-pub struct MemberView {
-    pub id: String,
-    pub email: String,
-    /// "owner" (renames the group, adds and removes members) or "member".
-    pub role: Role,
-}
-
-/// A conversation and its members, in the order they joined.
-#[derive(Object)]
-#[oai(example)]
-pub struct ConversationView {
-    pub id: String,
-    /// "direct" (two people) or "group".
-    pub kind: ConversationKind,
-    /// Groups only.
-    #[oai(skip_serializing_if_is_none)]
-    pub title: Option<String>,
-    pub members: Vec<MemberView>,
-    /// RFC 3339, UTC.
-    pub created_at: String,
-}
-
-impl From<Detailed> for ConversationView {
-    fn from(detailed: Detailed) -> Self {
-        let Detailed {
-            conversation,
-            members,
-        } = detailed;
-        Self {
-            id: conversation.id.to_string(),
-            kind: conversation.kind,
-            title: conversation.title.map(|t| t.as_str().to_owned()),
-            members: members
-                .into_iter()
-                .map(|(user, role)| MemberView {
-                    id: user.id.to_string(),
-                    email: user.email.as_str().to_owned(),
-                    role,
-                })
-                .collect(),
-            created_at: conversation
-                .created_at
-                .to_rfc3339_opts(SecondsFormat::Millis, true),
-        }
-    }
-}
-
-impl Example for ConversationView {
-    fn example() -> Self {
-        Self {
-            id: GROUP.to_owned(),
-            kind: ConversationKind::Group,
-            title: Some("Lunch crew".to_owned()),
-            members: vec![
-                MemberView {
-                    id: ADA.to_owned(),
-                    email: "ada@example.com".to_owned(),
-                    role: Role::Owner,
-                },
-                MemberView {
-                    id: GRACE.to_owned(),
-                    email: "grace@example.com".to_owned(),
-                    role: Role::Member,
-                },
-            ],
-            created_at: "2026-11-27T12:00:00.000Z".to_owned(),
         }
     }
 }
@@ -227,6 +156,22 @@ impl Example for ConversationListItem {
     }
 }
 
+/// A message to a conversation.
+#[derive(Object)]
+#[oai(example)]
+pub struct ConversationSendBody {
+    /// 1 to 4,000 characters, not blank.
+    pub content: ContentText,
+}
+
+impl Example for ConversationSendBody {
+    fn example() -> Self {
+        Self {
+            content: ContentText("Lunch at noon?".to_owned()),
+        }
+    }
+}
+
 /// A read mark, as it is after the request.
 #[derive(Object)]
 #[oai(example)]
@@ -284,7 +229,7 @@ impl ConversationsApi {
             .conversations
             .create_group(user, &body.title.0, &members)
             .await?;
-        Ok(CreatedResponse::Created(Json(group.into())))
+        Ok(CreatedResponse::Created(Json(group)))
     }
 
     /// List conversations
@@ -338,7 +283,7 @@ impl ConversationsApi {
         id: Path<String>,
     ) -> Result<Json<ConversationView>, ApiError> {
         let detailed = state.conversations.get_detailed(user, &id.0).await?;
-        Ok(Json(detailed.into()))
+        Ok(Json(detailed))
     }
 
     /// Rename a group
@@ -361,7 +306,7 @@ impl ConversationsApi {
             .conversations
             .rename(user, &id.0, &body.0.title.0)
             .await?;
-        Ok(Json(detailed.into()))
+        Ok(Json(detailed))
     }
 
     /// Add a member
@@ -385,7 +330,7 @@ impl ConversationsApi {
             .conversations
             .add_member(user, &id.0, &body.0.user.0)
             .await?;
-        Ok(Json(detailed.into()))
+        Ok(Json(detailed))
     }
 
     /// Remove a member, or leave
@@ -446,6 +391,37 @@ impl ConversationsApi {
         )?;
         let messages = state.messaging.history(user, page).await?;
         Ok(Json(messages.into_iter().map(MessageView::from).collect()))
+    }
+
+    /// Send to a conversation
+    ///
+    /// To a group (pushed to every member's connections) or a direct conversation the caller
+    /// is in; answered like `POST /api/chat/send`. Auto-replies for BUSY users answer direct
+    /// messages only, never a group.
+    #[oai(
+        path = "/api/conversations/:id/messages",
+        method = "post",
+        operation_id = "sendToConversation"
+    )]
+    async fn send(
+        &self,
+        state: Data<&AppState>,
+        AuthUser(user): AuthUser,
+        /// The conversation's id.
+        id: Path<String>,
+        body: Json<ConversationSendBody>,
+        /// Makes the send safe to retry, as on `POST /api/chat/send`.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<KeyText>>,
+    ) -> Result<Json<MessageSent>, ApiError> {
+        let request = SendRequest {
+            claimed_sender: None,
+            to: SendTo::Conversation(id.0),
+            content: body.0.content.0,
+            idempotency_key: idempotency_key.0.map(|k| k.0),
+        };
+        let message = state.messaging.send(user, request).await?;
+        Ok(Json(MessageSent::new(message.id)))
     }
 
     /// Mark as read

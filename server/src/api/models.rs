@@ -297,6 +297,16 @@ impl Example for SendMessageBody {
     }
 }
 
+impl MessageSent {
+    /// The answer to every send, whichever route took it.
+    pub fn new(id: crate::domain::MessageId) -> Self {
+        Self {
+            message: "Message sent successfully".to_owned(),
+            id: id.to_string(),
+        }
+    }
+}
+
 impl Example for MessageSent {
     fn example() -> Self {
         Self {

@@ -15,7 +15,7 @@ use crate::domain::{Email, ResponderChoice, UserId};
 
 pub struct UsersApi;
 
-const USER_NOT_FOUND: &str = "User not found";
+use crate::store::USER_NOT_FOUND;
 
 #[OpenApi(tag = "ApiTags::Users")]
 impl UsersApi {

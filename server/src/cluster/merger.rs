@@ -11,8 +11,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::view::{Heard, View};
-use super::{EVICT_AFTER, Frame, JOIN_WAIT, Parts, Shared, StatusFrame};
-use crate::domain::{Message, MessageId, MessageKind, MessagePage, Status, UserId};
+use super::{EVICT_AFTER, Frame, JOIN_WAIT, NoticeFrame, Parts, Shared, StatusFrame};
+use crate::domain::{ConversationId, Message, MessageId, MessageKind, MessagePage, Status, UserId};
+use crate::messaging::Addressed;
+use crate::store::{Store, StoreError};
 
 /// How often silent nodes are looked for.
 const TICK: Duration = Duration::from_millis(100);
@@ -22,9 +24,10 @@ pub(super) struct Merger {
     pub run: u64,
     pub shared: Arc<Shared>,
     pub parts: Parts,
-    pub own_frames: mpsc::UnboundedReceiver<(Vec<Message>, MessageId)>,
+    pub own_frames: mpsc::UnboundedReceiver<(Vec<Addressed>, MessageId)>,
     pub log_frames: async_nats::Subscriber,
     pub status_frames: async_nats::Subscriber,
+    pub notice_frames: async_nats::Subscriber,
 }
 
 pub(super) async fn run(mut m: Merger) {
@@ -44,6 +47,10 @@ pub(super) async fn run(mut m: Merger) {
             },
             status = m.status_frames.next() => match status {
                 Some(status) => m.status(&status.payload),
+                None => break,
+            },
+            notice = m.notice_frames.next() => match notice {
+                Some(notice) => m.notice(&notice.payload),
                 None => break,
             },
             _ = tick.tick() => membership_changed = m.evict_silent(&mut view).await,
@@ -90,7 +97,7 @@ impl Merger {
         };
         let mut messages = Vec::with_capacity(frame.messages.len());
         for wire in frame.messages {
-            match Message::try_from(wire) {
+            match Addressed::try_from(wire) {
                 Ok(message) => messages.push(message),
                 // Read back from the database below, like a frame that never came.
                 Err(e) => {
@@ -123,12 +130,12 @@ impl Merger {
                     self.parts.responder_timeout,
                 ));
             }
-            match self
+            let found = self
                 .parts
                 .log
                 .stored_by(&missed.node, missed.after, Some(missed.upto))
-                .await
-            {
+                .await;
+            match address(self.parts.store.as_ref(), found).await {
                 Ok(found) => {
                     crate::metrics::cluster_recovered("missed_frames", found.len());
                     view.caught_up(missed, found);
@@ -164,6 +171,22 @@ impl Merger {
         self.parts.local.status_changed(user, status, peers);
     }
 
+    fn notice(&self, payload: &[u8]) {
+        let Ok(frame) = serde_json::from_slice::<NoticeFrame>(payload) else {
+            tracing::warn!("ignoring an unreadable notice frame");
+            return;
+        };
+        if frame.node == self.node {
+            return;
+        }
+        let audience = frame
+            .audience
+            .iter()
+            .filter_map(|u| UserId::parse(u).ok())
+            .collect();
+        self.parts.local.notify(audience, frame.notice);
+    }
+
     /// Takes silent nodes for dead. Not while this node cannot hear itself: then the silence
     /// is its own, and the others are fine. Returns whether a node left.
     async fn evict_silent(&self, view: &mut View) -> bool {
@@ -177,7 +200,8 @@ impl Merger {
                 continue;
             };
             // What it stored but never announced; only then stop waiting for it.
-            match self.parts.log.stored_by(&node, position, None).await {
+            let found = self.parts.log.stored_by(&node, position, None).await;
+            match address(self.parts.store.as_ref(), found).await {
                 Ok(found) => {
                     tracing::warn!(node = %node, recovered = found.len(),
                         "a node has been silent for {}s: taken for dead", EVICT_AFTER.as_secs());
@@ -204,6 +228,36 @@ impl Merger {
         }
         changed
     }
+}
+
+/// Who messages read back from the database go to: the two sides of a direct message; a
+/// group's members as they are now (the ones at sending time are not stored; this is the
+/// recovery path, and anyone removed since was told so and is held back by the fan-out).
+async fn address(
+    store: &dyn Store,
+    found: Result<Vec<Message>, StoreError>,
+) -> Result<Vec<Addressed>, StoreError> {
+    let mut members: HashMap<ConversationId, Vec<UserId>> = HashMap::new();
+    let mut addressed = Vec::new();
+    for message in found? {
+        let audience = match message.recipient {
+            Some(recipient) => vec![message.sender, recipient],
+            None => match members.get(&message.conversation) {
+                Some(known) => known.clone(),
+                None => {
+                    let now: Vec<UserId> = store
+                        .conversation(message.conversation)
+                        .await?
+                        .map(|c| c.members.iter().map(|m| m.user).collect())
+                        .unwrap_or_default();
+                    members.insert(message.conversation, now.clone());
+                    now
+                }
+            },
+        };
+        addressed.push(Addressed { message, audience });
+    }
+    Ok(addressed)
 }
 
 /// The senders a dead node owed an auto-reply (its BUSY recipients' messages, within the

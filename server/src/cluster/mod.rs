@@ -2,8 +2,9 @@
 //!
 //! Every node's writer publishes what it commits, and its position, on `<prefix>.log`; every
 //! node merges all writers' frames in id order ([`view`]) and pushes to its own connections
-//! through the in-process fan-out. Status changes go on `<prefix>.status`. docs/cluster.md has
-//! the design and why catch-up stays exact.
+//! through the in-process fan-out. Status changes go on `<prefix>.status`, notices (read marks,
+//! typing, membership changes) on `<prefix>.notice`. docs/cluster.md has the design and why
+//! catch-up stays exact.
 //!
 //! A node may store messages only while it hears its own frames come back from NATS (its
 //! *lease*) and every node it hears has heard it. A node cut off from NATS therefore stops
@@ -24,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ClusterSettings;
 use crate::domain::{ConversationId, Message, MessageId, MessageKind, Status, UserId};
-use crate::messaging::{FanOut, Sequencer, Unavailable};
+use crate::messaging::{Addressed, FanOut, Notice, Sequencer, Unavailable};
 use crate::store::{ClusterLog, Store};
 
 /// How often an idle writer publishes its position. Pushes from other nodes wait up to about
@@ -53,7 +54,7 @@ pub struct Cluster {
     local: Arc<dyn FanOut>,
     shared: Arc<Shared>,
     outbox: mpsc::UnboundedSender<Outgoing>,
-    own: mpsc::UnboundedSender<(Vec<Message>, MessageId)>,
+    own: mpsc::UnboundedSender<(Vec<Addressed>, MessageId)>,
 }
 
 /// Subjects under the configured prefix.
@@ -61,6 +62,7 @@ pub struct Cluster {
 struct Subjects {
     log: String,
     status: String,
+    notice: String,
 }
 
 /// State the merger keeps current and the writer and readers consult.
@@ -108,6 +110,7 @@ enum Outgoing {
     Frame(Bytes),
     Heartbeat(Bytes),
     Status(Bytes),
+    Notice(Bytes),
 }
 
 /// One writer frame on `<prefix>.log`.
@@ -134,10 +137,14 @@ struct WireMessage {
     content: String,
     sent_at_ms: i64,
     kind: String,
+    /// Group messages only: the members it goes to (a direct message goes to its two sides).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    audience: Vec<String>,
 }
 
-impl From<&Message> for WireMessage {
-    fn from(m: &Message) -> Self {
+impl From<&Addressed> for WireMessage {
+    fn from(addressed: &Addressed) -> Self {
+        let m = &addressed.message;
         Self {
             id: m.id.to_string(),
             sender: m.sender.to_string(),
@@ -146,16 +153,26 @@ impl From<&Message> for WireMessage {
             content: m.content.clone(),
             sent_at_ms: m.sent_at.timestamp_millis(),
             kind: m.kind.as_str().to_owned(),
+            audience: match m.recipient {
+                Some(_) => Vec::new(),
+                None => addressed.audience.iter().map(ToString::to_string).collect(),
+            },
         }
     }
 }
 
-impl TryFrom<WireMessage> for Message {
+impl TryFrom<WireMessage> for Addressed {
     type Error = String;
 
     fn try_from(w: WireMessage) -> Result<Self, String> {
         let bad = |e: crate::domain::ValidationError| e.to_string();
-        Ok(Message {
+        let audience = w
+            .audience
+            .iter()
+            .map(|u| UserId::parse(u))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let message = Message {
             id: MessageId::parse(&w.id).map_err(bad)?,
             sender: UserId::parse(&w.sender).map_err(bad)?,
             recipient: w
@@ -169,8 +186,23 @@ impl TryFrom<WireMessage> for Message {
             sent_at: chrono::DateTime::from_timestamp_millis(w.sent_at_ms)
                 .ok_or("sent_at out of range")?,
             kind: MessageKind::parse(&w.kind).map_err(bad)?,
+        };
+        Ok(match message.recipient {
+            Some(recipient) => Addressed {
+                audience: vec![message.sender, recipient],
+                message,
+            },
+            None => Addressed { message, audience },
         })
     }
+}
+
+/// A notice on `<prefix>.notice`.
+#[derive(Serialize, Deserialize)]
+struct NoticeFrame {
+    node: String,
+    audience: Vec<String>,
+    notice: Notice,
 }
 
 /// A status change on `<prefix>.status`.
@@ -217,6 +249,7 @@ impl Cluster {
         let subjects = Subjects {
             log: format!("{}.log", settings.subject_prefix),
             status: format!("{}.status", settings.subject_prefix),
+            notice: format!("{}.notice", settings.subject_prefix),
         };
         let log_frames = client
             .subscribe(subjects.log.clone())
@@ -226,6 +259,10 @@ impl Cluster {
             .subscribe(subjects.status.clone())
             .await
             .context("subscribing to status changes")?;
+        let notice_frames = client
+            .subscribe(subjects.notice.clone())
+            .await
+            .context("subscribing to notices")?;
         let shared = Arc::new(Shared {
             visible: RwLock::new(MessageId::from(uuid::Uuid::nil())),
             last_echo: Mutex::new(None),
@@ -254,12 +291,13 @@ impl Cluster {
             own_frames,
             log_frames,
             status_frames,
+            notice_frames,
         }));
         tracing::info!(node = %node, nats = %url, "joining the cluster");
         Ok(cluster)
     }
 
-    fn frame(&self, committed: bool, messages: &[Message], position: MessageId) -> Bytes {
+    fn frame(&self, committed: bool, messages: &[Addressed], position: MessageId) -> Bytes {
         let seq = if committed {
             self.seq.fetch_add(1, Ordering::AcqRel) + 1
         } else {
@@ -279,10 +317,22 @@ impl Cluster {
 }
 
 impl FanOut for Cluster {
-    fn committed(&self, messages: Vec<Message>, position: MessageId) {
+    fn committed(&self, messages: Vec<Addressed>, position: MessageId) {
         let frame = self.frame(true, &messages, position);
         let _ = self.outbox.send(Outgoing::Frame(frame));
         let _ = self.own.send((messages, position));
+    }
+
+    fn notify(&self, audience: Vec<UserId>, notice: Notice) {
+        let frame = NoticeFrame {
+            node: self.node.clone(),
+            audience: audience.iter().map(ToString::to_string).collect(),
+            notice,
+        };
+        if let Ok(bytes) = serde_json::to_vec(&frame) {
+            let _ = self.outbox.send(Outgoing::Notice(Bytes::from(bytes)));
+        }
+        self.local.notify(audience, frame.notice);
     }
 
     fn position(&self, position: MessageId) {
@@ -339,6 +389,7 @@ async fn publish(
             }
             Outgoing::Frame(bytes) | Outgoing::Heartbeat(bytes) => (&subjects.log, bytes),
             Outgoing::Status(bytes) => (&subjects.status, bytes),
+            Outgoing::Notice(bytes) => (&subjects.notice, bytes),
         };
         if let Err(e) = client.publish(subject.clone(), bytes).await {
             failures += 1;

@@ -12,7 +12,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::domain::{Message, MessageId};
+use crate::domain::MessageId;
+use crate::messaging::Addressed;
 
 /// A frame from another node's writer, decoded.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ pub struct Heard {
     pub committed: bool,
     pub position: MessageId,
     pub knows_me: bool,
-    pub messages: Vec<Message>,
+    pub messages: Vec<Addressed>,
 }
 
 /// The messages a node committed that this node must read from the database, because some of
@@ -53,7 +54,7 @@ struct WriterState {
 pub struct View {
     writers: HashMap<String, WriterState>,
     mine: MessageId,
-    pending: BTreeMap<MessageId, Message>,
+    pending: BTreeMap<MessageId, Addressed>,
     released: MessageId,
     started: Instant,
     warm_up: Duration,
@@ -74,7 +75,7 @@ impl View {
     }
 
     /// This node's writer committed `messages` (in id order) and moved to `position`.
-    pub fn own(&mut self, messages: Vec<Message>, position: MessageId) {
+    pub fn own(&mut self, messages: Vec<Addressed>, position: MessageId) {
         self.mine = self.mine.max(position);
         self.add(messages);
     }
@@ -128,7 +129,7 @@ impl View {
     }
 
     /// The messages of `missed`, read from the database: the writer moves on.
-    pub fn caught_up(&mut self, missed: Missed, messages: Vec<Message>) {
+    pub fn caught_up(&mut self, missed: Missed, messages: Vec<Addressed>) {
         self.add(messages);
         if let Some(writer) = self.writers.get_mut(&missed.node) {
             writer.run = missed.run;
@@ -158,19 +159,20 @@ impl View {
     }
 
     /// Messages known to be committed, from a frame or the database.
-    pub fn add(&mut self, messages: Vec<Message>) {
-        for message in messages {
-            if message.id <= self.released {
+    pub fn add(&mut self, messages: Vec<Addressed>) {
+        for addressed in messages {
+            let id = addressed.message.id;
+            if id <= self.released {
                 // Only a writer that broke the join protocol gets here; pushing it late beats
                 // losing it, and the log says why a client may see it out of order.
-                tracing::error!(id = %message.id, "a message arrived after later ones were pushed");
+                tracing::error!(%id, "a message arrived after later ones were pushed");
             }
-            self.pending.insert(message.id, message);
+            self.pending.insert(id, addressed);
         }
     }
 
     /// Everything that may be pushed now, in id order, and the new visible position.
-    pub fn release(&mut self, now: Instant) -> Option<(Vec<Message>, MessageId)> {
+    pub fn release(&mut self, now: Instant) -> Option<(Vec<Addressed>, MessageId)> {
         if now.saturating_duration_since(self.started) < self.warm_up {
             return None;
         }
@@ -219,18 +221,22 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Content, MessageKind, UserId};
+    use crate::domain::{Content, Message, MessageKind, UserId};
     use crate::messaging::Sequencer;
 
-    fn message(id: MessageId) -> Message {
-        Message {
-            id,
-            ..Message::new(
-                UserId::new(),
-                UserId::new(),
-                Content::parse("hi".to_owned()).expect("content"),
-                MessageKind::User,
-            )
+    fn message(id: MessageId) -> Addressed {
+        let (sender, recipient) = (UserId::new(), UserId::new());
+        Addressed {
+            message: Message {
+                id,
+                ..Message::new(
+                    sender,
+                    recipient,
+                    Content::parse("hi".to_owned()).expect("content"),
+                    MessageKind::User,
+                )
+            },
+            audience: vec![sender, recipient],
         }
     }
 
@@ -252,9 +258,9 @@ mod tests {
         }
     }
 
-    fn ids(released: Option<(Vec<Message>, MessageId)>) -> Vec<MessageId> {
+    fn ids(released: Option<(Vec<Addressed>, MessageId)>) -> Vec<MessageId> {
         released
-            .map(|(batch, _)| batch.iter().map(|m| m.id).collect())
+            .map(|(batch, _)| batch.iter().map(|m| m.message.id).collect())
             .unwrap_or_default()
     }
 

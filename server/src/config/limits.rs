@@ -77,6 +77,9 @@ pub struct LimitSettings {
     pub groups_created: Option<Rate>,
     /// Members a group may hold, its owner included (`MAX_GROUP_MEMBERS`).
     pub max_group_members: usize,
+    /// Typing notices relayed per user per conversation (`TYPING_LIMIT`); the excess is
+    /// dropped.
+    pub typing: Option<Rate>,
     /// Password hashes computed at once (`PASSWORD_HASH_CONCURRENCY`).
     pub hash_concurrency: usize,
     /// How long a login or registration waits for a hashing slot before a 503
@@ -97,6 +100,7 @@ impl Default for LimitSettings {
             connections_total: Some(10_000),
             groups_created: Some(Rate::new(20, Duration::from_secs(3600))),
             max_group_members: crate::domain::DEFAULT_MAX_GROUP_MEMBERS,
+            typing: Some(Rate::new(1, Duration::from_secs(2))),
             // Half the CPUs: logins queue for their slot while sends keep the other half.
             hash_concurrency: (cpus / 2).max(1),
             hash_wait: Duration::from_secs(5),
@@ -139,6 +143,7 @@ impl LimitSettings {
                 defaults.max_group_members,
                 parse_group_size,
             )?,
+            typing: env.var("TYPING_LIMIT", defaults.typing, Rate::parse)?,
             hash_concurrency,
             hash_wait,
         })

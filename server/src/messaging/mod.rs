@@ -1,11 +1,13 @@
 //! The one path every message takes, whichever transport it came in on:
-//! authorize → validate → check the recipient → number, store durably → fan out to both sides
-//! → if the recipient is BUSY, hand the message to whoever answers for them.
+//! authorize → validate → check the recipient (or the group and that the sender is in it) →
+//! number, store durably → fan out to its audience (both sides, or the group's members) → if a
+//! direct recipient is BUSY, hand the message to whoever answers for them.
 //!
 //! This layer knows the store and two seams, and nothing above it: [`FanOut`] (who gets told,
 //! in-process on one node or over NATS in a cluster) and [`BusyRecipients`] (the responder).
 //! `app.rs` wires the implementations in.
 
+mod notice;
 mod sequencer;
 mod view;
 mod writer;
@@ -13,26 +15,37 @@ mod writer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use notice::Notice;
 pub(crate) use sequencer::random_u64;
 pub use sequencer::{Sequencer, first_id_since};
 pub use view::MessageView;
-pub use writer::{DeliverError, Delivered, MAX_BATCH, Outgoing, Writer};
+pub use writer::{DeliverError, Delivered, MAX_BATCH, Outgoing, Target, Writer};
 
 use crate::domain::{
-    Content, IdempotencyKey, Message, MessageId, MessageKind, MessagePage, Status, UserId,
-    ValidationError,
+    Content, ConversationId, ConversationKind, IdempotencyKey, Message, MessageId, MessageKind,
+    MessagePage, Status, UserId, ValidationError,
 };
 use crate::failure::{Failure, RetryAfter};
 use crate::limits::Limits;
-use crate::store::{Store, StoreError, UNAVAILABLE_RETRY, User};
+use crate::store::{CONVERSATION_NOT_FOUND, Store, StoreError, UNAVAILABLE_RETRY, User};
 
-/// Where stored messages and status changes go: every live connection they concern.
+/// A stored message and who is told of it: both sides of a direct message; the members of a
+/// group as they were when it was sent.
+#[derive(Debug, Clone)]
+pub struct Addressed {
+    pub message: Message,
+    pub audience: Vec<UserId>,
+}
+
+/// Where stored messages, status changes and notices go: every live connection they concern.
 ///
 /// Positions come from the node's writer: `committed(.., p)` and `position(p)` both promise that
 /// this node will never commit a message with an id at or below `p` from now on.
 pub trait FanOut: Send + Sync + 'static {
     /// Messages this node just stored, in id order (possibly none), and the writer's position.
-    fn committed(&self, messages: Vec<Message>, position: MessageId);
+    fn committed(&self, messages: Vec<Addressed>, position: MessageId);
+    /// Tells `audience`'s connections, on every node. Not stored: only who is online hears it.
+    fn notify(&self, audience: Vec<UserId>, notice: Notice);
     /// The writer is idle; see the trait docs.
     fn position(&self, position: MessageId);
     /// How often an idle writer reports its position (`None`: nobody needs it).
@@ -76,11 +89,20 @@ pub fn auto_reply_key(message: MessageId) -> IdempotencyKey {
     IdempotencyKey::from_trusted(format!("palaver-auto-reply/{message}"))
 }
 
+/// Where a client says a message goes, before anything is trusted.
+#[derive(Debug, Clone)]
+pub enum SendTo {
+    /// A user's id: a direct message (the seed's contract).
+    Recipient(String),
+    /// A conversation's id: a group, or a direct conversation the sender is in.
+    Conversation(String),
+}
+
 /// A send as a client wrote it, before anything is trusted.
 pub struct SendRequest {
     /// The sender the client claims; must match the authenticated user when present.
     pub claimed_sender: Option<String>,
-    pub recipient: String,
+    pub to: SendTo,
     pub content: String,
     /// `Idempotency-Key` (HTTP) or `client_id` (sockets): a retry with the same key answers
     /// the first result and stores nothing new.
@@ -95,6 +117,9 @@ pub enum SendError {
     Invalid(#[from] ValidationError),
     #[error("recipient not found")]
     RecipientNotFound,
+    /// It does not exist or the sender is not in it.
+    #[error("conversation not found")]
+    ConversationNotFound,
     /// The key was used for a different message (another recipient or content).
     #[error("idempotency key reused for a different message")]
     KeyReused,
@@ -120,6 +145,7 @@ impl From<SendError> for Failure {
             }
             SendError::Invalid(problem) => problem.into(),
             SendError::RecipientNotFound => Failure::not_found("Recipient not found"),
+            SendError::ConversationNotFound => Failure::not_found(CONVERSATION_NOT_FOUND),
             SendError::KeyReused => {
                 Failure::conflict("This idempotency key was already used for a different message")
             }
@@ -171,45 +197,61 @@ impl Messaging {
         {
             return Err(SendError::SenderMismatch);
         }
-        let recipient = UserId::parse(&request.recipient)
-            .map_err(|problem| ValidationError::new(format!("recipient {problem}")))?;
+        let to = match &request.to {
+            SendTo::Recipient(raw) => Ok(UserId::parse(raw)
+                .map_err(|problem| ValidationError::new(format!("recipient {problem}")))?),
+            SendTo::Conversation(raw) => {
+                Err(ConversationId::parse(raw).map_err(|_| SendError::ConversationNotFound)?)
+            }
+        };
         let content = Content::parse(request.content)?;
         let key = request
             .idempotency_key
             .as_deref()
             .map(IdempotencyKey::parse)
             .transpose()?;
+        let recipient = match to {
+            Ok(recipient) => recipient,
+            Err(id) => {
+                let conversation = match self.store.conversation(id).await? {
+                    Some(c) if c.member(sender).is_some() => c,
+                    _ => return Err(SendError::ConversationNotFound),
+                };
+                let members = conversation.members.iter().map(|m| m.user);
+                if conversation.kind == ConversationKind::Group {
+                    let outgoing = Outgoing {
+                        sender,
+                        to: Target::Group {
+                            conversation: id,
+                            audience: members.collect(),
+                        },
+                        content,
+                        kind: MessageKind::User,
+                        idempotency_key: key,
+                        // A BUSY member does not answer for a group.
+                        awaits_reply: false,
+                    };
+                    return self.deliver(outgoing).await.map(|(message, _)| message);
+                }
+                // A direct conversation: the other side (or oneself, for notes to self).
+                members.clone().find(|u| *u != sender).unwrap_or(sender)
+            }
+        };
         let Some(recipient) = self.store.user_by_id(recipient).await? else {
             return Err(SendError::RecipientNotFound);
         };
         let awaits_reply = recipient.status == Status::Busy && recipient.id != sender;
-        let delivered = self
-            .writer
+        let (message, stored) = self
             .deliver(Outgoing {
                 sender,
-                recipient: recipient.id,
-                content: content.clone(),
+                to: Target::User(recipient.id),
+                content,
                 kind: MessageKind::User,
                 idempotency_key: key,
                 awaits_reply,
             })
-            .await
-            .map_err(|e| match e {
-                DeliverError::Store(StoreError::UnknownUser) => SendError::RecipientNotFound,
-                DeliverError::Store(other) => SendError::Store(other),
-                DeliverError::Unavailable(down) => SendError::Unavailable(down),
-            })?;
-        let message = match delivered {
-            Delivered::Stored(message) => message,
-            // A retry: the same answer as the first time, and nothing runs again.
-            Delivered::Replayed(first)
-                if first.recipient == Some(recipient.id) && first.content == content.as_str() =>
-            {
-                return Ok(first);
-            }
-            Delivered::Replayed(_) => return Err(SendError::KeyReused),
-        };
-        if awaits_reply {
+            .await?;
+        if awaits_reply && stored {
             // Past the quota the sender still hears back, with the fallback: the plugin (and
             // the LLM bill behind it) does not run.
             let run_plugin = self.limits.auto_reply(sender, recipient.id);
@@ -218,6 +260,31 @@ impl Messaging {
                 .message_for_busy(message.clone(), recipient, received, run_plugin);
         }
         Ok(message)
+    }
+
+    /// Stores and pushes the message; a retry (same idempotency key) gets the first message
+    /// back, stored false, when it went to the same conversation with the same content.
+    async fn deliver(&self, outgoing: Outgoing) -> Result<(Message, bool), SendError> {
+        let conversation = match &outgoing.to {
+            Target::User(recipient) => ConversationId::direct(outgoing.sender, *recipient),
+            Target::Group { conversation, .. } => *conversation,
+        };
+        let content = outgoing.content.clone();
+        let delivered = self.writer.deliver(outgoing).await.map_err(|e| match e {
+            DeliverError::Store(StoreError::UnknownUser) => SendError::RecipientNotFound,
+            DeliverError::Store(StoreError::NotMember) => SendError::ConversationNotFound,
+            DeliverError::Store(other) => SendError::Store(other),
+            DeliverError::Unavailable(down) => SendError::Unavailable(down),
+        })?;
+        match delivered {
+            Delivered::Stored(message) => Ok((message, true)),
+            Delivered::Replayed(first)
+                if first.conversation == conversation && first.content == content.as_str() =>
+            {
+                Ok((first, false))
+            }
+            Delivered::Replayed(_) => Err(SendError::KeyReused),
+        }
     }
 
     /// Messages `user` sent or received, as far as every writer has committed.

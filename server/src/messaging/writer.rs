@@ -9,18 +9,31 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{FanOut, Sequencer, Unavailable};
-use crate::domain::{Content, IdempotencyKey, Message, MessageKind, UserId};
+use super::{Addressed, FanOut, Sequencer, Unavailable};
+use crate::domain::{Content, ConversationId, IdempotencyKey, Message, MessageKind, UserId};
 use crate::store::{Inserted, NewMessage, Store, StoreError};
 
 /// The most messages stored in one database round trip.
 pub const MAX_BATCH: usize = 256;
 
+/// Where a message goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A direct message.
+    User(UserId),
+    /// A group message, pushed to `audience`: the group's members when it was sent. The store
+    /// refuses it once the sender is no longer a member.
+    Group {
+        conversation: ConversationId,
+        audience: Vec<UserId>,
+    },
+}
+
 /// A message to store and push.
 #[derive(Clone)]
 pub struct Outgoing {
     pub sender: UserId,
-    pub recipient: UserId,
+    pub to: Target,
     pub content: Content,
     pub kind: MessageKind,
     pub idempotency_key: Option<IdempotencyKey>,
@@ -32,7 +45,7 @@ pub struct Outgoing {
 /// What the writer did with a message.
 #[derive(Debug)]
 pub enum Delivered {
-    /// Stored now and pushed to both sides.
+    /// Stored now and pushed to its audience.
     Stored(Message),
     /// Its idempotency key was used before: this is the earlier message; nothing was stored.
     Replayed(Message),
@@ -115,15 +128,32 @@ async fn write_and_push(
             }
             continue;
         }
+        let mut audiences = Vec::with_capacity(batch.len());
         let (messages, replies): (Vec<NewMessage>, Vec<_>) = batch
             .drain(..)
             .map(|Pending { outgoing: o, reply }| {
-                let message = Message {
-                    id: ids.next(),
-                    ..Message::new(o.sender, o.recipient, o.content, o.kind)
+                let (message, audience) = match o.to {
+                    Target::User(recipient) => (
+                        Message::new(o.sender, recipient, o.content, o.kind),
+                        vec![o.sender, recipient],
+                    ),
+                    Target::Group {
+                        conversation,
+                        audience,
+                    } => (
+                        Message {
+                            kind: o.kind,
+                            ..Message::to_group(o.sender, conversation, o.content)
+                        },
+                        audience,
+                    ),
                 };
+                audiences.push(audience);
                 let new = NewMessage {
-                    message,
+                    message: Message {
+                        id: ids.next(),
+                        ..message
+                    },
                     idempotency_key: o.idempotency_key,
                     awaits_reply: o.awaits_reply,
                 };
@@ -141,10 +171,14 @@ async fn write_and_push(
             Ok(outcomes) => messages
                 .into_iter()
                 .zip(outcomes)
-                .map(|(new, outcome)| match outcome {
+                .zip(audiences)
+                .map(|((new, outcome), audience)| match outcome {
                     Ok(Inserted::Stored) => {
                         crate::metrics::message_stored(new.message.kind.as_str());
-                        stored.push(new.message.clone());
+                        stored.push(Addressed {
+                            message: new.message.clone(),
+                            audience,
+                        });
                         Ok(Delivered::Stored(new.message))
                     }
                     Ok(Inserted::Replayed(first)) => Ok(Delivered::Replayed(first)),

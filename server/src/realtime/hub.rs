@@ -13,12 +13,12 @@ use tokio::sync::{Notify, mpsc};
 
 use super::protocol::ServerFrame;
 use crate::domain::{Status, UserId};
-use crate::messaging::MessageView;
+use crate::messaging::{MessageView, Notice};
 
 /// One event for clients, serialized once however many connections receive it.
 #[derive(Debug)]
 pub struct Push {
-    /// The Socket.IO event name: "message" or "status".
+    /// The Socket.IO event name: "message", "status", or a notice's type.
     pub event: &'static str,
     /// The Socket.IO payload.
     pub data: Value,
@@ -32,6 +32,20 @@ impl Push {
             event: "message",
             data: serde_json::to_value(message).unwrap_or_default(),
             frame: ServerFrame::Message { message }.to_text(),
+        }
+    }
+
+    /// A notice: on `/ws` the notice itself, on Socket.IO its fields under its type's name.
+    pub fn notice(notice: &Notice) -> Self {
+        let mut data = serde_json::to_value(notice).unwrap_or_default();
+        let frame = data.to_string();
+        if let Value::Object(fields) = &mut data {
+            fields.remove("type");
+        }
+        Self {
+            event: notice.kind(),
+            data,
+            frame,
         }
     }
 

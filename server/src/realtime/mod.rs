@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::accounts::EndSessions;
 use crate::auth::Sessions;
+use crate::conversations::Conversations;
 use crate::domain::UserId;
 use crate::messaging::Messaging;
 
@@ -19,13 +20,14 @@ pub use hub::{
     ConnectionCaps, Eviction, EvictionSignal, Hub, Push, Subscription, TooManyConnections,
 };
 
-/// What both socket framings reach: who is calling, where their pushes come from, and the one
-/// send path. Cheap to clone.
+/// What both socket framings reach: who is calling, where their pushes come from, the one
+/// send path, and typing. Cheap to clone.
 #[derive(Clone)]
 pub struct Live {
     pub sessions: Arc<Sessions>,
     pub hub: Arc<Hub>,
     pub messaging: Arc<Messaging>,
+    pub conversations: Arc<Conversations>,
 }
 
 impl EndSessions for Hub {

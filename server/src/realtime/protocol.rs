@@ -9,13 +9,17 @@ use serde_json::Value;
 use super::Live;
 use crate::domain::{MessageId, Status, UserId};
 use crate::failure::Failure;
-use crate::messaging::{MessageView, SendRequest};
+use crate::messaging::{MessageView, SendRequest, SendTo};
 
 /// What a client may send, over either framing.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Send(SendFrame),
+    /// "I am typing in this conversation": relayed to its other members, never answered.
+    Typing {
+        conversation: String,
+    },
     /// An application-level ping (`/ws` only: Socket.IO has Engine.IO's heartbeat).
     Ping,
     /// Any other type: refused with the type's name.
@@ -25,7 +29,12 @@ pub enum ClientFrame {
 
 #[derive(Debug, Deserialize)]
 pub struct SendFrame {
-    pub recipient: String,
+    /// A user's id (a direct message) ...
+    #[serde(default)]
+    pub recipient: Option<String>,
+    /// ... or a conversation's id (a group, or a direct conversation): exactly one of the two.
+    #[serde(default)]
+    pub conversation: Option<String>,
     pub content: String,
     /// Must be the caller's own id when given.
     #[serde(default)]
@@ -55,9 +64,13 @@ impl ClientId {
 /// What the server answers to one client frame.
 #[derive(Debug)]
 pub enum Reply {
-    Sent { id: MessageId },
+    Sent {
+        id: MessageId,
+    },
     Pong,
     Refused(Failure),
+    /// Nothing to say (typing): `/ws` writes nothing, Socket.IO acks `{}`.
+    Quiet,
 }
 
 /// Everything the server sends on `/ws`, as it looks there (`"type"` first). Socket.IO sends
@@ -97,7 +110,7 @@ impl<'a> ServerFrame<'a> {
                 client_id,
                 id: id.to_string(),
             },
-            Reply::Pong => ServerFrame::Pong { client_id },
+            Reply::Pong | Reply::Quiet => ServerFrame::Pong { client_id },
             Reply::Refused(failure) => ServerFrame::Error {
                 client_id,
                 code: failure.status,
@@ -121,6 +134,7 @@ impl<'a> ServerFrame<'a> {
 }
 
 const NOT_A_FRAME: &str = "frames must be JSON objects with a \"type\"";
+const ONE_TARGET: &str = "a send needs either a recipient or a conversation";
 
 /// Reads a client frame. `noun` names the unit in the error text ("frame" on `/ws`, "payload"
 /// for a Socket.IO event's data).
@@ -148,9 +162,14 @@ pub fn parse(frame: Value, noun: &str) -> Result<ClientFrame, Failure> {
 pub async fn handle(live: &Live, user: UserId, frame: ClientFrame) -> Reply {
     match frame {
         ClientFrame::Send(send) => {
+            let to = match (send.recipient, send.conversation) {
+                (Some(recipient), None) => SendTo::Recipient(recipient),
+                (None, Some(conversation)) => SendTo::Conversation(conversation),
+                _ => return Reply::Refused(Failure::bad_request(ONE_TARGET)),
+            };
             let request = SendRequest {
                 claimed_sender: send.sender,
-                recipient: send.recipient,
+                to,
                 content: send.content,
                 idempotency_key: send.client_id.map(ClientId::into_key),
             };
@@ -158,6 +177,13 @@ pub async fn handle(live: &Live, user: UserId, frame: ClientFrame) -> Reply {
                 Ok(message) => Reply::Sent { id: message.id },
                 Err(err) => Reply::Refused(err.into()),
             }
+        }
+        ClientFrame::Typing { conversation } => {
+            // Best effort: a typing frame is never refused, whatever becomes of it.
+            if let Err(e) = live.conversations.typing(user, &conversation).await {
+                tracing::debug!(error = %e, "typing not relayed");
+            }
+            Reply::Quiet
         }
         ClientFrame::Ping => Reply::Pong,
         // `parse` refuses these with the type's name; nothing else makes one.
@@ -186,6 +212,10 @@ mod tests {
         assert!(
             refusal(json!({"type": "send", "recipient": "r"})).starts_with("invalid send frame:")
         );
+        assert!(matches!(
+            parse(json!({"type": "typing", "conversation": "c"}), "frame"),
+            Ok(ClientFrame::Typing { conversation }) if conversation == "c"
+        ));
         assert!(matches!(
             parse(json!({"type": "ping", "client_id": "p"}), "frame"),
             Ok(ClientFrame::Ping)

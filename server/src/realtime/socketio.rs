@@ -1,6 +1,7 @@
 //! `/socket.io/`: the Socket.IO transport (socketioxide), same hub and same send path as
-//! `/ws`. Auth is the handshake's `auth: {token}`; events `message` and `status` go out, `send`
-//! comes in with an acknowledgement `{id}` or `{error, code}`.
+//! `/ws`. Auth is the handshake's `auth: {token}`; events `message`, `status`, `read`, `typing`,
+//! `conversation` and `removed` go out; `send` comes in with an acknowledgement `{id}` or
+//! `{error, code}`, and `typing` (acked `{}`).
 
 use std::sync::{Arc, Mutex};
 
@@ -210,7 +211,7 @@ async fn on_connect(
 
 /// The client frames Socket.IO carries, as events of the same name. Not `ping`: Engine.IO has
 /// its own heartbeat.
-const CLIENT_EVENTS: &[&str] = &["send"];
+const CLIENT_EVENTS: &[&str] = &["send", "typing"];
 
 /// Socket.IO's write side: pushes as events; replies go out as acks, not through here.
 struct SocketIoSink {
@@ -294,7 +295,7 @@ async fn on_client_event(
 fn ack_body(reply: &Reply) -> Value {
     match reply {
         Reply::Sent { id } => json!({"id": id.to_string()}),
-        Reply::Pong => json!({}),
+        Reply::Pong | Reply::Quiet => json!({}),
         Reply::Refused(failure) => {
             let mut body = json!({"error": failure.message, "code": failure.status});
             if let Some(wait) = failure.retry_after {

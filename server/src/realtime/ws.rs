@@ -223,7 +223,7 @@ async fn read_frames(
         };
         *crate::sync::lock(&last_heard) = Instant::now();
         let reply = match frame {
-            Frame::Text(text) => Some(answer(&live, user, &text).await),
+            Frame::Text(text) => answer(&live, user, &text).await,
             Frame::Binary(_) => Some(
                 ServerFrame::reply(
                     &Value::Null,
@@ -244,15 +244,15 @@ async fn read_frames(
     }
 }
 
-/// A text frame in, its answer out.
-async fn answer(live: &Live, user: UserId, text: &str) -> String {
+/// A text frame in, its answer out (none for typing).
+async fn answer(live: &Live, user: UserId, text: &str) -> Option<String> {
     let frame = serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
     let client_id = frame.get("client_id").cloned().unwrap_or(Value::Null);
     let reply = match protocol::parse(frame, "frame") {
         Ok(frame) => protocol::handle(live, user, frame).await,
         Err(refused) => Reply::Refused(refused),
     };
-    ServerFrame::reply(&client_id, &reply).to_text()
+    (!matches!(reply, Reply::Quiet)).then(|| ServerFrame::reply(&client_id, &reply).to_text())
 }
 
 /// tungstenite refuses a frame over the limit from its header (its `Error::Capacity`), but poem

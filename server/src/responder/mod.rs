@@ -20,7 +20,9 @@ use crate::domain::{
     Content, MAX_SETTING_CHARS, Message, MessageKind, MessagePage, ResponderChoice, UserId,
 };
 use crate::failure::Failure;
-use crate::messaging::{BusyRecipients, DeliverError, Delivered, Outgoing, Writer, auto_reply_key};
+use crate::messaging::{
+    BusyRecipients, DeliverError, Delivered, Outgoing, Target, Writer, auto_reply_key,
+};
 use crate::metrics;
 use crate::store::{Store, StoreError, User};
 use crate::wasm::{
@@ -164,7 +166,7 @@ impl Responder {
         };
         let outgoing = Outgoing {
             sender: recipient,
-            recipient: message.sender,
+            to: Target::User(message.sender),
             content: reply,
             kind: MessageKind::AutoReply,
             idempotency_key: Some(auto_reply_key(message.id)),

@@ -99,6 +99,12 @@ impl StoreError {
     }
 }
 
+/// The one text for a conversation that does not exist or that the caller is not in (the
+/// same for both, so nobody learns that a conversation they are not in exists).
+pub const CONVERSATION_NOT_FOUND: &str = "Conversation not found";
+/// The one text for a user id that names nobody.
+pub const USER_NOT_FOUND: &str = "User not found";
+
 /// How long clients are asked to wait when the database is unavailable.
 pub const UNAVAILABLE_RETRY: RetryAfter = RetryAfter::from_secs(5);
 
@@ -106,8 +112,8 @@ impl From<StoreError> for Failure {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::EmailTaken => Failure::conflict("Email is already registered"),
-            StoreError::UnknownUser => Failure::not_found("User not found"),
-            StoreError::NotMember => Failure::not_found("Conversation not found"),
+            StoreError::UnknownUser => Failure::not_found(USER_NOT_FOUND),
+            StoreError::NotMember => Failure::not_found(CONVERSATION_NOT_FOUND),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "database unavailable");
                 Failure::unavailable(
@@ -162,7 +168,8 @@ pub trait Store: Send + Sync + 'static {
         id: UserId,
         choice: &ResponderChoice,
     ) -> Result<bool, StoreError>;
-    /// Everyone `user` has exchanged at least one message with (not `user` itself).
+    /// Everyone `user` has exchanged at least one message with, or shares a group with (not
+    /// `user` itself).
     async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
     /// One message by its id, whoever may see it.
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError>;

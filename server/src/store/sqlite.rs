@@ -820,7 +820,11 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT recipient FROM messages WHERE sender = ?1 AND recipient != ?1
                      UNION
-                     SELECT sender FROM messages WHERE recipient = ?1 AND sender != ?1",
+                     SELECT sender FROM messages WHERE recipient = ?1 AND sender != ?1
+                     UNION
+                     SELECT other.member FROM members mine
+                         JOIN members other ON other.conversation = mine.conversation
+                         WHERE mine.member = ?1 AND other.member != ?1",
                 )
                 .map_err(internal)?;
             query

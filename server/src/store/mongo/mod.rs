@@ -421,11 +421,20 @@ impl Store for MongoStore {
 
     async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
         let me = user.to_string();
-        let values = self
+        let mut values = self
             .messages
             .distinct("participants", doc! { "participants": &me })
             .await
             .map_err(classify)?;
+        let groups = self.groups_of(&me).await?;
+        if !groups.is_empty() {
+            let members = self
+                .members
+                .distinct("user", doc! { "conversation": { "$in": groups } })
+                .await
+                .map_err(classify)?;
+            values.extend(members);
+        }
         values
             .into_iter()
             .filter_map(|value| match value {
@@ -433,7 +442,8 @@ impl Store for MongoStore {
                 Bson::String(id) => Some(UserId::parse(&id).map_err(|e| corrupt("peer", &id, e))),
                 other => Some(Err(corrupt("peer", &other.to_string(), "not a string"))),
             })
-            .collect()
+            .collect::<Result<std::collections::BTreeSet<_>, _>>()
+            .map(|peers| peers.into_iter().collect())
     }
 
     async fn list_messages(

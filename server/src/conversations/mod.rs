@@ -3,8 +3,16 @@
 //! caller is not in does not exist for them (the same "Conversation not found" as one that
 //! does not exist at all), and only a group's owner renames it or changes its members
 //! (anyone may leave).
+//!
+//! Every change is told to the members' live connections through the fan-out, after it is
+//! stored: a `conversation` notice to everyone in it afterwards, `removed` to whoever left or
+//! was removed, `read` when a read mark moves; typing is relayed, never stored.
+
+mod view;
 
 use std::sync::Arc;
+
+pub use view::{ConversationView, MemberView};
 
 use crate::domain::{
     Conversation, ConversationId, ConversationKind, ConversationSummary, Member, MessageId, Role,
@@ -12,9 +20,8 @@ use crate::domain::{
 };
 use crate::failure::{Failure, RetryAfter};
 use crate::limits::Limits;
-use crate::store::{Store, StoreError, User};
-
-pub const CONVERSATION_NOT_FOUND: &str = "Conversation not found";
+use crate::messaging::{FanOut, Notice};
+use crate::store::{CONVERSATION_NOT_FOUND, Store, StoreError, USER_NOT_FOUND, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConversationError {
@@ -53,7 +60,7 @@ impl From<ConversationError> for Failure {
         match err {
             ConversationError::Invalid(problem) => problem.into(),
             ConversationError::NotFound => Failure::not_found(CONVERSATION_NOT_FOUND),
-            ConversationError::UserNotFound => Failure::not_found("User not found"),
+            ConversationError::UserNotFound => Failure::not_found(USER_NOT_FOUND),
             ConversationError::MessageNotFound => Failure::not_found("Message not found"),
             ConversationError::NotOwner => Failure::forbidden("Only the group's owner can do this"),
             ConversationError::Direct => {
@@ -83,6 +90,7 @@ pub struct Detailed {
 
 pub struct Conversations {
     store: Arc<dyn Store>,
+    fanout: Arc<dyn FanOut>,
     limits: Arc<Limits>,
     max_members: usize,
 }
@@ -92,9 +100,15 @@ fn parse_user(raw: &str) -> Result<UserId, ValidationError> {
 }
 
 impl Conversations {
-    pub fn new(store: Arc<dyn Store>, limits: Arc<Limits>, max_members: usize) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        fanout: Arc<dyn FanOut>,
+        limits: Arc<Limits>,
+        max_members: usize,
+    ) -> Self {
         Self {
             store,
+            fanout,
             limits,
             max_members,
         }
@@ -106,7 +120,7 @@ impl Conversations {
         creator: UserId,
         title: &str,
         members: &[String],
-    ) -> Result<Detailed, ConversationError> {
+    ) -> Result<ConversationView, ConversationError> {
         let title = Title::parse(title)?;
         let others = members
             .iter()
@@ -120,7 +134,7 @@ impl Conversations {
             .create_group(creator)
             .map_err(ConversationError::TooFast)?;
         self.store.create_conversation(&group).await?;
-        self.detailed(group).await
+        self.changed(group).await
     }
 
     /// The conversation, if `caller` is in it.
@@ -136,9 +150,9 @@ impl Conversations {
         &self,
         caller: UserId,
         id: &str,
-    ) -> Result<Detailed, ConversationError> {
+    ) -> Result<ConversationView, ConversationError> {
         let conversation = self.get(caller, id).await?;
-        self.detailed(conversation).await
+        Ok(self.detailed(conversation).await?.into())
     }
 
     /// A group the caller owns.
@@ -162,13 +176,13 @@ impl Conversations {
         caller: UserId,
         id: &str,
         title: &str,
-    ) -> Result<Detailed, ConversationError> {
+    ) -> Result<ConversationView, ConversationError> {
         let title = Title::parse(title)?;
         let conversation = self.owned_group(caller, id).await?;
         if !self.store.set_title(conversation.id, &title).await? {
             return Err(ConversationError::NotFound);
         }
-        self.get_detailed(caller, id).await
+        self.reread_and_tell(caller, conversation.id).await
     }
 
     pub async fn add_member(
@@ -176,7 +190,7 @@ impl Conversations {
         caller: UserId,
         id: &str,
         user: &str,
-    ) -> Result<Detailed, ConversationError> {
+    ) -> Result<ConversationView, ConversationError> {
         let user = UserId::parse(user).map_err(|p| ValidationError::new(format!("user {p}")))?;
         let conversation = self.owned_group(caller, id).await?;
         if conversation.member(user).is_none() && conversation.members.len() >= self.max_members {
@@ -186,8 +200,11 @@ impl Conversations {
             user,
             role: Role::Member,
         };
-        self.store.add_member(conversation.id, &member).await?;
-        self.get_detailed(caller, id).await
+        if !self.store.add_member(conversation.id, &member).await? {
+            // Already a member: nothing changed, nobody is told.
+            return self.get_detailed(caller, id).await;
+        }
+        self.reread_and_tell(caller, conversation.id).await
     }
 
     /// The owner removes anyone; anyone removes themself (leaving). Returns the group as it is
@@ -211,10 +228,40 @@ impl Conversations {
         if conversation.member(user).is_none() {
             return Err(ConversationError::UserNotFound);
         }
-        self.store
+        let after = self
+            .store
             .remove_member(conversation.id, user)
             .await?
-            .ok_or(ConversationError::UserNotFound)
+            .ok_or(ConversationError::UserNotFound)?;
+        // First the one who is out, so that nothing of the group reaches them after it.
+        self.fanout
+            .notify(vec![user], Notice::removed(conversation.id));
+        if !after.members.is_empty() {
+            self.changed(after.clone()).await?;
+        }
+        Ok(after)
+    }
+
+    /// Relays "`caller` is typing" to the conversation's other members: at most one per user
+    /// per conversation within the typing limit, and only from a member (anything else goes
+    /// nowhere, without an answer: typing is best effort).
+    pub async fn typing(&self, caller: UserId, id: &str) -> Result<(), ConversationError> {
+        let id = ConversationId::parse(id).map_err(|_| ConversationError::NotFound)?;
+        // Checked before the lookup, so a flood of typing frames costs no database reads.
+        if !self.limits.typing(caller, id) {
+            return Ok(());
+        }
+        let conversation = self.get(caller, &id.to_string()).await?;
+        let others: Vec<UserId> = conversation
+            .members
+            .iter()
+            .map(|m| m.user)
+            .filter(|u| *u != caller)
+            .collect();
+        if !others.is_empty() {
+            self.fanout.notify(others, Notice::typing(id, caller));
+        }
+        Ok(())
     }
 
     pub async fn list(
@@ -245,7 +292,40 @@ impl Conversations {
             .mark_read(conversation.id, caller, upto)
             .await?
             .ok_or(ConversationError::NotFound)?;
+        // Every member, the reader's other devices included (their badges clear).
+        self.fanout.notify(
+            audience(&conversation),
+            Notice::read(conversation.id, caller, mark),
+        );
         Ok((conversation, mark))
+    }
+
+    /// The conversation as it is now, told to its members.
+    async fn reread_and_tell(
+        &self,
+        caller: UserId,
+        id: ConversationId,
+    ) -> Result<ConversationView, ConversationError> {
+        let conversation = self.get(caller, &id.to_string()).await?;
+        self.changed(conversation).await
+    }
+
+    /// Tells every member of `conversation` what it looks like now; returns that view.
+    async fn changed(
+        &self,
+        conversation: Conversation,
+    ) -> Result<ConversationView, ConversationError> {
+        let members = audience(&conversation);
+        let view = ConversationView::from(self.detailed(conversation).await?);
+        if let Ok(rendered) = serde_json::to_value(&view) {
+            self.fanout.notify(
+                members,
+                Notice::Conversation {
+                    conversation: rendered,
+                },
+            );
+        }
+        Ok(view)
     }
 
     async fn detailed(&self, conversation: Conversation) -> Result<Detailed, ConversationError> {
@@ -267,4 +347,8 @@ impl Conversations {
             members,
         })
     }
+}
+
+fn audience(conversation: &Conversation) -> Vec<UserId> {
+    conversation.members.iter().map(|m| m.user).collect()
 }
