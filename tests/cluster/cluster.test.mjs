@@ -139,7 +139,8 @@ async function api(node, method, path, { token, body, headers = {} } = {}) {
     },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  return { status: response.status, body: await response.json() };
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
 }
 
 async function newUser(node, label) {
@@ -358,6 +359,76 @@ test("a status change reaches peers on every node", async () => {
   }
 });
 
+test("group messages, read marks, typing and removals reach members on every node", async () => {
+  const { n1, n2, n3 } = nodes;
+  const [alice, bob, carol, herald] = await Promise.all(
+    ["alice", "bob", "carol", "herald"].map((label) => newUser(n1, label)),
+  );
+  const aliceWs = await WsClient.open(n1, alice);
+  const bobWs = await WsClient.open(n2, bob);
+  const bobPhone = await WsClient.open(n3, bob);
+  const carolWs = await WsClient.open(n3, carol);
+  const carolSio = await socketIo(n2, carol);
+  try {
+    const created = await api(n2, "POST", "/api/conversations", {
+      token: alice.token,
+      body: { title: "Across nodes", members: [bob.id, carol.id] },
+    });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const group = created.body.id;
+    const told = (ws) => ws.next("the new group", (f) => f.type === "conversation" && f.conversation.id === group);
+    await Promise.all([aliceWs, bobWs, bobPhone, carolWs].map(told));
+
+    const sent = await api(n3, "POST", `/api/conversations/${group}/messages`, {
+      token: alice.token,
+      body: { content: "hello, everyone" },
+    });
+    assert.equal(sent.status, 200, JSON.stringify(sent.body));
+    for (const ws of [aliceWs, bobWs, bobPhone, carolWs]) {
+      assert.equal((await ws.message(sent.body.id)).message.conversation, group);
+    }
+    await socketIoPush(carolSio, "the group message", (m) => m.id === sent.body.id);
+
+    // Bob reads on n2: Alice (n1) and Bob's phone (n3) hear it.
+    const read = await api(n2, "POST", `/api/conversations/${group}/read`, { token: bob.token, body: { upto: sent.body.id } });
+    assert.equal(read.status, 200, JSON.stringify(read.body));
+    const isRead = (f) => f.type === "read" && f.user === bob.id && f.upto === sent.body.id && f.conversation === group;
+    await Promise.all([aliceWs, bobPhone, carolWs].map((ws) => ws.next("bob's read mark", isRead)));
+
+    // Carol types on n3: Alice (n1) and Bob (n2, n3) see it; Carol does not.
+    carolWs.send({ type: "typing", conversation: group });
+    const isTyping = (f) => f.type === "typing" && f.user === carol.id && f.conversation === group;
+    await Promise.all([aliceWs, bobWs, bobPhone].map((ws) => ws.next("carol typing", isTyping)));
+
+    // Carol is removed on n1: her connections on n3 (and Socket.IO on n2) are told, at once.
+    const removed = await api(n1, "DELETE", `/api/conversations/${group}/members/${carol.id}`, { token: alice.token });
+    assert.equal(removed.status, 204);
+    await carolWs.next("removed", (f) => f.type === "removed" && f.conversation === group);
+    const after = await api(n2, "POST", `/api/conversations/${group}/messages`, {
+      token: bob.token,
+      body: { content: "just us now" },
+    });
+    assert.equal(after.status, 200);
+    await aliceWs.message(after.body.id);
+    // A later marker to Carol arrives in id order after anything else she would get.
+    const marker = await api(n1, "POST", "/api/chat/send", {
+      token: herald.token,
+      body: { recipient: carol.id, content: "marker" },
+    });
+    await carolWs.message(marker.body.id);
+    const afterRemoval = carolWs.frames.slice(carolWs.frames.findIndex((f) => f.type === "removed"));
+    assert.deepEqual(
+      afterRemoval.filter((f) => f.conversation === group || f.message?.conversation === group).map((f) => f.type),
+      ["removed"],
+      "nothing of the group after `removed`",
+    );
+    assert.deepEqual([aliceWs, bobWs, bobPhone, carolWs].flatMap((c) => c.outOfOrder), []);
+  } finally {
+    for (const ws of [aliceWs, bobWs, bobPhone, carolWs]) ws.close();
+    carolSio.close();
+  }
+});
+
 test("a BUSY user's responder answers each message once, whichever node took it", async () => {
   const bob = await newUser(nodes.n1, "busy-bob");
   assert.equal(
@@ -401,24 +472,33 @@ test("catch-up is exact with senders on every node, random reconnects and a node
   );
   const acked = new Set();
   let killed = false;
+  // Half the messages go to a group the target and every sender are in: one catch-up covers both.
+  const created = await api(nodes.n1, "POST", "/api/conversations", {
+    token: target.token,
+    body: { title: "Catch-up", members: senders.map((s) => s.id) },
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const group = created.body.id;
 
   /** Sends one message, over HTTP or /ws on a random live node, until some node acknowledges
-   * it. The same key every time: a retry after a node died never stores it twice. */
-  async function sendOnce(sender, key, content) {
+   * it. The same key (and destination) every time: a retry after a node died never stores it
+   * twice. */
+  async function sendOnce(sender, key, content, toGroup) {
+    const to = toGroup ? { conversation: group } : { recipient: target.id };
     for (let attempt = 0; attempt < 50; attempt++) {
       const node = pick(alive());
       try {
         if (Math.random() < 0.5) {
-          const r = await api(node, "POST", "/api/chat/send", {
+          const r = await api(node, "POST", toGroup ? `/api/conversations/${group}/messages` : "/api/chat/send", {
             token: sender.token,
             headers: { "idempotency-key": key },
-            body: { recipient: target.id, content },
+            body: toGroup ? { content } : { ...to, content },
           });
           if (r.status === 200) return r.body.id;
         } else {
           const ws = await WsClient.open(node, sender);
           try {
-            ws.send({ type: "send", recipient: target.id, content, client_id: key });
+            ws.send({ type: "send", ...to, content, client_id: key });
             const answer = await Promise.race([
               ws.next("sent", (f) => (f.type === "sent" || f.type === "error") && f.client_id === key),
               ws.closed.then(() => ({ type: "closed" })),
@@ -437,7 +517,7 @@ test("catch-up is exact with senders on every node, random reconnects and a node
 
   const sending = Promise.all(senders.map(async (sender, s) => {
     for (let i = 0; i < EACH; i++) {
-      acked.add(await sendOnce(sender, `s${s}-m${i}`, `message ${i} from sender ${s}`));
+      acked.add(await sendOnce(sender, `s${s}-m${i}`, `message ${i} from sender ${s}`, i % 2 === 1));
       // Half-way through, n3 dies with whatever it had in flight.
       if (!killed && acked.size >= (SENDERS * EACH) / 2) {
         killed = true;

@@ -16,7 +16,8 @@ async function api(method, path, { token, body } = {}) {
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  return { status: response.status, body: await response.json() };
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
 }
 
 async function newUser(label) {
@@ -132,6 +133,51 @@ for (const [name, transports] of [["websocket transport", ["websocket"]], ["defa
       const updated = await api("PUT", "/api/user/status", { token: alice.token, body: { status: "BUSY" } });
       assert.equal(updated.status, 200);
       assert.deepEqual(await arriving, { user: alice.id, status: "BUSY" });
+    });
+
+    test("groups: sends with a conversation, read marks, typing, removal", async () => {
+      const carol = await newUser("carol");
+      const carolSocket = await connect(carol, transports);
+      try {
+        const told = Promise.all([bobSocket, carolSocket].map((s) => nextEvent(s, "conversation")));
+        const created = await api("POST", "/api/conversations", {
+          token: alice.token,
+          body: { title: `Socket.IO ${name}`, members: [bob.id, carol.id] },
+        });
+        assert.equal(created.status, 201);
+        const group = created.body.id;
+        for (const conversation of (await told).map((t) => t.conversation)) {
+          assert.equal(conversation.id, group);
+          assert.deepEqual(conversation.members.map((m) => m.id), [alice.id, bob.id, carol.id]);
+        }
+
+        const arriving = Promise.all([bobSocket, carolSocket].map((s) => nextEvent(s, "message")));
+        const ack = await aliceSocket.timeout(DEADLINE_MS).emitWithAck("send", { conversation: group, content: "hi all" });
+        assert.equal(typeof ack.id, "string");
+        for (const message of await arriving) {
+          assert.equal(message.id, ack.id);
+          assert.equal(message.conversation, group);
+          assert.equal(message.recipient, undefined);
+        }
+
+        const typing = nextEvent(carolSocket, "typing");
+        assert.deepEqual(await bobSocket.timeout(DEADLINE_MS).emitWithAck("typing", { conversation: group }), {});
+        assert.deepEqual(await typing, { conversation: group, user: bob.id });
+
+        const read = Promise.all([aliceSocket, carolSocket].map((s) => nextEvent(s, "read")));
+        const marked = await api("POST", `/api/conversations/${group}/read`, { token: bob.token, body: { upto: ack.id } });
+        assert.equal(marked.status, 200);
+        for (const mark of await read) assert.deepEqual(mark, { conversation: group, user: bob.id, upto: ack.id });
+
+        const removed = nextEvent(carolSocket, "removed");
+        const gone = await api("DELETE", `/api/conversations/${group}/members/${carol.id}`, { token: alice.token });
+        assert.equal(gone.status, 204);
+        assert.deepEqual(await removed, { conversation: group });
+        const refused = await carolSocket.timeout(DEADLINE_MS).emitWithAck("send", { conversation: group, content: "still here?" });
+        assert.deepEqual(refused, { error: "Conversation not found", code: 404 });
+      } finally {
+        carolSocket.close();
+      }
     });
   });
 }
