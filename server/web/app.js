@@ -3,10 +3,12 @@
 //
 // Data flow:
 //   - GET /api/users/me checks a stored token and gives my id, email and status;
-//   - GET /api/chat/messages (no `with`) gives the newest messages across everyone: the recent
-//     conversations, and the catch-up cursor (the newest id seen);
-//   - one WebSocket at /ws pushes every new message and status change (live.js), with a catch-up
-//     after every (re)connect;
+//   - GET /api/conversations gives the conversation list with the server's unread counts and my
+//     read marks (so badges survive a reload and agree across devices);
+//   - GET /api/chat/messages (no `with`) gives the newest messages across every conversation,
+//     groups included, and the catch-up cursor (the newest id seen);
+//   - one WebSocket at /ws pushes every new message, status change, read mark, typing notice and
+//     group change (live.js), with a catch-up after every (re)connect;
 //   - opening a conversation loads its newest page; scrolling to the top loads older pages
 //     (chat.js).
 //
@@ -27,28 +29,35 @@ import { api, ApiError, describeError, onSessionRejected } from "./api.js";
 import {
   closeConversation,
   confirmSend,
+  createGroup,
   discardSend,
   flushQueued,
   forgetUserFetches,
+  groupChanged,
+  leaveGroup,
   loadOlder,
   openConversation,
   PAGE,
+  readMarkMoved,
   readOpenConversation,
   receive,
   refreshUser,
   rememberUser,
+  removedFromGroup,
   resendUnanswered,
   retrySend,
   routeFromHash,
   send,
   sendRefused,
+  someoneTyping,
   statusChanged,
   stopSends,
+  typing,
 } from "./chat.js";
 import { $ } from "./dom.js";
 import * as connection from "./live.js";
 import { session } from "./session.js";
-import { advanceCursor, resetState, state } from "./state.js";
+import { advanceCursor, mergeSummary, resetState, state } from "./state.js";
 import {
   focusComposer,
   renderConnection,
@@ -73,6 +82,10 @@ connection.setHandlers({
   show: renderConnection,
   messages: (messages) => receive(messages, { live: true }),
   status: statusChanged,
+  read: readMarkMoved,
+  typing: someoneTyping,
+  conversation: groupChanged,
+  removed: removedFromGroup,
   sent: (frame) => confirmSend(frame.client_id, frame.id),
   error: sendRefused,
   me: (me) => {
@@ -81,7 +94,7 @@ connection.setHandlers({
   },
   caughtUp: () => {
     // Status pushes sent while we were away are gone; ask again for the one on screen.
-    refreshUser(state.openPeer);
+    if (state.conversations.get(state.openKey)?.kind === "direct") refreshUser(state.openKey);
     flushQueued();
   },
   lost: resendUnanswered,
@@ -153,7 +166,19 @@ async function startSession() {
   $("me-email").textContent = me.email;
   renderMyStatus();
 
-  // The newest messages across everyone: the conversation list and the catch-up cursor.
+  // The conversation list as the server keeps it: unread counts and read marks.
+  try {
+    const list = await api("GET", `/api/conversations?limit=${PAGE}`);
+    if (generation !== state.generation) return;
+    for (const item of list) {
+      mergeSummary(item);
+      if (item.last_message) receive([item.last_message]);
+    }
+  } catch (err) {
+    if (generation !== state.generation) return;
+    // Not fatal: the messages below still make a list, without the server's counts.
+  }
+  // The newest messages across every conversation, and the catch-up cursor.
   try {
     const recent = await api("GET", `/api/chat/messages?limit=${PAGE}`);
     if (generation !== state.generation) return;
@@ -190,6 +215,8 @@ function endSession(message = "") {
   resetViews();
   $("search-email").value = "";
   $("search-error").textContent = "";
+  $("group-form").reset();
+  $("group-error").textContent = "";
   if (location.hash) history.replaceState(null, "", location.pathname + location.search);
   renderOpenConversation();
   updateTitle();
@@ -250,6 +277,37 @@ $("search-form").addEventListener("submit", async (event) => {
   }
 });
 
+// --- New group ---------------------------------------------------------------------------------
+
+$("group-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const error = $("group-error");
+  error.textContent = "";
+  const title = $("group-title").value.trim();
+  const emails = $("group-members")
+    .value.split(/[\s,;]+/)
+    .map((e) => e.trim())
+    .filter(Boolean);
+  if (!title) {
+    error.textContent = "Give the group a name.";
+    $("group-title").focus();
+    return;
+  }
+  const button = event.submitter ?? event.target.querySelector("button");
+  button.disabled = true;
+  try {
+    await createGroup(title, emails);
+    event.target.reset();
+    $("new-group").open = false;
+  } catch (err) {
+    error.textContent = describeError(err);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$("leave-group").addEventListener("click", () => leaveGroup());
+
 // --- Open conversation and composer ------------------------------------------------------------
 
 $("back").addEventListener("click", () => {
@@ -265,8 +323,12 @@ $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
   const content = takeMessage();
   if (content === null) return;
-  send(state.openPeer, content);
+  send(state.openKey, content);
   focusComposer();
+});
+
+$("message-input").addEventListener("input", (event) => {
+  if (event.target.value.trim()) typing();
 });
 
 document.addEventListener("visibilitychange", () => {

@@ -1,14 +1,24 @@
 // What the chat does: messages that arrive, users looked up, conversations opened and closed
-// (with the URL's #peer), their history loaded page by page, and my sends until the server has
-// stored them.
+// (with the URL's #key: a peer's id, or a group's), their history loaded page by page, my sends
+// until the server has stored them, groups created, read marks and typing.
 //
 // Owns the flow from a change of state to its drawing, and the send retries. Imports api, live
 // (to send over the socket when it is up), state and views. Touches the DOM only through views;
-// the address bar's #peer is its own, as it names the open conversation.
+// the address bar's #key is its own, as it names the open conversation.
 
 import { api, ApiError, NetworkError, describeError } from "./api.js";
 import * as connection from "./live.js";
-import { state, conversation, addMessages, mergeUser, sortedIds } from "./state.js";
+import {
+  state,
+  addMessages,
+  byId,
+  conversation,
+  latestMessage,
+  mergeGroup,
+  mergeUser,
+  moveMyMark,
+  sortedIds,
+} from "./state.js";
 import {
   anchorScroll,
   announce,
@@ -21,6 +31,7 @@ import {
   renderMyStatus,
   renderOpenConversation,
   renderPeerHeader,
+  renderTyping,
   scrollToBottom,
   switchConversation,
   toast,
@@ -29,6 +40,8 @@ import {
 
 export const PAGE = 50; // history page size
 const SEND_ACK_TIMEOUT_MS = 10_000; // no `sent` by then: retry over HTTP with the same key
+const TYPING_EVERY_MS = 2_000; // the server relays one typing notice per 2 s anyway
+const TYPING_SHOWN_MS = 5_000; // "… is typing" goes away unless renewed
 
 // --- Arriving messages ---------------------------------------------------------------------------
 
@@ -46,21 +59,138 @@ export function receive(messages, { live = false } = {}) {
   for (const peer of unknown) fetchUser(peer);
   if (changed.size) {
     renderConversationList();
-    if (state.openPeer && [...changed].some((c) => c.peerId === state.openPeer)) {
+    if (state.openKey && [...changed].some((c) => c.key === state.openKey)) {
       renderMessages({ live });
+      renderTyping();
+      if (live) readOpenConversation();
     }
     updateTitle();
   }
 }
 
-/** The open conversation is read once the page is looked at again. */
+/** The open conversation is read while the page is looked at: the server keeps the mark, and
+ *  tells my other devices (their badges clear) and the others ("Seen"). */
 export function readOpenConversation() {
-  if (!state.openPeer) return;
-  const conv = state.conversations.get(state.openPeer);
-  if (conv?.unread) {
+  if (!state.openKey || document.visibilityState !== "visible") return;
+  const conv = state.conversations.get(state.openKey);
+  if (!conv) return;
+  if (conv.unread) {
     conv.unread = 0;
     renderConversationList();
     updateTitle();
+  }
+  const latest = latestMessage(conv);
+  if (!conv.id || !latest || latest.local || (conv.readUpto && conv.readUpto >= latest.id)) return;
+  const generation = state.generation;
+  api("POST", `/api/conversations/${encodeURIComponent(conv.id)}/read`, { body: { upto: latest.id } })
+    .then((mark) => generation === state.generation && moveMyMark(conv, mark.upto))
+    .catch(() => {}); // the next message or visit tries again
+}
+
+/** A read push: mine (another device read it: the badge clears) or someone else's ("Seen"). */
+export function readMarkMoved(frame) {
+  const conv = byId(frame.conversation);
+  if (!conv) return;
+  if (frame.user === state.me?.id) {
+    if (moveMyMark(conv, frame.upto)) {
+      renderConversationList();
+      updateTitle();
+    }
+    return;
+  }
+  const before = conv.marks.get(frame.user);
+  if (!before || frame.upto > before) conv.marks.set(frame.user, frame.upto);
+  if (state.openKey === conv.key) renderMessages();
+}
+
+// --- Typing --------------------------------------------------------------------------------------
+
+let lastTypingSent = 0;
+
+/** I am typing in the open conversation: told to the others, at most every 2 s. */
+export function typing() {
+  const conv = state.conversations.get(state.openKey);
+  if (!conv?.id || !connection.isOpen() || Date.now() - lastTypingSent < TYPING_EVERY_MS) return;
+  lastTypingSent = Date.now();
+  connection.sendFrame({ type: "typing", conversation: conv.id });
+}
+
+/** Someone else is typing: shown for a few seconds unless renewed. */
+export function someoneTyping(frame) {
+  const conv = byId(frame.conversation);
+  if (!conv || frame.user === state.me?.id) return;
+  conv.typing.set(frame.user, Date.now() + TYPING_SHOWN_MS);
+  if (!state.users.has(frame.user)) fetchUser(frame.user);
+  if (state.openKey === conv.key) renderTyping();
+  setTimeout(() => {
+    if ((conv.typing.get(frame.user) ?? 0) <= Date.now()) {
+      conv.typing.delete(frame.user);
+      if (state.openKey === conv.key) renderTyping();
+    }
+  }, TYPING_SHOWN_MS + 50);
+}
+
+// --- Groups --------------------------------------------------------------------------------------
+
+/** A group was created, renamed or its members changed. */
+export function groupChanged(frame) {
+  const conv = mergeGroup(frame.conversation);
+  renderConversationList();
+  if (state.openKey === conv.key) renderPeerHeader();
+}
+
+/** I left or was removed: the group goes from the page. */
+export function removedFromGroup(frame) {
+  const conv = byId(frame.conversation);
+  if (!conv) return;
+  state.conversations.delete(conv.key);
+  if (state.openKey === conv.key) {
+    closeConversation();
+    toast(`You are no longer in ${conv.title ?? "that group"}.`);
+  }
+  renderConversationList();
+  updateTitle();
+}
+
+/** A group's members, which the conversation list does not carry. */
+function fetchGroup(conv) {
+  const generation = state.generation;
+  api("GET", `/api/conversations/${encodeURIComponent(conv.id)}`)
+    .then((view) => {
+      if (generation !== state.generation) return;
+      mergeGroup(view);
+      if (state.openKey === conv.key) renderPeerHeader();
+    })
+    .catch(() => {});
+}
+
+/** Creates a group with the people whose emails are given, and opens it. */
+export async function createGroup(title, emails) {
+  const members = [];
+  for (const email of emails) {
+    try {
+      const user = await api("GET", `/api/users?email=${encodeURIComponent(email)}`);
+      rememberUser(user);
+      members.push(user.id);
+    } catch (err) {
+      throw err instanceof ApiError && err.status === 404 ? new Error(`No account has the email ${email}.`) : err;
+    }
+  }
+  const group = await api("POST", "/api/conversations", { body: { title, members } });
+  const conv = mergeGroup(group);
+  conv.historyLoaded = false;
+  await openConversation(conv.key);
+}
+
+/** Leaves the open group. */
+export async function leaveGroup() {
+  const conv = state.conversations.get(state.openKey);
+  if (conv?.kind !== "group") return;
+  try {
+    await api("DELETE", `/api/conversations/${encodeURIComponent(conv.id)}/members/${encodeURIComponent(state.me.id)}`);
+    removedFromGroup({ conversation: conv.id });
+  } catch (err) {
+    toast(`Could not leave the group: ${describeError(err)}`);
   }
 }
 
@@ -92,7 +222,7 @@ export function forgetUserFetches() {
 export function rememberUser(user) {
   mergeUser(user);
   renderConversationList();
-  if (user.id === state.openPeer) renderPeerHeader();
+  if (user.id === state.openKey || state.conversations.get(state.openKey)?.kind === "group") renderPeerHeader();
 }
 
 /** Status pushes missed while the socket was down: fetch the open peer again. */
@@ -118,16 +248,17 @@ export function statusChanged(frame) {
 
 // --- Conversations -------------------------------------------------------------------------------
 
-export async function openConversation(peerId, { fromHistory = false } = {}) {
+export async function openConversation(key, { fromHistory = false } = {}) {
   if (!state.me) return;
-  if (state.openPeer && state.openPeer !== peerId) keepDraft(state.openPeer);
-  const switching = state.openPeer !== peerId;
-  state.openPeer = peerId;
-  const conv = conversation(peerId);
+  if (state.openKey && state.openKey !== key) keepDraft(state.openKey);
+  const switching = state.openKey !== key;
+  state.openKey = key;
+  const conv = conversation(key);
   conv.unread = 0;
-  if (!fromHistory && location.hash !== `#${peerId}`) history.pushState({ palaver: true }, "", `#${peerId}`);
-  if (switching) switchConversation(peerId);
-  if (!state.users.has(peerId)) fetchUser(peerId);
+  if (!fromHistory && location.hash !== `#${key}`) history.pushState({ palaver: true }, "", `#${key}`);
+  if (switching) switchConversation(key);
+  if (conv.kind === "direct" && !state.users.has(key)) fetchUser(key);
+  if (conv.kind === "group" && !conv.members.length) fetchGroup(conv);
   renderOpenConversation();
   renderConversationList();
   updateTitle();
@@ -135,27 +266,35 @@ export async function openConversation(peerId, { fromHistory = false } = {}) {
     await loadHistory(conv);
   }
   scrollToBottom();
+  readOpenConversation();
   // On a phone the keyboard would cover half the conversation; focus only with a real pointer.
   if (matchMedia("(pointer: fine)").matches) focusComposer();
 }
 
 export function closeConversation({ fromHistory = false } = {}) {
-  if (state.openPeer) keepDraft(state.openPeer);
-  state.openPeer = null;
+  if (state.openKey) keepDraft(state.openKey);
+  state.openKey = null;
   if (!fromHistory && location.hash) history.replaceState(null, "", location.pathname + location.search);
   renderOpenConversation();
   renderConversationList();
 }
 
-/** Opens the conversation the URL names (#peer id), or closes the open one if it names none. */
+/** Opens the conversation the URL names (#peer id or #group id), or closes the open one. */
 export function routeFromHash() {
   if (!state.me) return;
-  const peer = decodeURIComponent(location.hash.slice(1));
-  if (peer && /^[0-9a-f-]{36}$/i.test(peer)) {
-    if (peer !== state.openPeer) openConversation(peer, { fromHistory: true });
-  } else if (state.openPeer) {
+  const key = decodeURIComponent(location.hash.slice(1));
+  if (key && /^[0-9a-f-]{36}$/i.test(key)) {
+    if (key !== state.openKey) openConversation(key, { fromHistory: true });
+  } else if (state.openKey) {
     closeConversation({ fromHistory: true });
   }
+}
+
+/** The path of a conversation's messages, for a page of `query`. */
+function messagesPath(conv, query) {
+  return conv.kind === "group"
+    ? `/api/conversations/${encodeURIComponent(conv.id)}/messages?${query}`
+    : `/api/chat/messages?with=${encodeURIComponent(conv.peerId)}&${query}`;
 }
 
 async function loadHistory(conv) {
@@ -163,7 +302,7 @@ async function loadHistory(conv) {
   conv.loadingOlder = true;
   renderHistoryTop(conv);
   try {
-    const page = await api("GET", `/api/chat/messages?with=${encodeURIComponent(conv.peerId)}&limit=${PAGE}`);
+    const page = await api("GET", messagesPath(conv, `limit=${PAGE}`));
     if (generation !== state.generation) return;
     conv.historyLoaded = true;
     conv.hasOlder = page.length === PAGE;
@@ -171,20 +310,20 @@ async function loadHistory(conv) {
   } catch (err) {
     if (generation !== state.generation) return;
     if (err instanceof ApiError && err.status === 404) {
-      toast("That user no longer exists.");
-      state.conversations.delete(conv.peerId);
+      toast(conv.kind === "group" ? "You are not in that group." : "That user no longer exists.");
+      state.conversations.delete(conv.key);
       closeConversation();
       return;
     }
     toast(`Could not load the conversation: ${describeError(err)}`);
   } finally {
     conv.loadingOlder = false;
-    if (state.openPeer === conv.peerId) renderMessages();
+    if (state.openKey === conv.key) renderMessages();
   }
 }
 
 export async function loadOlder() {
-  const conv = state.conversations.get(state.openPeer);
+  const conv = state.conversations.get(state.openKey);
   if (!conv || conv.loadingOlder || !conv.hasOlder) return;
   const oldest = sortedIds(conv)[0];
   if (!oldest) return;
@@ -192,17 +331,14 @@ export async function loadOlder() {
   conv.loadingOlder = true;
   renderHistoryTop(conv);
   try {
-    const page = await api(
-      "GET",
-      `/api/chat/messages?with=${encodeURIComponent(conv.peerId)}&before=${encodeURIComponent(oldest)}&limit=${PAGE}`,
-    );
+    const page = await api("GET", messagesPath(conv, `before=${encodeURIComponent(oldest)}&limit=${PAGE}`));
     if (generation !== state.generation) return;
     conv.hasOlder = page.length === PAGE;
     // Keep the messages on screen where they are while older ones are added above.
     const restoreScroll = anchorScroll();
     conv.loadingOlder = false;
     receive(page);
-    if (state.openPeer === conv.peerId) {
+    if (state.openKey === conv.key) {
       renderMessages();
       restoreScroll();
     }
@@ -210,7 +346,7 @@ export async function loadOlder() {
     toast(`Could not load older messages: ${describeError(err)}`);
   } finally {
     conv.loadingOlder = false;
-    if (state.openPeer === conv.peerId) renderHistoryTop(conv);
+    if (state.openKey === conv.key) renderHistoryTop(conv);
   }
 }
 
@@ -231,8 +367,16 @@ function uuid() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-export function send(peer, content) {
-  const p = { clientId: uuid(), peer, content, createdAt: Date.now(), state: "sending", id: null, error: null, timer: null };
+/** Where a send goes, as the socket frame and the HTTP call say it. */
+function destination(p) {
+  const conv = state.conversations.get(p.key);
+  return conv?.kind === "group"
+    ? { frame: { conversation: conv.id }, path: `/api/conversations/${encodeURIComponent(conv.id)}/messages`, body: {} }
+    : { frame: { recipient: p.key }, path: "/api/chat/send", body: { recipient: p.key } };
+}
+
+export function send(key, content) {
+  const p = { clientId: uuid(), key, content, createdAt: Date.now(), state: "sending", id: null, error: null, timer: null };
   state.pending.set(p.clientId, p);
   renderMessages();
   transmit(p);
@@ -242,13 +386,13 @@ function transmit(p) {
   p.state = "sending";
   p.error = null;
   if (connection.isOpen()) {
-    connection.sendFrame({ type: "send", recipient: p.peer, content: p.content, client_id: p.clientId });
+    connection.sendFrame({ type: "send", ...destination(p).frame, content: p.content, client_id: p.clientId });
     clearTimeout(p.timer);
     p.timer = setTimeout(() => sendOverHttp(p), SEND_ACK_TIMEOUT_MS);
   } else {
     sendOverHttp(p);
   }
-  if (state.openPeer === p.peer) renderMessages();
+  if (state.openKey === p.key) renderMessages();
 }
 
 async function sendOverHttp(p) {
@@ -257,8 +401,9 @@ async function sendOverHttp(p) {
   const generation = state.generation;
   p.state = "sending";
   try {
-    const answer = await api("POST", "/api/chat/send", {
-      body: { recipient: p.peer, content: p.content },
+    const { path, body } = destination(p);
+    const answer = await api("POST", path, {
+      body: { ...body, content: p.content },
       headers: { "Idempotency-Key": p.clientId },
     });
     if (generation !== state.generation) return;
@@ -271,7 +416,7 @@ async function sendOverHttp(p) {
       p.state = "failed";
       p.error = describeError(err);
     }
-    if (state.openPeer === p.peer) renderMessages();
+    if (state.openKey === p.key) renderMessages();
   }
 }
 
@@ -281,7 +426,7 @@ export function confirmSend(clientId, id) {
   if (!p) return;
   clearTimeout(p.timer);
   state.pending.delete(clientId);
-  const conv = conversation(p.peer);
+  const conv = conversation(p.key);
   if (!conv.messages.has(id)) {
     // The push has not arrived (or never will, if the socket is down): show the message now;
     // the push or a catch-up page carries the same id and replaces nothing.
@@ -289,14 +434,15 @@ export function confirmSend(clientId, id) {
       {
         id,
         sender: state.me.id,
-        recipient: p.peer,
+        conversation: conv.id,
+        ...(conv.kind === "group" ? {} : { recipient: p.key }),
         content: p.content,
         sent_at: new Date().toISOString(),
         kind: "user",
         local: true, // until the push or a fetched page brings the server's copy
       },
     ]);
-  } else if (state.openPeer === p.peer) {
+  } else if (state.openKey === p.key) {
     renderMessages();
   }
 }
@@ -315,7 +461,7 @@ function failSend(clientId, message) {
   clearTimeout(p.timer);
   p.state = "failed";
   p.error = message;
-  if (state.openPeer === p.peer) renderMessages();
+  if (state.openKey === p.key) renderMessages();
 }
 
 export function retrySend(clientId) {
@@ -328,7 +474,7 @@ export function discardSend(clientId) {
   if (!p) return;
   clearTimeout(p.timer);
   state.pending.delete(clientId);
-  if (state.openPeer === p.peer) renderMessages();
+  if (state.openKey === p.key) renderMessages();
 }
 
 /** Sends whose answer the closed socket took with it: again over HTTP, same key. */

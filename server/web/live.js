@@ -1,5 +1,5 @@
 // The live connection: one WebSocket at /ws that pushes every new message (mine from other
-// devices included) and status changes, kept alive with application pings, reconnected with
+// devices included), status changes, read marks, typing and group changes, kept alive with application pings, reconnected with
 // backoff; after every (re)connect, GET /api/chat/messages?after=<cursor> fetches what was missed
 // while it was down.
 //
@@ -31,6 +31,10 @@ let reconnectRun = 0;
  *   show(state)          the indicator: "connecting", "reconnecting", "offline" or "live"
  *   messages(list)       messages that just arrived, pushed or caught up
  *   status(frame)        a user's status changed: {user, status}
+ *   read(frame)          a read mark moved: {conversation, user, upto}
+ *   typing(frame)        someone is typing: {conversation, user}
+ *   conversation(frame)  a group was created or changed: {conversation: {...}}
+ *   removed(frame)       I am out of a group: {conversation}
  *   sent(frame)          my send was stored: {client_id, id}
  *   error(frame)         a frame was refused: {client_id?, message, retry_after?}
  *   me(user)             GET /api/users/me, checked before a reconnect
@@ -161,6 +165,12 @@ function onFrame(frame) {
     }
     case "status":
       on.status(frame);
+      break;
+    case "read":
+    case "typing":
+    case "conversation":
+    case "removed":
+      on[frame.type](frame);
       break;
     case "sent":
       on.sent(frame);

@@ -6,14 +6,18 @@
 //
 // Messages are kept per conversation in a Map by id, so a message seen twice (pushed and
 // fetched) shows once; ids are UUIDv7, so sorting ids sorts by send time.
+//
+// A conversation's key is the peer's user id for a direct conversation (it can be opened, from a
+// search or the URL, before it has a message, and so before the page knows its server id) and
+// the conversation's id for a group. Both are UUIDs the server drew, so they never collide.
 
-/** @typedef {{id:string,sender:string,recipient:string,content:string,sent_at:string,kind:string}} Message */
+/** @typedef {{id:string,conversation:string,sender:string,recipient?:string,content:string,sent_at:string,kind:string}} Message */
 
 export const state = {
   me: null, // {id, email, status}
   users: new Map(), // id -> {id, email, status}
-  conversations: new Map(), // peer id -> Conversation
-  openPeer: null, // peer id of the open conversation
+  conversations: new Map(), // key (peer id, or group id) -> Conversation
+  openKey: null, // key of the open conversation
   // The catch-up cursor: every message up to this id has been seen (pushes and catch-up pages
   // move it; history pages do not, as they say nothing about other conversations).
   cursor: null,
@@ -25,7 +29,7 @@ export const state = {
 export function resetState() {
   Object.assign(state, {
     me: null,
-    openPeer: null,
+    openKey: null,
     cursor: null,
     users: new Map(),
     conversations: new Map(),
@@ -33,11 +37,20 @@ export function resetState() {
   });
 }
 
-export function conversation(peerId) {
-  let conv = state.conversations.get(peerId);
+/** The conversation under `key`, created (as a direct one unless said otherwise) if new. */
+export function conversation(key, { kind = "direct", id = null } = {}) {
+  let conv = state.conversations.get(key);
   if (!conv) {
     conv = {
-      peerId,
+      key,
+      kind, // "direct" or "group"
+      peerId: kind === "direct" ? key : null,
+      id, // the server's conversation id; a direct one learns it from its first message
+      title: null, // groups
+      members: [], // groups: [{id, email, role}], in joining order
+      readUpto: null, // my read mark
+      marks: new Map(), // others' read marks heard live: user id -> message id
+      typing: new Map(), // user id -> until (ms since epoch)
       messages: new Map(), // id -> Message
       sorted: null, // cached sorted ids
       historyLoaded: false, // the newest page of this conversation has been fetched
@@ -45,12 +58,58 @@ export function conversation(peerId) {
       loadingOlder: false,
       unread: 0,
     };
-    state.conversations.set(peerId, conv);
+    state.conversations.set(key, conv);
   }
   return conv;
 }
 
-const peerOf = (message) => (message.sender === state.me.id ? message.recipient : message.sender);
+/** The key of the conversation a message belongs to. */
+export function keyOf(message) {
+  if (!message.recipient) return message.conversation;
+  return message.sender === state.me.id ? message.recipient : message.sender;
+}
+
+/** The conversation with server id `id`, if the page knows it. */
+export function byId(id) {
+  for (const conv of state.conversations.values()) if (conv.id === id) return conv;
+  return null;
+}
+
+/** A group as the server describes it ({id, title, members}): created or updated. */
+export function mergeGroup(view) {
+  const conv = conversation(view.id, { kind: "group", id: view.id });
+  conv.title = view.title ?? conv.title;
+  conv.members = view.members ?? conv.members;
+  for (const member of conv.members) {
+    if (!state.users.has(member.id)) state.users.set(member.id, { id: member.id, email: member.email });
+  }
+  return conv;
+}
+
+/** A line of GET /api/conversations: the conversation with its unread count and my read mark. */
+export function mergeSummary(item) {
+  const conv =
+    item.kind === "group"
+      ? conversation(item.id, { kind: "group", id: item.id })
+      : conversation(item.peer, { kind: "direct", id: item.id });
+  conv.id = item.id;
+  if (item.title) conv.title = item.title;
+  conv.unread = item.unread;
+  conv.readUpto = item.read_upto ?? null;
+  return conv;
+}
+
+/** My read mark moved (on this device or another): what is unread follows it. */
+export function moveMyMark(conv, upto) {
+  if (conv.readUpto && conv.readUpto >= upto) return false;
+  conv.readUpto = upto;
+  const latest = latestMessage(conv);
+  conv.unread =
+    !latest || latest.id <= upto
+      ? 0
+      : [...conv.messages.values()].filter((m) => m.sender !== state.me.id && m.id > upto).length;
+  return true;
+}
 
 export function sortedIds(conv) {
   conv.sorted ??= [...conv.messages.keys()].sort();
@@ -69,7 +128,7 @@ export function latestMessage(conv) {
  *   changed   the conversations that changed,
  *   replaced  ids of my sends shown from their acknowledgement whose server copy came since,
  *   arrived   the live messages from others, to announce,
- *   unknown   peers whose user is not known yet.
+ *   unknown   users (peers, senders) not known yet.
  */
 export function addMessages(messages, { live = false, visible = false } = {}) {
   const changed = new Set();
@@ -77,8 +136,9 @@ export function addMessages(messages, { live = false, visible = false } = {}) {
   const arrived = [];
   const unknown = new Set();
   for (const message of messages) {
-    const peer = peerOf(message);
-    const conv = conversation(peer);
+    const peer = keyOf(message);
+    const conv = message.recipient ? conversation(peer) : conversation(peer, { kind: "group", id: peer });
+    conv.id ??= message.conversation ?? null;
     const known = conv.messages.get(message.id);
     if (known && !known.local) continue;
     conv.messages.set(message.id, message);
@@ -95,18 +155,20 @@ export function addMessages(messages, { live = false, visible = false } = {}) {
     // `sent` answer came, or else by content, since pushes may overtake the answer).
     if (message.sender === state.me.id) {
       for (const p of state.pending.values()) {
-        if (p.peer === peer && !p.id && p.content === message.content && p.state === "sending") {
+        if (p.key === peer && !p.id && p.content === message.content && p.state === "sending") {
           p.id = message.id;
           break;
         }
       }
     }
+    conv.typing.delete(message.sender); // they stopped typing: they sent it
     if (live && message.sender !== state.me.id) {
-      const looking = state.openPeer === peer && visible;
+      const looking = state.openKey === peer && visible;
       if (!looking) conv.unread += 1;
       arrived.push(message);
     }
-    if (!state.users.has(peer)) unknown.add(peer);
+    if (!state.users.has(message.sender)) unknown.add(message.sender);
+    if (conv.kind === "direct" && !state.users.has(peer)) unknown.add(peer);
   }
   return { changed, replaced, arrived, unknown };
 }

@@ -101,57 +101,72 @@ export function renderMyStatus() {
 
 const conversationNodes = new Map();
 
+/** What a conversation is called in the list and its header. */
+function conversationName(conv) {
+  if (conv.kind === "group") return conv.title ?? "Group";
+  return state.users.get(conv.peerId)?.email ?? "…";
+}
+
+const emailOf = (id) => state.users.get(id)?.email ?? "someone";
+
 export function renderConversationList() {
   if (!state.me) return;
   const convs = [...state.conversations.values()]
-    .filter((c) => c.messages.size || c.peerId === state.openPeer)
+    .filter((c) => c.messages.size || c.key === state.openKey || c.kind === "group")
     .sort((a, b) => (latestMessage(b)?.id ?? "\uffff").localeCompare(latestMessage(a)?.id ?? "\uffff"));
   $("no-conversations").hidden = convs.length > 0;
   reconcile(
     $("conversations"),
-    convs.map((conv) => ({ key: conv.peerId, conv })),
+    convs.map((conv) => ({ key: conv.key, conv })),
     conversationNodes,
     ({ conv }) => {
       const button = el("button", { type: "button", class: "conv", "data-testid": "conversation" });
-      button.addEventListener("click", () => handlers.open(conv.peerId));
+      button.addEventListener("click", () => handlers.open(conv.key));
       return el("li", {}, button);
     },
     (li, { conv }) => {
-      const user = state.users.get(conv.peerId);
-      const email = user?.email ?? "…";
+      const group = conv.kind === "group";
+      const user = group ? null : state.users.get(conv.peerId);
+      const name = conversationName(conv);
       const last = latestMessage(conv);
       const button = li.firstElementChild;
-      button.dataset.peer = conv.peerId;
+      button.dataset.kind = conv.kind;
+      button.dataset.key = conv.key;
+      button.dataset.peer = conv.peerId ?? "";
       button.dataset.email = user?.email ?? "";
-      if (conv.peerId === state.openPeer) button.setAttribute("aria-current", "true");
+      button.dataset.unread = String(conv.unread);
+      if (conv.key === state.openKey) button.setAttribute("aria-current", "true");
       else button.removeAttribute("aria-current");
       let preview = "";
       if (last) {
-        preview = (last.sender === state.me.id ? "You: " : "") + (last.kind === "auto_reply" ? "Auto-reply: " : "");
+        const from = last.sender === state.me.id ? "You: " : group ? `${emailOf(last.sender)}: ` : "";
+        preview = from + (last.kind === "auto_reply" ? "Auto-reply: " : "");
         preview += last.content.replace(/\s+/g, " ");
       }
       const status = user?.status;
       button.replaceChildren(
         el(
           "span",
-          { class: `avatar ${hueClass(email)}`, "aria-hidden": "true" },
-          initial(user?.email),
+          { class: `avatar ${hueClass(name)}${group ? " group" : ""}`, "aria-hidden": "true" },
+          group ? initial(name) : initial(user?.email),
           status ? el("span", { class: "presence", "data-status": status }) : null,
         ),
         el(
           "span",
           { class: "conv-main" },
           el("span", { class: "conv-top" },
-            el("span", { class: "conv-email" }, email),
+            el("span", { class: "conv-email" }, name),
             last ? el("time", { class: "conv-time", datetime: last.sent_at }, listTime(new Date(last.sent_at))) : null),
           el("span", { class: "conv-bottom" },
             el("span", { class: "conv-preview" }, preview || "No messages yet"),
-            conv.unread ? el("span", { class: "badge", "aria-label": `${conv.unread} unread` }, String(conv.unread)) : null),
+            conv.unread
+              ? el("span", { class: "badge", "data-testid": "unread", "aria-label": `${conv.unread} unread` }, String(conv.unread))
+              : null),
         ),
       );
       button.setAttribute(
         "aria-label",
-        `${email}${status ? `, ${statusText(status)}` : ""}${conv.unread ? `, ${conv.unread} unread` : ""}`,
+        `${group ? "Group " : ""}${name}${status ? `, ${statusText(status)}` : ""}${conv.unread ? `, ${conv.unread} unread` : ""}`,
       );
     },
   );
@@ -163,18 +178,18 @@ const messagesScroll = $("messages-scroll");
 const messageList = $("messages");
 const messageInput = $("message-input");
 const messageNodes = new Map();
-const drafts = new Map(); // peer id -> unsent text
+const drafts = new Map(); // conversation key -> unsent text
 
-/** Keeps the composer's text for `peer`, to put back when its conversation opens again. */
-export function keepDraft(peer) {
-  drafts.set(peer, messageInput.value);
+/** Keeps the composer's text for `key`, to put back when its conversation opens again. */
+export function keepDraft(key) {
+  drafts.set(key, messageInput.value);
 }
 
-/** Empties the message pane for the conversation with `peer`, and puts back its draft. */
-export function switchConversation(peer) {
+/** Empties the message pane for the conversation `key`, and puts back its draft. */
+export function switchConversation(key) {
   messageNodes.clear();
   messageList.replaceChildren();
-  messageInput.value = drafts.get(peer) ?? "";
+  messageInput.value = drafts.get(key) ?? "";
   updateCharCount();
   $("composer-error").textContent = "";
 }
@@ -228,26 +243,58 @@ export function anchorScroll() {
 }
 
 export function renderOpenConversation() {
-  const open = Boolean(state.openPeer);
+  const open = Boolean(state.openKey);
   app.classList.toggle("conv-open", open);
   $("chat-empty").hidden = open;
   $("chat-open").hidden = !open;
   if (open) {
     renderPeerHeader();
     renderMessages();
+    renderTyping();
   }
 }
 
+/** The open conversation's header: the peer and their status, or the group and its members. */
 export function renderPeerHeader() {
-  const user = state.users.get(state.openPeer);
-  const email = user?.email ?? "…";
-  $("peer-email").textContent = email;
+  const conv = state.conversations.get(state.openKey);
+  const group = conv?.kind === "group";
+  const user = group ? null : state.users.get(state.openKey);
+  const name = group ? conversationName(conv) : user?.email ?? "…";
+  $("peer-email").textContent = name;
   const avatar = $("peer-avatar");
-  avatar.className = `avatar ${hueClass(email)}`;
-  avatar.replaceChildren(initial(user?.email));
+  avatar.className = `avatar ${hueClass(name)}${group ? " group" : ""}`;
+  avatar.replaceChildren(group ? initial(name) : initial(user?.email));
   const status = $("peer-status");
-  status.dataset.status = user?.status ?? "";
-  status.textContent = user?.status === "BUSY" ? "Busy · auto-replies are on" : statusText(user?.status);
+  status.dataset.status = group ? "group" : user?.status ?? "";
+  status.textContent = group
+    ? `${conv.members.length} members`
+    : user?.status === "BUSY"
+      ? "Busy · auto-replies are on"
+      : statusText(user?.status);
+  const members = $("member-list");
+  members.hidden = !group;
+  $("leave-group").hidden = !group;
+  members.replaceChildren(
+    ...(group ? conv.members : []).map((m) =>
+      el(
+        "li",
+        { "data-testid": "member", "data-id": m.id },
+        m.id === state.me.id ? `${m.email} (you)` : m.email,
+        m.role === "owner" ? el("span", { class: "role" }, " · owner") : null,
+      ),
+    ),
+  );
+}
+
+/** "… is typing" under the open conversation. */
+export function renderTyping() {
+  const conv = state.conversations.get(state.openKey);
+  const now = Date.now();
+  const who = conv ? [...conv.typing].filter(([, until]) => until > now).map(([id]) => emailOf(id)) : [];
+  const node = $("typing");
+  node.hidden = who.length === 0;
+  node.textContent =
+    who.length === 0 ? "" : who.length === 1 ? `${who[0]} is typing…` : `${who.join(", ")} are typing…`;
 }
 
 export function renderHistoryTop(conv) {
@@ -265,8 +312,9 @@ export function renderHistoryTop(conv) {
 
 /** Draws the open conversation: day separators, confirmed messages, then my pending sends. */
 export function renderMessages({ live = false } = {}) {
-  const conv = state.conversations.get(state.openPeer);
+  const conv = state.conversations.get(state.openKey);
   if (!conv) return;
+  const seen = seenMark(conv);
   const stick = isNearBottom();
   const items = [];
   let lastDay = null;
@@ -285,11 +333,11 @@ export function renderMessages({ live = false } = {}) {
     addDay(date);
     const grouped =
       prev && prev.sender === message.sender && prev.kind === message.kind && date - new Date(prev.sent_at) < 5 * 60_000;
-    items.push({ key: `m:${id}`, type: "message", message, grouped });
+    items.push({ key: `m:${id}`, type: "message", message, grouped, group: conv.kind === "group", seen: seen?.id === id ? seen.text : "" });
     prev = message;
   }
   for (const p of state.pending.values()) {
-    if (p.peer !== conv.peerId) continue;
+    if (p.key !== conv.key) continue;
     if (p.id && conv.messages.has(p.id)) continue; // shown as the real message already
     addDay(new Date(p.createdAt));
     items.push({ key: `p:${p.clientId}`, type: "pending", pending: p, grouped: false });
@@ -302,6 +350,7 @@ export function renderMessages({ live = false } = {}) {
     } else {
       node.classList.toggle("grouped", item.grouped);
       if (item.type === "pending") updatePendingNode(node, item.pending);
+      if (item.type === "message") updateSeen(node, item.seen);
     }
     if (live && !initialRender && !node.dataset.seen) node.classList.add("appear");
     node.dataset.seen = "1";
@@ -316,6 +365,36 @@ export function renderMessages({ live = false } = {}) {
   else if (live && grewAtBottom) $("jump").hidden = false;
 }
 
+/**
+ * Where "Seen" goes: under my newest message that someone else has read (their read marks, as
+ * pushed), with who in a group. Null when nobody has read anything of mine yet.
+ */
+function seenMark(conv) {
+  if (!conv.marks.size) return null;
+  const mine = sortedIds(conv).filter((id) => conv.messages.get(id).sender === state.me.id);
+  for (let i = mine.length - 1; i >= 0; i--) {
+    const readers = [...conv.marks].filter(([user, upto]) => user !== state.me.id && upto >= mine[i]);
+    if (readers.length) {
+      const text = conv.kind === "group" ? `Seen by ${readers.map(([user]) => emailOf(user)).join(", ")}` : "Seen";
+      return { id: mine[i], text };
+    }
+  }
+  return null;
+}
+
+function updateSeen(node, text) {
+  let seen = node.querySelector(".seen");
+  if (!text) {
+    seen?.remove();
+    return;
+  }
+  if (!seen) {
+    seen = el("span", { class: "seen", "data-testid": "seen" });
+    node.append(seen);
+  }
+  seen.textContent = text;
+}
+
 function createMessageNode(item) {
   if (item.type === "day") {
     return el("li", { class: "day", role: "presentation" }, el("span", {}, item.label));
@@ -327,7 +406,7 @@ function createMessageNode(item) {
   const auto = kind === "auto_reply";
   const content = message?.content ?? pending.content;
   const sentAt = message ? new Date(message.sent_at) : new Date(pending.createdAt);
-  const peerEmail = state.users.get(state.openPeer)?.email ?? "them";
+  const peerEmail = item.group ? emailOf(message?.sender) : state.users.get(state.openKey)?.email ?? "them";
   const who = mine ? (auto ? "Auto-reply sent for you" : "You") : auto ? `Auto-reply from ${peerEmail}` : peerEmail;
 
   const bubble = el(
@@ -335,6 +414,9 @@ function createMessageNode(item) {
     { class: "bubble" },
     el("span", { class: "sr-only" }, `${who}: `),
     auto ? el("span", { class: "auto-label", "aria-hidden": "true" }, icon("bot"), "Auto-reply") : null,
+    item.group && !mine && !item.grouped
+      ? el("span", { class: "sender", "data-testid": "message-sender", "aria-hidden": "true" }, peerEmail)
+      : null,
     el("p", { class: "text", "data-testid": "message-text" }, content),
     el(
       "span",
@@ -419,7 +501,7 @@ export function takeMessage() {
     return null;
   }
   messageInput.value = "";
-  drafts.delete(state.openPeer);
+  drafts.delete(state.openKey);
   updateCharCount();
   return content;
 }
