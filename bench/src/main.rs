@@ -5,6 +5,8 @@
 //!    Latency runs from the moment a send was *scheduled* to the moment the recipient's socket
 //!    got the push, so a stalled server cannot hide its queueing (no coordinated omission).
 //! 2. Idle connections: the server's RSS with 0 / 1k / 5k / 10k open authenticated WebSockets.
+//! 3. Group fan-out: send → last member's push in a group of 1,000 all online, and what a
+//!    50-member group where everyone sends sustains (`groups.rs`).
 //!
 //! By default it starts `palaver` (next to this binary, so `cargo build --release` first) on a
 //! free port with a temporary data directory, and a fresh one for the idle phase. `--url`
@@ -60,6 +62,17 @@ struct Args {
     skip_idle: bool,
     #[arg(long)]
     skip_responder: bool,
+    #[arg(long)]
+    skip_groups: bool,
+    /// Members of the big group (all online), for the fan-out run.
+    #[arg(long, default_value_t = 1000)]
+    group_size: usize,
+    /// Messages sent one at a time to the big group.
+    #[arg(long, default_value_t = 100)]
+    group_messages: usize,
+    /// Members of the group where everyone sends.
+    #[arg(long, default_value_t = 50)]
+    busy_group_size: usize,
     /// RESPONDER_TIMEOUT_MS for the fallback-lateness run.
     #[arg(long, default_value_t = 10_000)]
     responder_timeout_ms: u64,
@@ -74,6 +87,7 @@ const LIFTED_LIMITS: &[(&str, &str)] = &[
     ("AUTO_REPLY_TOTAL_LIMIT", "1000000/s"),
     ("MAX_CONNECTIONS_PER_USER", "1000000"),
     ("MAX_CONNECTIONS", "1000000"),
+    ("GROUP_CREATE_LIMIT", "1000000/s"),
     ("PASSWORD_HASH_WAIT", "60s"),
 ];
 
@@ -93,6 +107,9 @@ async fn main() -> anyhow::Result<()> {
         idle_runs(&args, &server).await?;
         server.stop().await;
     }
+    if !args.skip_groups {
+        groups::fan_out(&args).await?;
+    }
     if !args.skip_responder {
         responder::overhead().await?;
         if args.url.is_some() || !args.urls.is_empty() {
@@ -106,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+mod groups;
 mod responder;
 
 // ---------------------------------------------------------------------------------------------
