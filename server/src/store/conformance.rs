@@ -340,6 +340,24 @@ async fn conversation_peers_are_distinct_and_exclude_oneself(store: Arc<dyn Stor
         store.conversation_peers(d).await.expect("peers"),
         Vec::<UserId>::new()
     );
+    // A group makes its members peers, though they never wrote to each other; leaving undoes it.
+    let group = Conversation::new_group(title("Peers"), d, &[c, a]);
+    store.create_conversation(&group).await.expect("create");
+    let mut peers = store.conversation_peers(d).await.expect("peers");
+    peers.sort();
+    let mut expected = vec![a, c];
+    expected.sort();
+    assert_eq!(peers, expected);
+    let mut peers = store.conversation_peers(a).await.expect("peers");
+    peers.sort();
+    let mut expected = vec![b, c, d];
+    expected.sort();
+    assert_eq!(peers, expected, "c once, though direct and in the group");
+    store.remove_member(group.id, d).await.expect("leave");
+    assert_eq!(
+        store.conversation_peers(d).await.expect("peers"),
+        Vec::<UserId>::new()
+    );
 }
 
 /// A message to or from a user who does not exist fails alone; the rest of its batch is stored.
