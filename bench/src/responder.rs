@@ -38,7 +38,7 @@ fn request() -> RespondRequest {
 /// Instantiate + call of a constant plugin (`away-message`), in process, on the pooling
 /// allocator: a fresh store and instance per call, as the server does.
 pub async fn overhead() -> anyhow::Result<()> {
-    let host = PluginHost::new(NetworkPolicy::new(HostRules::new([]), None)?)?;
+    let host = PluginHost::new(NetworkPolicy::new(HostRules::new([]), None)?, None)?;
     let wasm = std::fs::read(Path::new(PLUGIN_BUILD_DIR).join("away_message.wasm"))?;
     let manifest =
         Manifest::parse("name = \"away\"\nversion = \"1\"").map_err(anyhow::Error::msg)?;

@@ -727,3 +727,49 @@ async fn plugin_log_lines_are_escaped_and_capped() {
         "{lines:#?}"
     );
 }
+
+/// The compiled components of the built-in responder and of `PLUGINS_DIR` are kept in
+/// `PLUGIN_CACHE_DIR`; the next start reads them instead of compiling (the entries are not
+/// written again) and the plugin answers from them.
+#[tokio::test]
+async fn compiled_plugins_are_kept_for_the_next_start() {
+    let manifest = "name = \"away\"\nversion = \"0.1.0\"\n[config]\nmessage = \"Back soon.\"\n";
+    let dir = plugins_dir("away", "away_message.wasm", manifest);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let entries = || {
+        let mut found: Vec<(String, std::time::SystemTime)> = std::fs::read_dir(cache.path())
+            .expect("cache dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            .map(|e| {
+                let modified = e.metadata().and_then(|m| m.modified()).expect("mtime");
+                (e.file_name().to_string_lossy().into_owned(), modified)
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let start = || {
+        let (plugins, cache) = (dir.path().to_path_buf(), cache.path().to_path_buf());
+        TestApp::spawn_configured(move |config| {
+            config.responder.plugins_dir = Some(plugins);
+            config.responder.plugin_cache_dir = Some(cache);
+            config.responder.plugin = "away".into();
+            config.sqlite_synchronous = SqliteSynchronous::Normal;
+        })
+    };
+
+    let first = start().await;
+    let written = entries();
+    assert_eq!(
+        written.len(),
+        2,
+        "the built-in responder and `away`: {written:?}"
+    );
+    first.stop().await;
+
+    let second = start().await;
+    assert_eq!(entries(), written, "read, not compiled and written again");
+    let (reply, _) = busy_bob_answers(&second).await;
+    assert_eq!(reply["content"], "Back soon.");
+}

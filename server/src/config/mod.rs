@@ -150,7 +150,7 @@ impl Config {
                 database: None,
             });
 
-        let responder = ResponderSettings::read(&env)?;
+        let responder = ResponderSettings::read(&env, &data_dir)?;
         let limits = LimitSettings::read(&env)?;
         let cors = env.var(
             "CORS_ALLOWED_ORIGINS",

@@ -23,6 +23,9 @@ pub struct ResponderSettings {
     pub fallback_message: String,
     /// Where operator plugins live (`<name>.wasm` + `<name>.toml`), watched for changes.
     pub plugins_dir: Option<PathBuf>,
+    /// Where compiled plugins are kept between starts (`PLUGIN_CACHE_DIR`; default
+    /// `DATA_DIR/plugin-cache`, `off`: none).
+    pub plugin_cache_dir: Option<PathBuf>,
     /// The plugin that answers; the built-in `llm-responder` unless set.
     pub plugin: String,
     /// Hosts plugins may call (exact names or `*.example.com`, with optional ports), besides
@@ -47,6 +50,7 @@ impl Default for ResponderSettings {
             timeout: Duration::from_secs(10),
             fallback_message: DEFAULT_FALLBACK_MESSAGE.into(),
             plugins_dir: None,
+            plugin_cache_dir: None,
             plugin: BUILTIN_PLUGIN.into(),
             allowed_hosts: Vec::new(),
             bench_after: Some(5),
@@ -56,7 +60,7 @@ impl Default for ResponderSettings {
 }
 
 impl ResponderSettings {
-    pub(super) fn read(env: &Env<'_>) -> Result<Self, ConfigError> {
+    pub(super) fn read(env: &Env<'_>, data_dir: &std::path::Path) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         let llm_api_url = env.optional("LLM_API_URL", parse_llm_api_url)?;
         let timeout = env.var("RESPONDER_TIMEOUT_MS", defaults.timeout, parse_timeout)?;
@@ -82,6 +86,11 @@ impl ResponderSettings {
             timeout,
             fallback_message,
             plugins_dir: env.optional("PLUGINS_DIR", parse_path)?,
+            plugin_cache_dir: env.var(
+                "PLUGIN_CACHE_DIR",
+                Some(data_dir.join("plugin-cache")),
+                parse_cache_dir,
+            )?,
             plugin,
             allowed_hosts: env.var(
                 "PLUGIN_ALLOWED_HOSTS",
@@ -89,6 +98,15 @@ impl ResponderSettings {
                 parse_allowed_hosts,
             )?,
         })
+    }
+}
+
+/// `PLUGIN_CACHE_DIR`: a directory, or `off`.
+fn parse_cache_dir(raw: &str) -> Result<Option<PathBuf>, String> {
+    if raw.trim().eq_ignore_ascii_case("off") {
+        Ok(None)
+    } else {
+        parse_path(raw).map(Some)
     }
 }
 

@@ -26,8 +26,8 @@ use crate::messaging::{
 use crate::metrics;
 use crate::store::{Store, StoreError, User};
 use crate::wasm::{
-    ChatMessage, HostPattern, HostRules, LLM_RESPONDER_WASM, LlmEndpoint, LoadedPlugin,
-    MAX_CONCURRENT_CALLS, Manifest, NetworkPolicy, PluginHost, RespondRequest,
+    ChatMessage, ComponentCache, HostPattern, HostRules, LLM_RESPONDER_WASM, LlmEndpoint,
+    LoadedPlugin, MAX_CONCURRENT_CALLS, Manifest, NetworkPolicy, PluginHost, RespondRequest,
 };
 
 pub use breaker::Health;
@@ -79,7 +79,16 @@ impl Responder {
                 api_key: settings.llm_api_key.as_ref().map(|k| k.expose().to_owned()),
             }),
         )?;
-        let host = PluginHost::new(network)?;
+        // The cache only saves time: a directory that cannot be used means compiling each time.
+        let cache = settings.plugin_cache_dir.as_deref().and_then(|dir| {
+            ComponentCache::open(dir)
+                .inspect_err(|e| {
+                    tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"),
+                        "PLUGIN_CACHE_DIR unusable; plugins are compiled at every start")
+                })
+                .ok()
+        });
+        let host = PluginHost::new(network, cache)?;
         let builtin = host.load_builtin(Manifest::builtin(llm_host), LLM_RESPONDER_WASM)?;
         let fallback = Content::parse(settings.fallback_message.clone())
             .map_err(|e| anyhow::anyhow!("FALLBACK_MESSAGE: {e}"))?;

@@ -11,6 +11,7 @@
 //! Every failure is a [`PluginError`]; the caller sends the standard message instead.
 
 mod address;
+mod cache;
 mod fetch;
 mod manifest;
 
@@ -28,6 +29,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use crate::config::HostPattern;
+pub use cache::ComponentCache;
 pub use fetch::{HostRules, LlmEndpoint, NetworkPolicy};
 pub use manifest::Manifest;
 
@@ -235,10 +237,12 @@ pub struct PluginHost {
     /// Plugins compiled into the binary: unloading a `PLUGINS_DIR` plugin of the same name
     /// brings these back.
     builtins: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
+    /// Compiled components from earlier starts (`PLUGIN_CACHE_DIR`), if kept.
+    cache: Option<ComponentCache>,
 }
 
 impl PluginHost {
-    pub fn new(network: NetworkPolicy) -> anyhow::Result<Arc<Self>> {
+    pub fn new(network: NetworkPolicy, cache: Option<ComponentCache>) -> anyhow::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(MAX_CONCURRENT_CALLS)
             .total_core_instances(MAX_CONCURRENT_CALLS * 8)
@@ -279,14 +283,28 @@ impl PluginHost {
             network,
             plugins: RwLock::new(HashMap::new()),
             builtins: RwLock::new(HashMap::new()),
+            cache,
         }))
     }
 
     /// Compiles a component and prepares its instances; replaces a plugin of the same name.
     pub fn load(&self, manifest: Manifest, wasm: &[u8]) -> anyhow::Result<Arc<LoadedPlugin>> {
-        let component = Component::new(&self.engine, wasm)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("compiling plugin {}", manifest.name))?;
+        let cached = self.cache.as_ref().and_then(|c| c.get(&self.engine, wasm));
+        let component = match cached {
+            Some(component) => {
+                tracing::debug!(plugin = %manifest.name, "compiled plugin taken from the cache");
+                component
+            }
+            None => {
+                let component = Component::new(&self.engine, wasm)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("compiling plugin {}", manifest.name))?;
+                if let Some(cache) = &self.cache {
+                    cache.put(&self.engine, wasm, &component);
+                }
+                component
+            }
+        };
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
