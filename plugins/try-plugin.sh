@@ -23,12 +23,13 @@ account() {
   call POST /api/auth/register "" "{\"email\":\"$email\",\"password\":\"$password\"}" >/dev/null
   call POST /api/auth/login "" "{\"email\":\"$email\",\"password\":\"$password\"}"
 }
-# A plugin just dropped into PLUGINS_DIR shows up after the folder's next re-read (every 2 s)
-# and its compilation: seconds for a Rust component, more for JavaScript and Python engines.
+# A plugin just dropped into PLUGINS_DIR shows up after the folder's next re-read (every 2 s),
+# as "loading" until it is compiled: seconds for a Rust component, more for JavaScript and
+# Python engines (unless PLUGIN_CACHE_DIR holds it from an earlier start).
 lister_token=$(account lister | json '["token"]')
 for _ in $(seq 1 "$(( ${TRY_PLUGIN_WAIT_S:-120} * 10 ))"); do
   listed=$(call GET /api/plugins "$lister_token" |
-    python3 -c "import json,sys; print(any(p['name']=='$plugin' for p in json.load(sys.stdin)))")
+    python3 -c "import json,sys; print(any(p['name']=='$plugin' and p.get('state')!='loading' for p in json.load(sys.stdin)))")
   [ "$listed" = True ] && break
   sleep 0.1
 done

@@ -24,6 +24,7 @@ use crate::store::{ClusterLog, MongoStore, SqliteStore, Store};
 
 pub struct Application {
     server: Server,
+    plugins: Arc<crate::wasm::PluginHost>,
 }
 
 impl Application {
@@ -103,6 +104,7 @@ impl Application {
             responder.clone(),
             limits.clone(),
         ));
+        let plugins_host = responder.plugins().clone();
         if let Some(dir) = &config.responder.plugins_dir {
             watch_plugins_dir(responder.plugins(), dir.clone()).await;
         }
@@ -149,6 +151,7 @@ impl Application {
             .with_context(|| format!("binding {address}"))?;
         let address = listener.local_addr().context("reading the bound address")?;
         Ok(Self {
+            plugins: plugins_host,
             server: Server {
                 listener,
                 address,
@@ -165,6 +168,12 @@ impl Application {
     /// The address actually bound (the port is the real one when 0 was asked for).
     pub fn address(&self) -> SocketAddr {
         self.server.address
+    }
+
+    /// Completes once the plugins found at start (and any dropped in since) are compiled. The
+    /// server listens and answers meanwhile; their users get the fallback until then.
+    pub fn plugins_settled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.plugins.settled()
     }
 
     /// Where `/metrics` is served, when `METRICS_ADDR` is set.

@@ -154,6 +154,8 @@ impl TestApp {
         let kept = config.clone();
         let app = Application::build(config).await.expect("server starts");
         let address = format!("http://{}", app.address());
+        // Plugins compile in the background; tests start once they are ready.
+        let plugins = app.plugins_settled();
         let (shutdown, signal) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             app.run_until(async {
@@ -162,6 +164,7 @@ impl TestApp {
             .await
             .expect("server runs");
         });
+        plugins.await;
         Self {
             address,
             config: kept,

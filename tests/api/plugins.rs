@@ -249,10 +249,12 @@ async fn plugins_dropped_into_the_folder_load_without_a_restart() {
     let dir = tempfile::tempdir().expect("plugins dir");
     let app = app_with_plugin(&dir, "late", Duration::from_secs(5), &[]).await;
     let user = app.user("viewer").await;
+    // Ready plugins only: a dropped-in plugin is listed as "loading" while it compiles.
     let names = |body: Value| -> Vec<String> {
         body.as_array()
             .expect("array")
             .iter()
+            .filter(|p| p["state"] != "loading")
             .map(|p| p["name"].as_str().expect("name").to_owned())
             .collect()
     };
@@ -642,6 +644,29 @@ async fn busy_reply(server: &crate::process::Server) -> String {
         .build()
         .expect("client");
     let alice = server.account(&client, "alice").await.token;
+    // Plugins compile in the background after the server listens: wait until none is loading.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let plugins: Value = client
+            .get(server.url("/api/plugins"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .expect("plugins")
+            .json()
+            .await
+            .expect("json");
+        let loading = plugins
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|p| p["state"] == "loading");
+        if !loading {
+            break;
+        }
+        assert!(Instant::now() < give_up, "plugins still loading: {plugins}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let bob = server.account(&client, "bob").await;
     let (bob_id, bob) = (bob.id, bob.token);
     client

@@ -398,8 +398,9 @@ export interface paths {
         };
         /**
          * List responder plugins
-         * @description The responder plugins loaded now; `active` marks the default one (for users who chose
-         *     none), `user_settings` what users may set, `state` whether it is benched for failing.
+         * @description The responder plugins loaded now or being compiled; `active` marks the default one (for
+         *     users who chose none), `user_settings` what users may set, `state` whether it is still
+         *     `loading` (its users get the fallback meanwhile), `ready`, or `benched` for failing.
          */
         get: operations["listPlugins"];
         put?: never;
@@ -721,7 +722,7 @@ export interface components {
             expires_at: string;
         };
         /** @enum {string} */
-        PluginState: "ready" | "benched";
+        PluginState: "loading" | "ready" | "benched";
         /**
          * PluginView
          * @description A loaded responder plugin, as its manifest describes it.

@@ -217,6 +217,8 @@ pub struct PluginView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum PluginState {
+    /// Compiling (after a start or a drop into `PLUGINS_DIR`): its users get the fallback.
+    Loading,
     Ready,
     Benched,
 }

@@ -9,6 +9,7 @@ use chrono::SecondsFormat;
 use super::AppState;
 use super::models::{PluginState, PluginView, UserSettingView};
 use super::security::AuthUser;
+use crate::responder::Manifest;
 
 pub struct PluginsApi;
 
@@ -16,8 +17,9 @@ pub struct PluginsApi;
 impl PluginsApi {
     /// List responder plugins
     ///
-    /// The responder plugins loaded now; `active` marks the default one (for users who chose
-    /// none), `user_settings` what users may set, `state` whether it is benched for failing.
+    /// The responder plugins loaded now or being compiled; `active` marks the default one (for
+    /// users who chose none), `user_settings` what users may set, `state` whether it is still
+    /// `loading` (its users get the fallback meanwhile), `ready`, or `benched` for failing.
     #[oai(path = "/api/plugins", method = "get", operation_id = "listPlugins")]
     async fn list(
         &self,
@@ -28,46 +30,73 @@ impl PluginsApi {
             .responder
             .active_plugin()
             .map(|p| p.manifest.name.clone());
-        let plugins = state.responder.plugins().list();
-        Ok(Json(
-            plugins
-                .iter()
-                .map(|p| (p, state.responder.health(p)))
-                .map(|(p, health)| PluginView {
-                    name: p.manifest.name.clone(),
-                    version: p.manifest.version.clone(),
-                    description: p.manifest.description.clone(),
-                    allowed_hosts: p
-                        .manifest
-                        .allowed_hosts
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect(),
-                    memory_mb: p.manifest.memory_mb,
-                    fuel: p.manifest.fuel,
-                    timeout_ms: p.manifest.timeout_ms,
-                    active: active.as_deref() == Some(p.manifest.name.as_str()),
-                    user_settings: p
-                        .manifest
-                        .user_config
-                        .iter()
-                        .map(|(key, description)| UserSettingView {
-                            key: key.clone(),
-                            description: description.clone(),
-                        })
-                        .collect(),
-                    state: if health.benched_until.is_some() {
-                        PluginState::Benched
-                    } else {
-                        PluginState::Ready
-                    },
+        let is_active = |name: &str| active.as_deref() == Some(name);
+        let mut views: Vec<PluginView> = state
+            .responder
+            .plugins()
+            .list()
+            .iter()
+            .map(|p| {
+                let health = state.responder.health(p);
+                let status = if health.benched_until.is_some() {
+                    PluginState::Benched
+                } else {
+                    PluginState::Ready
+                };
+                PluginView {
+                    active: is_active(&p.manifest.name),
+                    state: status,
                     consecutive_failures: health.consecutive_failures,
                     last_error: health.last_error,
                     benched_until: health
                         .benched_until
                         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+                    ..PluginView::of(&p.manifest)
+                }
+            })
+            .collect();
+        // Still compiling: listed with what its manifest says, answering nobody yet.
+        views.extend(
+            state
+                .responder
+                .plugins()
+                .loading()
+                .iter()
+                .map(PluginView::of),
+        );
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Json(views))
+    }
+}
+
+impl PluginView {
+    /// What the manifest says, for a plugin that is loading (nothing has run yet).
+    fn of(manifest: &Manifest) -> Self {
+        Self {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            description: manifest.description.clone(),
+            allowed_hosts: manifest
+                .allowed_hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            memory_mb: manifest.memory_mb,
+            fuel: manifest.fuel,
+            timeout_ms: manifest.timeout_ms,
+            active: false,
+            user_settings: manifest
+                .user_config
+                .iter()
+                .map(|(key, description)| UserSettingView {
+                    key: key.clone(),
+                    description: description.clone(),
                 })
                 .collect(),
-        ))
+            state: PluginState::Loading,
+            consecutive_failures: 0,
+            last_error: None,
+            benched_until: None,
+        }
     }
 }

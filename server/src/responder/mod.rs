@@ -27,9 +27,11 @@ use crate::metrics;
 use crate::store::{Store, StoreError, User};
 use crate::wasm::{
     ChatMessage, ComponentCache, HostPattern, HostRules, LLM_RESPONDER_WASM, LlmEndpoint,
-    LoadedPlugin, MAX_CONCURRENT_CALLS, Manifest, NetworkPolicy, PluginHost, RespondRequest,
+    LoadedPlugin, MAX_CONCURRENT_CALLS, NetworkPolicy, PluginHost, RespondRequest,
 };
 
+/// What a plugin says of itself, for the API to show.
+pub use crate::wasm::Manifest;
 pub use breaker::Health;
 pub use watcher::watch_plugins_dir;
 
@@ -138,11 +140,12 @@ impl Responder {
         user: UserId,
         choice: ResponderChoice,
     ) -> Result<ResponderChoice, ChoiceError> {
-        let plugin = self
+        // A plugin still loading may be chosen already: its manifest says what users may set.
+        let manifest = self
             .host
-            .get(&choice.plugin)
+            .manifest_of(&choice.plugin)
             .ok_or_else(|| ChoiceError::UnknownPlugin(choice.plugin.clone()))?;
-        let settable = &plugin.manifest.user_config;
+        let settable = &manifest.user_config;
         for (key, value) in &choice.config {
             if !settable.contains_key(key) {
                 return Err(ChoiceError::NotSettable {
@@ -280,6 +283,12 @@ impl Responder {
                 None
             }
         };
+        // A plugin still being compiled cannot answer yet, and another must not answer in its
+        // place: its users get the fallback until it is ready.
+        let wanted = choice.as_ref().map_or(&self.settings.plugin, |c| &c.plugin);
+        if self.host.is_loading(wanted) {
+            return Err(Fallback::Loading);
+        }
         // The user's plugin when it is loaded; else the default, without the user's settings
         // (they were checked against the other plugin's keys).
         let chosen = choice.and_then(|c| Some((self.host.get(&c.plugin)?, c.config)));
@@ -431,6 +440,8 @@ enum Fallback {
     Deadline,
     /// No plugin is loaded (or the responder is shutting down).
     NoPlugin,
+    /// The plugin that would answer is still being compiled.
+    Loading,
     /// The built-in LLM responder would answer, but no `LLM_API_URL` is configured.
     NoLlm,
     /// The plugin failed too often lately and sits out its cool-down.
@@ -451,6 +462,7 @@ impl Fallback {
             Fallback::NodeLost => "node_lost",
             Fallback::Deadline => "deadline",
             Fallback::NoPlugin => "no_plugin",
+            Fallback::Loading => "loading",
             Fallback::NoLlm => "no_llm",
             Fallback::Benched => "benched",
             Fallback::Declined => "declined",

@@ -2,6 +2,11 @@
 //! two seconds and load what changed, unload what went away. A plugin that fails to load is
 //! logged and skipped; it never stops the server.
 //!
+//! Listening never waits for compiling (the JavaScript and Python engines take Cranelift 15–20 s
+//! on two cores when nothing is cached): at start the folder's manifests are read and their
+//! plugins marked as loading, and the compiling happens in the background. Until a plugin is
+//! ready, `GET /api/plugins` shows it as `loading` and its users get the fallback.
+//!
 //! Polling (not inotify) because it is a few dozen lines, works on every filesystem including
 //! network and container mounts, and a plugin change is not latency-critical. Reading files and
 //! compiling components is blocking work: it runs on the blocking pool, never on a worker.
@@ -24,19 +29,40 @@ type Fingerprint = (Option<SystemTime>, u64, Option<SystemTime>, u64);
 /// Path of a `.wasm` → its fingerprint and the plugin name it loaded as ("" if it failed).
 type Seen = HashMap<PathBuf, (Fingerprint, String)>;
 
-/// Loads the folder now, then keeps it in sync until the host is dropped.
+/// Marks the folder's plugins as loading now; loads them in the background, then keeps the
+/// folder in sync until the host is dropped.
 pub async fn watch_plugins_dir(host: &Arc<PluginHost>, dir: PathBuf) {
-    let mut seen = sync_blocking(host.clone(), dir.clone(), Seen::new()).await;
+    let (scanned, scan_dir) = (host.clone(), dir.clone());
+    let _ = tokio::task::spawn_blocking(move || mark_loading(&scanned, &scan_dir)).await;
     let weak: Weak<PluginHost> = Arc::downgrade(host);
     tokio::spawn(async move {
+        let mut seen = Seen::new();
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
-        ticker.tick().await;
         loop {
             ticker.tick().await;
             let Some(host) = weak.upgrade() else { break };
             seen = sync_blocking(host, dir.clone(), seen).await;
         }
     });
+}
+
+/// Reads the manifests of the folder's plugins (not their code) and marks them as loading.
+fn mark_loading(host: &PluginHost, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|ext| ext != "wasm") {
+            continue;
+        }
+        let manifest = std::fs::read_to_string(path.with_extension("toml"))
+            .ok()
+            .and_then(|text| Manifest::parse(&text).ok());
+        if let Some(manifest) = manifest {
+            host.loading_started(&manifest);
+        }
+    }
 }
 
 async fn sync_blocking(host: Arc<PluginHost>, dir: PathBuf, mut seen: Seen) -> Seen {
@@ -113,8 +139,10 @@ fn sync(host: &PluginHost, dir: &Path, seen: &mut Seen) {
         if seen.get(&path).is_some_and(|(known, _)| *known == print) {
             continue;
         }
-        let loaded = read_pair(&path, print)
-            .and_then(|(manifest, wasm)| host.load(manifest, &wasm).map_err(Skip::Broken));
+        let loaded = read_pair(&path, print).and_then(|(manifest, wasm)| {
+            host.loading_started(&manifest);
+            host.load(manifest, &wasm).map_err(Skip::Broken)
+        });
         match loaded {
             Ok(plugin) => {
                 if plugin.manifest.name == BUILTIN_PLUGIN {
@@ -141,6 +169,8 @@ fn sync(host: &PluginHost, dir: &Path, seen: &mut Seen) {
             }
         }
     }
+    // Every pair of this pass is loaded or skipped by now.
+    host.loading_done();
     seen.retain(|path, (_, name)| {
         let keep = present.contains(path);
         if !keep && !name.is_empty() && host.unload(name) {
@@ -157,6 +187,41 @@ fn sync(host: &PluginHost, dir: &Path, seen: &mut Seen) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wasm::{HostRules, NetworkPolicy, PLUGIN_BUILD_DIR};
+
+    #[test]
+    fn plugins_are_loading_from_the_first_look_until_they_are_compiled() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::copy(
+            Path::new(PLUGIN_BUILD_DIR).join("away_message.wasm"),
+            dir.path().join("away.wasm"),
+        )
+        .expect("copy");
+        std::fs::write(
+            dir.path().join("away.toml"),
+            "name = \"away\"\nversion = \"1\"\n",
+        )
+        .expect("toml");
+        let network = NetworkPolicy::new(HostRules::new([]), None).expect("policy");
+        let host = PluginHost::new(network, None).expect("host");
+
+        mark_loading(&host, dir.path());
+        assert!(host.is_loading("away"));
+        assert!(host.get("away").is_none());
+        assert_eq!(
+            host.loading()
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>(),
+            ["away"]
+        );
+
+        let mut seen = Seen::new();
+        sync(&host, dir.path(), &mut seen);
+        assert!(host.get("away").is_some(), "loaded");
+        assert!(!host.is_loading("away"));
+        assert!(host.loading().is_empty());
+    }
 
     const MANIFEST: &str = "name = \"pair\"\nversion = \"1\"\n";
 

@@ -239,6 +239,10 @@ pub struct PluginHost {
     builtins: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
     /// Compiled components from earlier starts (`PLUGIN_CACHE_DIR`), if kept.
     cache: Option<ComponentCache>,
+    /// Plugins whose files were read and whose code is being compiled, by name.
+    loading: RwLock<HashMap<String, Manifest>>,
+    /// True while nothing is being compiled.
+    settled: tokio::sync::watch::Sender<bool>,
 }
 
 impl PluginHost {
@@ -284,6 +288,8 @@ impl PluginHost {
             plugins: RwLock::new(HashMap::new()),
             builtins: RwLock::new(HashMap::new()),
             cache,
+            loading: RwLock::new(HashMap::new()),
+            settled: tokio::sync::watch::Sender::new(true),
         }))
     }
 
@@ -352,6 +358,50 @@ impl PluginHost {
                 .is_some_and(|replaced| !Arc::ptr_eq(&replaced, &builtin)),
             None => plugins.remove(name).is_some(),
         }
+    }
+
+    /// `manifest`'s plugin is being compiled (in the background: listening never waits for it).
+    pub fn loading_started(&self, manifest: &Manifest) {
+        crate::sync::write(&self.loading).insert(manifest.name.clone(), manifest.clone());
+        self.settled.send_replace(false);
+    }
+
+    /// Nothing is being compiled any more (loaded, or failed and logged).
+    pub fn loading_done(&self) {
+        crate::sync::write(&self.loading).clear();
+        self.settled.send_replace(true);
+    }
+
+    /// Completes once nothing is being compiled (at once if nothing is).
+    pub fn settled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut settled = self.settled.subscribe();
+        async move {
+            let _ = settled.wait_for(|idle| *idle).await;
+        }
+    }
+
+    /// Plugins being compiled that have no loaded version to serve meanwhile.
+    pub fn loading(&self) -> Vec<Manifest> {
+        let plugins = crate::sync::read(&self.plugins);
+        let mut loading: Vec<Manifest> = crate::sync::read(&self.loading)
+            .values()
+            .filter(|m| !plugins.contains_key(&m.name))
+            .cloned()
+            .collect();
+        loading.sort_by(|a, b| a.name.cmp(&b.name));
+        loading
+    }
+
+    /// The manifest of `name`, loaded or still being compiled.
+    pub fn manifest_of(&self, name: &str) -> Option<Manifest> {
+        self.get(name)
+            .map(|p| p.manifest.clone())
+            .or_else(|| crate::sync::read(&self.loading).get(name).cloned())
+    }
+
+    /// Whether `name` is being compiled and has no loaded version yet.
+    pub fn is_loading(&self, name: &str) -> bool {
+        crate::sync::read(&self.loading).contains_key(name) && self.get(name).is_none()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
