@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{Args, Server, User, create_users};
+use crate::{Args, Server, User, create_users, open_socket};
 
 /// How long the bench waits for every member's push of one message before giving up on it.
 const ALL_PUSHED_WITHIN: Duration = Duration::from_secs(30);
@@ -88,36 +87,20 @@ struct Member {
 }
 
 async fn connect(server: &Server, user: &User, arrivals: Arc<Arrivals>) -> anyhow::Result<Member> {
-    let (stream, _) =
-        tokio_tungstenite::connect_async_with_config(server.ws_url(&user.token), None, true)
-            .await?;
-    let (mut sink, mut stream) = stream.split();
-    let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
     let (ack_tx, acks) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(frame) = to_send.recv().await {
-            if sink.send(frame).await.is_err() {
-                break;
+    let outgoing = open_socket(
+        server.ws_url(&user.token),
+        move |frame| match frame["type"].as_str() {
+            Some("message") => {
+                arrivals.record(frame["message"]["content"].as_str().unwrap_or_default())
             }
-        }
-    });
-    tokio::spawn(async move {
-        while let Some(Ok(frame)) = stream.next().await {
-            let Message::Text(text) = frame else { continue };
-            let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-                continue;
-            };
-            match frame["type"].as_str() {
-                Some("message") => {
-                    arrivals.record(frame["message"]["content"].as_str().unwrap_or_default())
-                }
-                Some(answer @ ("sent" | "error")) => {
-                    let _ = ack_tx.send(answer == "sent");
-                }
-                _ => {}
+            Some(answer @ ("sent" | "error")) => {
+                let _ = ack_tx.send(answer == "sent");
             }
-        }
-    });
+            _ => {}
+        },
+    )
+    .await?;
     Ok(Member {
         outgoing,
         acks: Mutex::new(acks),

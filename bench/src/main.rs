@@ -371,31 +371,12 @@ async fn connect(
     user: &User,
     recorder: Arc<Recorder>,
 ) -> anyhow::Result<Connection> {
-    // Nagle off, like the server: small frames must not wait for the previous one's ACK.
-    let (stream, _) = tokio_tungstenite::connect_async_with_config(
-        server.node_ws_url(index, &user.token),
-        None,
-        true,
-    )
-    .await?;
-    let (mut sink, mut stream) = stream.split();
-    let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
     let (ack_tx, acks) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(frame) = to_send.recv().await {
-            if sink.send(frame).await.is_err() {
-                break;
-            }
-        }
-    });
     let me = user.id.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(frame)) = stream.next().await {
-            let Message::Text(text) = frame else { continue };
-            let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-                continue;
-            };
-            match frame["type"].as_str() {
+    let outgoing =
+        open_socket(
+            server.node_ws_url(index, &user.token),
+            move |frame| match frame["type"].as_str() {
                 Some("message")
                     if frame["message"]["recipient"] == me.as_str()
                         && frame["message"]["sender"] != me.as_str() =>
@@ -406,13 +387,41 @@ async fn connect(
                     let _ = ack_tx.send(());
                 }
                 _ => {}
-            }
-        }
-    });
+            },
+        )
+        .await?;
     Ok(Connection {
         outgoing,
         acks: tokio::sync::Mutex::new(acks),
     })
+}
+
+/// Opens a WebSocket (Nagle off, like the server: small frames must not wait for the previous
+/// one's ACK). Frames sent into the returned channel go out in order; every JSON text frame
+/// that arrives goes to `on_frame`.
+pub(crate) async fn open_socket(
+    url: String,
+    mut on_frame: impl FnMut(Value) + Send + 'static,
+) -> anyhow::Result<mpsc::UnboundedSender<Message>> {
+    let (stream, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+    let (mut sink, mut stream) = stream.split();
+    let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(frame) = to_send.recv().await {
+            if sink.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = stream.next().await {
+            let Message::Text(text) = frame else { continue };
+            if let Ok(frame) = serde_json::from_str::<Value>(&text) {
+                on_frame(frame);
+            }
+        }
+    });
+    Ok(outgoing)
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -15,7 +15,8 @@ async fn create(app: &TestApp, owner: &TestUser, title: &str, members: &[&TestUs
     .await
 }
 
-async fn group(app: &TestApp, owner: &TestUser, members: &[&TestUser]) -> String {
+/// A group "Team" owned by `owner`; its id.
+pub(crate) async fn group(app: &TestApp, owner: &TestUser, members: &[&TestUser]) -> String {
     let created = create(app, owner, "Team", members).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     created.body["id"].as_str().expect("id").to_owned()

@@ -7,21 +7,9 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::conversations::group;
 use crate::helpers::{Answer, TestApp, TestUser};
 use crate::ws_client::WsClient;
-
-async fn group(app: &TestApp, owner: &TestUser, members: &[&TestUser]) -> String {
-    let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
-    let created = app
-        .post(
-            "/api/conversations",
-            Some(&owner.token),
-            json!({"title": "Team", "members": ids}),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    created.body["id"].as_str().expect("id").to_owned()
-}
 
 async fn send_to(app: &TestApp, from: &TestUser, conversation: &str, content: &str) -> Answer {
     app.post(

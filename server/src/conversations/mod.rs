@@ -140,6 +140,14 @@ impl Conversations {
     /// The conversation, if `caller` is in it.
     pub async fn get(&self, caller: UserId, id: &str) -> Result<Conversation, ConversationError> {
         let id = ConversationId::parse(id).map_err(|_| ConversationError::NotFound)?;
+        self.get_by_id(caller, id).await
+    }
+
+    async fn get_by_id(
+        &self,
+        caller: UserId,
+        id: ConversationId,
+    ) -> Result<Conversation, ConversationError> {
         match self.store.conversation(id).await? {
             Some(conversation) if conversation.member(caller).is_some() => Ok(conversation),
             _ => Err(ConversationError::NotFound),
@@ -251,7 +259,7 @@ impl Conversations {
         if !self.limits.typing(caller, id) {
             return Ok(());
         }
-        let conversation = self.get(caller, &id.to_string()).await?;
+        let conversation = self.get_by_id(caller, id).await?;
         let others: Vec<UserId> = conversation
             .members
             .iter()
@@ -306,7 +314,7 @@ impl Conversations {
         caller: UserId,
         id: ConversationId,
     ) -> Result<ConversationView, ConversationError> {
-        let conversation = self.get(caller, &id.to_string()).await?;
+        let conversation = self.get_by_id(caller, id).await?;
         self.changed(conversation).await
     }
 

@@ -382,11 +382,11 @@ impl PluginHost {
 
     /// Plugins being compiled that have no loaded version to serve meanwhile.
     pub fn loading(&self) -> Vec<Manifest> {
-        let plugins = crate::sync::read(&self.plugins);
-        let mut loading: Vec<Manifest> = crate::sync::read(&self.loading)
-            .values()
-            .filter(|m| !plugins.contains_key(&m.name))
-            .cloned()
+        // One lock at a time (copied out of one, then checked against the other).
+        let compiling: Vec<Manifest> = crate::sync::read(&self.loading).values().cloned().collect();
+        let mut loading: Vec<Manifest> = compiling
+            .into_iter()
+            .filter(|m| self.get(&m.name).is_none())
             .collect();
         loading.sort_by(|a, b| a.name.cmp(&b.name));
         loading
@@ -401,7 +401,8 @@ impl PluginHost {
 
     /// Whether `name` is being compiled and has no loaded version yet.
     pub fn is_loading(&self, name: &str) -> bool {
-        crate::sync::read(&self.loading).contains_key(name) && self.get(name).is_none()
+        let compiling = crate::sync::read(&self.loading).contains_key(name);
+        compiling && self.get(name).is_none()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
