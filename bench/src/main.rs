@@ -73,6 +73,13 @@ struct Args {
     /// Members of the group where everyone sends.
     #[arg(long, default_value_t = 50)]
     busy_group_size: usize,
+    /// Calls per language in the plugin per-call run (more for a profiler to sample).
+    #[arg(long, default_value_t = 300)]
+    plugin_calls: u64,
+    /// Keep compiled plugins in this folder between bench runs (the server's PLUGIN_CACHE_DIR
+    /// cache); without it every run compiles them, and prints how long that takes.
+    #[arg(long)]
+    plugin_cache: Option<PathBuf>,
     /// RESPONDER_TIMEOUT_MS for the fallback-lateness run.
     #[arg(long, default_value_t = 10_000)]
     responder_timeout_ms: u64,
@@ -111,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         groups::fan_out(&args).await?;
     }
     if !args.skip_responder {
-        responder::overhead().await?;
+        responder::overhead(&args).await?;
         if args.url.is_some() || !args.urls.is_empty() {
             println!(
                 "(fallback lateness needs a server the bench starts itself; skipped with --url)"

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use palaver::wasm::{
-    ChatMessage, HostRules, Manifest, NetworkPolicy, PLUGIN_BUILD_DIR, PluginHost, RespondRequest,
+    ChatMessage, ComponentCache, HostRules, Manifest, NetworkPolicy, PLUGIN_BUILD_DIR, PluginHost,
+    RespondRequest,
 };
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -37,8 +38,13 @@ fn request() -> RespondRequest {
 
 /// Instantiate + call of a constant plugin (`away-message`), in process, on the pooling
 /// allocator: a fresh store and instance per call, as the server does.
-pub async fn overhead() -> anyhow::Result<()> {
-    let host = PluginHost::new(NetworkPolicy::new(HostRules::new([]), None)?, None)?;
+pub async fn overhead(args: &Args) -> anyhow::Result<()> {
+    let cache = args
+        .plugin_cache
+        .as_deref()
+        .map(ComponentCache::open)
+        .transpose()?;
+    let host = PluginHost::new(NetworkPolicy::new(HostRules::new([]), None)?, cache)?;
     let wasm = std::fs::read(Path::new(PLUGIN_BUILD_DIR).join("away_message.wasm"))?;
     let manifest =
         Manifest::parse("name = \"away\"\nversion = \"1\"").map_err(anyhow::Error::msg)?;
@@ -80,14 +86,13 @@ pub async fn overhead() -> anyhow::Result<()> {
             us(h.max())
         );
     }
-    plugins_by_language(&host).await
+    plugins_by_language(&host, args.plugin_calls).await
 }
 
 /// The example plugins that answer alike in three languages: size, compile time, and
 /// instantiate + call. The JavaScript and Python ones are built outside cargo (npm, pip); the
 /// bench says how when they are missing.
-async fn plugins_by_language(host: &std::sync::Arc<PluginHost>) -> anyhow::Result<()> {
-    const CALLS: u64 = 300;
+async fn plugins_by_language(host: &std::sync::Arc<PluginHost>, calls: u64) -> anyhow::Result<()> {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/examples");
     let plugins = [
         (
@@ -110,10 +115,10 @@ async fn plugins_by_language(host: &std::sync::Arc<PluginHost>) -> anyhow::Resul
         ),
     ];
     println!();
-    println!("the away-message example in three languages, {CALLS} calls each (pooling allocator)");
+    println!("the away-message example in three languages, {calls} calls each (pooling allocator)");
     println!(
         "{:<12} {:>9} {:>11} {:>10} {:>10} {:>10}",
-        "", "size MB", "compile ms", "median µs", "p99 µs", "max µs"
+        "", "size MB", "load ms", "median µs", "p99 µs", "max µs"
     );
     for (language, wasm_path, manifest_path, build) in plugins {
         let Ok(wasm) = std::fs::read(&wasm_path) else {
@@ -129,11 +134,11 @@ async fn plugins_by_language(host: &std::sync::Arc<PluginHost>) -> anyhow::Resul
         for _ in 0..20 {
             host.run(&plugin, request(), deadline()).await?;
         }
-        let mut calls = Histogram::<u64>::new(3)?;
-        for _ in 0..CALLS {
+        let mut timings = Histogram::<u64>::new(3)?;
+        for _ in 0..calls {
             let started = Instant::now();
             let reply = host.run(&plugin, request(), deadline()).await?;
-            calls.record(started.elapsed().as_nanos() as u64)?;
+            timings.record(started.elapsed().as_nanos() as u64)?;
             anyhow::ensure!(reply.is_some(), "{language}: no reply");
         }
         let us = |ns: u64| ns as f64 / 1000.0;
@@ -141,9 +146,9 @@ async fn plugins_by_language(host: &std::sync::Arc<PluginHost>) -> anyhow::Resul
             "{language:<12} {:>9.1} {:>11.0} {:>10.1} {:>10.1} {:>10.1}",
             wasm.len() as f64 / 1e6,
             compile.as_secs_f64() * 1000.0,
-            us(calls.value_at_quantile(0.5)),
-            us(calls.value_at_quantile(0.99)),
-            us(calls.max())
+            us(timings.value_at_quantile(0.5)),
+            us(timings.value_at_quantile(0.99)),
+            us(timings.max())
         );
     }
     Ok(())

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, UpdateDeadline,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -50,6 +50,8 @@ pub const PLUGIN_BUILD_DIR: &str = env!("PALAVER_PLUGIN_BUILD_DIR");
 
 /// Calls that may run at once; the pooling allocator keeps this many instances ready.
 pub const MAX_CONCURRENT_CALLS: u32 = 64;
+/// Bytes of a memory or table slot kept mapped between calls (see `pagemap_scan` below).
+const KEEP_RESIDENT: usize = 32 << 20;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Threads that run guest code.
 const PLUGIN_THREADS: usize = 2;
@@ -252,7 +254,13 @@ impl PluginHost {
             .total_core_instances(MAX_CONCURRENT_CALLS * 8)
             .total_memories(MAX_CONCURRENT_CALLS * 4)
             .total_tables(MAX_CONCURRENT_CALLS * 8)
-            .max_memory_size((manifest::MAX_MEMORY_MB as usize) << 20);
+            .max_memory_size((manifest::MAX_MEMORY_MB as usize) << 20)
+            // Reset a used slot by restoring only the pages the call dirtied (PAGEMAP_SCAN,
+            // Linux 6.7+; older kernels fall back to madvise): the next call finds the
+            // JavaScript or Python heap image resident instead of faulting it all back in.
+            .pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
