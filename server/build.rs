@@ -18,7 +18,7 @@ fn main() {
         "cargo:rerun-if-changed={}",
         plugins.join("Cargo.lock").display()
     );
-    for dir in ["wit", "llm-responder", "examples"] {
+    for dir in ["wit", "wit-0.1.0", "llm-responder", "examples", "fixtures"] {
         println!("cargo:rerun-if-changed={}", plugins.join(dir).display());
     }
 

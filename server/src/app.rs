@@ -18,7 +18,7 @@ use crate::limits::Limits;
 use crate::messaging::{BusyRecipients, FanOut, Messaging, Sequencer, Writer};
 use crate::metrics::MetricsServer;
 use crate::realtime::{ConnectionCaps, Hub, Live, LocalFanOut, socketio};
-use crate::responder::{Responder, watch_plugins_dir};
+use crate::responder::{Moderation, Responder, watch_plugins_dir};
 use crate::server::Server;
 use crate::store::{ClusterLog, MongoStore, SqliteStore, Store};
 
@@ -97,11 +97,17 @@ impl Application {
                 }
             });
         }
+        let moderation = Arc::new(Moderation::new(
+            responder.plugins().clone(),
+            store.clone(),
+            &config.responder,
+        ));
         let messaging = Arc::new(Messaging::new(
             store.clone(),
             writer,
             fanout.clone(),
             responder.clone(),
+            moderation,
             limits.clone(),
         ));
         let plugins_host = responder.plugins().clone();

@@ -59,6 +59,10 @@ impl Failure {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(409, message)
     }
+    /// Well-formed, but refused on its merits (a moderator said no).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(422, message)
+    }
     pub fn too_many_requests(message: impl Into<String>, wait: RetryAfter) -> Self {
         Self {
             retry_after: Some(wait),

@@ -19,6 +19,8 @@ pub const PUSHES_DROPPED: &str = "palaver_pushes_dropped_total";
 pub const RESPONDER_OUTCOMES: &str = "palaver_responder_outcomes_total";
 pub const RESPONDER_DURATION: &str = "palaver_responder_duration_seconds";
 pub const PLUGIN_CALLS: &str = "palaver_plugin_calls_total";
+pub const MODERATION_VERDICTS: &str = "palaver_moderation_verdicts_total";
+pub const MODERATION_DURATION: &str = "palaver_moderation_duration_seconds";
 pub const RATE_LIMITED: &str = "palaver_rate_limited_total";
 pub const STORE_ERRORS: &str = "palaver_store_errors_total";
 pub const CLUSTER_NODES: &str = "palaver_cluster_nodes";
@@ -31,6 +33,10 @@ const HTTP_BUCKETS: &[f64] = &[
 /// Responder latency buckets: from a canned plugin (~ms) to the 10 s deadline.
 const RESPONDER_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0,
+];
+/// Moderator latency buckets: from a string search (~10 µs) to the 1 s ceiling.
+const MODERATION_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 /// Histograms are folded into their buckets this often (and at every scrape).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -46,6 +52,10 @@ fn recorder() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Full(RESPONDER_DURATION.to_owned()),
             RESPONDER_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(MODERATION_DURATION.to_owned()),
+            MODERATION_BUCKETS,
         )?
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -88,6 +98,15 @@ fn describe() {
     describe_counter!(
         PLUGIN_CALLS,
         "Responder plugin calls, by plugin and result."
+    );
+    describe_counter!(
+        MODERATION_VERDICTS,
+        "Moderation plugin calls, by plugin and verdict (allow, reject, replace, failed)."
+    );
+    describe_histogram!(
+        MODERATION_DURATION,
+        Unit::Seconds,
+        "How long each moderator took per message, by plugin."
     );
     describe_counter!(
         RATE_LIMITED,
@@ -212,6 +231,13 @@ pub fn responder_outcome(outcome: &'static str, reason: &'static str, elapsed: D
 
 pub fn plugin_call(plugin: &str, result: &'static str) {
     counter!(PLUGIN_CALLS, "plugin" => plugin.to_owned(), "result" => result).increment(1);
+}
+
+/// One moderator's call: `verdict` is allow, reject, replace or failed. `plugin` comes from
+/// `MODERATION_PLUGINS`, so the label set is the operator's list.
+pub fn moderation(plugin: &str, verdict: &'static str, elapsed: Duration) {
+    counter!(MODERATION_VERDICTS, "plugin" => plugin.to_owned(), "verdict" => verdict).increment(1);
+    histogram!(MODERATION_DURATION, "plugin" => plugin.to_owned()).record(elapsed.as_secs_f64());
 }
 
 pub fn rate_limited(limit: &'static str) {

@@ -16,6 +16,7 @@ mod groups_live;
 mod health;
 mod helpers;
 mod metrics;
+mod moderation;
 mod persistence;
 mod personas;
 mod plugins;

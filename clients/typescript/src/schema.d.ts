@@ -1048,6 +1048,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -1168,6 +1177,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1302,6 +1320,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -1418,6 +1445,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1550,6 +1586,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1690,6 +1735,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -1811,6 +1865,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1946,6 +2009,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -2065,6 +2137,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2202,6 +2283,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -2332,6 +2422,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -2452,6 +2551,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2592,6 +2700,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -2718,6 +2835,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2855,6 +2981,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -2982,6 +3117,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -3098,6 +3242,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3232,6 +3385,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -3348,6 +3510,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3482,6 +3653,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -3601,6 +3781,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3734,6 +3923,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A rate limit or cap was reached; `Retry-After` says when to try again (seconds). */
             429: {
                 headers: {
@@ -3850,6 +4048,15 @@ export interface operations {
             };
             /** @description The body was not sent as `application/json`. */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A moderation plugin refused the message; `message` says why. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -26,7 +26,7 @@
 // `{name}` the part of it before the '@'.
 
 // The host's imports, named with the package version, exactly as in the WIT package.
-import { log } from "palaver:responder/host@0.1.0";
+import { log } from "palaver:responder/host@0.2.0";
 
 const DEFAULT_MESSAGE = "{email} is away right now; they'll read your message soon.";
 

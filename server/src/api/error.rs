@@ -53,6 +53,9 @@ pub enum ApiError {
     /// The body was not sent as `application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
+    /// A moderation plugin refused the message; `message` says why.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
     /// A rate limit or cap was reached; `Retry-After` says when to try again (seconds).
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
@@ -131,6 +134,7 @@ impl From<Failure> for ApiError {
             409 => Self::Conflict(message),
             413 => Self::PayloadTooLarge(message),
             415 => Self::UnsupportedMediaType(message),
+            422 => Self::Unprocessable(message),
             429 => Self::TooManyRequests(message, retry),
             503 => Self::Unavailable(message, retry),
             _ => Self::Internal(message),

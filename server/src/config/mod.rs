@@ -22,7 +22,7 @@ pub use cluster::{ClusterSettings, NatsUrl};
 pub use hosts::HostPattern;
 pub use limits::{LimitSettings, Rate};
 pub use origins::AllowedOrigins;
-pub use responder::{BUILTIN_PLUGIN, DEFAULT_FALLBACK_MESSAGE, ResponderSettings};
+pub use responder::{BUILTIN_PLUGIN, DEFAULT_FALLBACK_MESSAGE, OnFailure, ResponderSettings};
 pub use secrets::{JwtSecret, MongoSettings, MongoUri, Secret};
 
 use env::Env;

@@ -26,6 +26,12 @@ pub struct ResponderSettings {
     /// Where compiled plugins are kept between starts (`PLUGIN_CACHE_DIR`; default
     /// `DATA_DIR/plugin-cache`, `off`: none).
     pub plugin_cache_dir: Option<PathBuf>,
+    /// Moderators run on every message before it is stored, in this order
+    /// (`MODERATION_PLUGINS`; none by default).
+    pub moderators: Vec<String>,
+    /// The operator's say on what a moderator's failure means, overriding its manifest
+    /// (`MODERATION_ON_FAILURE=name=allow|reject,...`).
+    pub moderation_on_failure: std::collections::BTreeMap<String, OnFailure>,
     /// The plugin that answers; the built-in `llm-responder` unless set.
     pub plugin: String,
     /// Hosts plugins may call (exact names or `*.example.com`, with optional ports), besides
@@ -52,6 +58,8 @@ impl Default for ResponderSettings {
             plugins_dir: None,
             plugin_cache_dir: None,
             plugin: BUILTIN_PLUGIN.into(),
+            moderators: Vec::new(),
+            moderation_on_failure: std::collections::BTreeMap::new(),
             allowed_hosts: Vec::new(),
             bench_after: Some(5),
             bench_for: Duration::from_secs(60),
@@ -92,6 +100,12 @@ impl ResponderSettings {
                 parse_cache_dir,
             )?,
             plugin,
+            moderators: env.var("MODERATION_PLUGINS", defaults.moderators, parse_moderators)?,
+            moderation_on_failure: env.var(
+                "MODERATION_ON_FAILURE",
+                defaults.moderation_on_failure,
+                parse_on_failure_overrides,
+            )?,
             allowed_hosts: env.var(
                 "PLUGIN_ALLOWED_HOSTS",
                 defaults.allowed_hosts,
@@ -158,5 +172,66 @@ fn parse_allowed_hosts(raw: &str) -> Result<Vec<HostPattern>, String> {
         .map(str::trim)
         .filter(|h| !h.is_empty())
         .map(HostPattern::parse)
+        .collect()
+}
+
+/// What a moderator's failure (a trap, an error, its deadline, being benched, an invalid
+/// replacement) means for the message: a manifest's `on_failure`, or the operator's override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// The message goes on as it stands (fail open): the default.
+    Allow,
+    /// The message is refused (fail closed).
+    Reject,
+}
+
+impl OnFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Reject => "reject",
+        }
+    }
+}
+
+/// `MODERATION_PLUGINS`: comma-separated plugin names, run in that order; no repeats.
+fn parse_moderators(raw: &str) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "{name:?} is not a plugin name (letters, digits, - or _)"
+            ));
+        }
+        if names.iter().any(|n| n == name) {
+            return Err(format!("{name:?} is named twice"));
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
+}
+
+/// `MODERATION_ON_FAILURE`: comma-separated `name=allow` or `name=reject`.
+fn parse_on_failure_overrides(
+    raw: &str,
+) -> Result<std::collections::BTreeMap<String, OnFailure>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not name=allow or name=reject"))?;
+            let value = match value.trim() {
+                "allow" => OnFailure::Allow,
+                "reject" => OnFailure::Reject,
+                other => return Err(format!("{other:?} is neither allow nor reject")),
+            };
+            Ok((name.trim().to_owned(), value))
+        })
         .collect()
 }

@@ -1,12 +1,14 @@
 //! The one path every message takes, whichever transport it came in on:
 //! authorize → validate → check the recipient (or the group and that the sender is in it) →
-//! number, store durably → fan out to its audience (both sides, or the group's members) → if a
-//! direct recipient is BUSY, hand the message to whoever answers for them.
+//! moderate (`MODERATION_PLUGINS`: refuse or rewrite) → number, store durably → fan out to its
+//! audience (both sides, or the group's members) → if a direct recipient is BUSY, hand the
+//! message to whoever answers for them.
 //!
 //! This layer knows the store and two seams, and nothing above it: [`FanOut`] (who gets told,
 //! in-process on one node or over NATS in a cluster) and [`BusyRecipients`] (the responder).
 //! `app.rs` wires the implementations in.
 
+mod moderation;
 mod notice;
 mod sequencer;
 mod view;
@@ -15,6 +17,7 @@ mod writer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use moderation::{Destination, Draft, Moderator, NoModeration, Review};
 pub use notice::Notice;
 pub(crate) use sequencer::random_u64;
 pub use sequencer::{Sequencer, first_id_since};
@@ -120,6 +123,9 @@ pub enum SendError {
     /// It does not exist or the sender is not in it.
     #[error("conversation not found")]
     ConversationNotFound,
+    /// A moderator refused it; the reason is for the sender.
+    #[error("{0}")]
+    Rejected(String),
     /// The key was used for a different message (another recipient or content).
     #[error("idempotency key reused for a different message")]
     KeyReused,
@@ -145,6 +151,7 @@ impl From<SendError> for Failure {
             }
             SendError::Invalid(problem) => problem.into(),
             SendError::RecipientNotFound => Failure::not_found("Recipient not found"),
+            SendError::Rejected(reason) => Failure::unprocessable(reason),
             SendError::ConversationNotFound => Failure::not_found(CONVERSATION_NOT_FOUND),
             SendError::KeyReused => {
                 Failure::conflict("This idempotency key was already used for a different message")
@@ -168,6 +175,8 @@ pub struct Messaging {
     writer: Arc<Writer>,
     fanout: Arc<dyn FanOut>,
     busy: Arc<dyn BusyRecipients>,
+    moderator: Arc<dyn Moderator>,
+    outcomes: moderation::OutcomeMemo,
     limits: Arc<Limits>,
 }
 
@@ -177,6 +186,7 @@ impl Messaging {
         writer: Arc<Writer>,
         fanout: Arc<dyn FanOut>,
         busy: Arc<dyn BusyRecipients>,
+        moderator: Arc<dyn Moderator>,
         limits: Arc<Limits>,
     ) -> Self {
         Self {
@@ -184,7 +194,43 @@ impl Messaging {
             writer,
             fanout,
             busy,
+            moderator,
+            outcomes: moderation::OutcomeMemo::default(),
             limits,
+        }
+    }
+
+    /// The moderators' say on a draft the sender may send: the content to store, or the
+    /// rejection. A retry (same key, same draft) gets the first outcome without asking again.
+    async fn moderate(
+        &self,
+        sender: UserId,
+        to: Destination,
+        content: Content,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Content, SendError> {
+        if !self.moderator.enabled() {
+            return Ok(content);
+        }
+        let draft = Draft {
+            sender,
+            to,
+            content,
+        };
+        let remembered = key.and_then(|key| self.outcomes.get(key, &draft));
+        let review = match remembered {
+            Some(review) => review,
+            None => {
+                let review = self.moderator.review(&draft).await?;
+                if let Some(key) = key {
+                    self.outcomes.put(key.clone(), &draft, review.clone());
+                }
+                review
+            }
+        };
+        match review {
+            Review::Pass(content) => Ok(content),
+            Review::Reject(reason) => Err(SendError::Rejected(reason)),
         }
     }
 
@@ -219,6 +265,9 @@ impl Messaging {
                 };
                 let members = conversation.members.iter().map(|m| m.user);
                 if conversation.kind == ConversationKind::Group {
+                    let content = self
+                        .moderate(sender, Destination::Conversation(id), content, key.as_ref())
+                        .await?;
                     let outgoing = Outgoing {
                         sender,
                         to: Target::Group {
@@ -240,6 +289,15 @@ impl Messaging {
         let Some(recipient) = self.store.user_by_id(recipient).await? else {
             return Err(SendError::RecipientNotFound);
         };
+        let destination = match &request.to {
+            SendTo::Recipient(_) => Destination::User(recipient.id),
+            SendTo::Conversation(_) => {
+                Destination::Conversation(ConversationId::direct(sender, recipient.id))
+            }
+        };
+        let content = self
+            .moderate(sender, destination, content, key.as_ref())
+            .await?;
         let awaits_reply = recipient.status == Status::Busy && recipient.id != sender;
         let (message, stored) = self
             .deliver(Outgoing {

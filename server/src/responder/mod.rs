@@ -6,6 +6,7 @@
 //! is running gets no second auto-reply (the one on its way answers the conversation).
 
 mod breaker;
+mod moderation;
 mod watcher;
 
 use std::collections::{BTreeMap, HashSet};
@@ -33,6 +34,7 @@ use crate::wasm::{
 /// What a plugin says of itself, for the API to show.
 pub use crate::wasm::Manifest;
 pub use breaker::Health;
+pub use moderation::{MODERATION_FAILED, Moderation};
 pub use watcher::watch_plugins_dir;
 
 use breaker::{Call, CircuitBreaker};
@@ -145,6 +147,13 @@ impl Responder {
             .host
             .manifest_of(&choice.plugin)
             .ok_or_else(|| ChoiceError::UnknownPlugin(choice.plugin.clone()))?;
+        if self
+            .host
+            .get(&choice.plugin)
+            .is_some_and(|p| !p.is_responder())
+        {
+            return Err(ChoiceError::NotAResponder(choice.plugin.clone()));
+        }
         let settable = &manifest.user_config;
         for (key, value) in &choice.config {
             if !settable.contains_key(key) {
@@ -302,6 +311,9 @@ impl Responder {
         if Arc::ptr_eq(&plugin, &self.builtin) && self.settings.llm_api_url.is_none() {
             return Err(Fallback::NoLlm);
         }
+        if !plugin.is_responder() {
+            return Err(Fallback::NoPlugin);
+        }
         if self.breaker.is_benched(&plugin) {
             tracing::debug!(plugin = %plugin.manifest.name, "plugin benched; sending the fallback without it");
             return Err(Fallback::Benched);
@@ -348,7 +360,10 @@ impl Responder {
         };
         let started = Instant::now();
         let call = Call::start(&self.breaker, plugin.clone());
-        let outcome = self.host.respond(plugin.clone(), request, deadline).await;
+        let outcome = self
+            .host
+            .respond(plugin.clone(), request, deadline, None)
+            .await;
         let plugin_name = &plugin.manifest.name;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let answer = match outcome {
@@ -396,6 +411,8 @@ pub enum ChoiceError {
         plugin: String,
         settable: Vec<String>,
     },
+    #[error("The plugin {0:?} is a moderator, not a responder")]
+    NotAResponder(String),
     #[error("The setting {0:?} is longer than {MAX_SETTING_CHARS} characters")]
     TooLong(String),
     #[error("User not found")]
@@ -411,9 +428,9 @@ impl From<ChoiceError> for Failure {
             ChoiceError::UnknownPlugin(_) | ChoiceError::NoSuchUser => {
                 Failure::not_found(err.to_string())
             }
-            ChoiceError::NotSettable { .. } | ChoiceError::TooLong(_) => {
-                Failure::bad_request(err.to_string())
-            }
+            ChoiceError::NotSettable { .. }
+            | ChoiceError::TooLong(_)
+            | ChoiceError::NotAResponder(_) => Failure::bad_request(err.to_string()),
         }
     }
 }

@@ -4,11 +4,14 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::HostPattern;
+use crate::config::{HostPattern, OnFailure};
 
 /// Hard ceilings, whatever a manifest asks for.
 pub const MAX_MEMORY_MB: u64 = 256;
 pub const DEFAULT_MEMORY_MB: u64 = 64;
+/// A moderator runs in the send path: its deadline is short by default, and capped.
+pub const DEFAULT_MODERATOR_TIMEOUT_MS: u64 = 100;
+pub const MAX_MODERATOR_TIMEOUT_MS: u64 = 1_000;
 /// Unless a manifest sets `fuel`, the wall-clock deadline alone is a plugin's budget: the card
 /// promises the responder its whole 10 s, whatever the CPU. A tight loop burns roughly 8e9 fuel
 /// per second here, so 1e14 outlasts the longest deadline (`RESPONDER_TIMEOUT_MS` 120 s) on any
@@ -31,9 +34,14 @@ pub struct Manifest {
     pub memory_mb: u64,
     #[serde(default = "default_fuel")]
     pub fuel: u64,
-    /// At most the global `RESPONDER_TIMEOUT_MS`; the smaller of the two applies.
+    /// A responder's: at most the global `RESPONDER_TIMEOUT_MS` (the smaller applies). A
+    /// moderator's: its deadline per message, default [`DEFAULT_MODERATOR_TIMEOUT_MS`], at
+    /// most [`MAX_MODERATOR_TIMEOUT_MS`].
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// For a moderator: what its failure means (default `allow`); the operator may override it.
+    #[serde(default)]
+    pub on_failure: Option<OnFailure>,
     /// Default configuration handed to the plugin.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -56,6 +64,15 @@ fn default_fuel() -> u64 {
 }
 
 impl Manifest {
+    /// This plugin's deadline per message as a moderator.
+    pub fn moderator_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.timeout_ms
+                .unwrap_or(DEFAULT_MODERATOR_TIMEOUT_MS)
+                .min(MAX_MODERATOR_TIMEOUT_MS),
+        )
+    }
+
     pub fn parse(text: &str) -> Result<Self, String> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| e.to_string())?;
         let valid_name = !manifest.name.is_empty()
@@ -71,6 +88,9 @@ impl Manifest {
         }
         if manifest.memory_mb == 0 || manifest.memory_mb > MAX_MEMORY_MB {
             return Err(format!("memory_mb must be between 1 and {MAX_MEMORY_MB}"));
+        }
+        if manifest.timeout_ms == Some(0) {
+            return Err("timeout_ms must be positive".into());
         }
         if manifest.fuel == 0 {
             return Err("fuel must be positive".into());
@@ -107,6 +127,7 @@ impl Manifest {
             memory_mb: DEFAULT_MEMORY_MB,
             fuel: DEFAULT_FUEL,
             timeout_ms: None,
+            on_failure: None,
             config: BTreeMap::new(),
             user_config: [
                 (

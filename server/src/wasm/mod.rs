@@ -40,8 +40,34 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
+/// The `moderator` world of the same package: its interfaces are the responder's.
+mod moderator {
+    wasmtime::component::bindgen!({
+        path: "../plugins/wit",
+        world: "moderator",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "palaver:responder/types": super::palaver::responder::types,
+            "palaver:responder/host": super::palaver::responder::host,
+        },
+    });
+}
+
+/// The first version of the contract (`plugins/wit-0.1.0`), linked beside the current one so its
+/// plugins keep loading. Its `respond` has the current shape, so one `ResponderPre` runs both.
+mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../plugins/wit-0.1.0",
+        world: "responder",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
 pub use self::palaver::responder::host::{HttpRequest, HttpResponse, LogLevel};
-pub use self::palaver::responder::types::ChatMessage;
+pub use self::palaver::responder::types::{ChatMessage, Destination, ModerateRequest, Verdict};
+use moderator::ModeratorPre;
 
 /// The default plugin, built from `plugins/llm-responder` by the build script.
 pub const LLM_RESPONDER_WASM: &[u8] = include_bytes!(env!("PALAVER_LLM_RESPONDER_WASM"));
@@ -68,15 +94,26 @@ pub enum PluginError {
     Refused(String),
 }
 
-/// A plugin ready to run.
+/// A plugin ready to run: a responder, a moderator, or both (whichever functions it exports).
 pub struct LoadedPlugin {
     pub manifest: Manifest,
-    pre: ResponderPre<CallState>,
+    responder: Option<ResponderPre<CallState>>,
+    moderator: Option<ModeratorPre<CallState>>,
     granted: Arc<HostRules>,
     load_id: u64,
 }
 
 impl LoadedPlugin {
+    /// Whether it exports `respond` (it may answer for BUSY users).
+    pub fn is_responder(&self) -> bool {
+        self.responder.is_some()
+    }
+
+    /// Whether it exports `moderate` (it may be named in `MODERATION_PLUGINS`).
+    pub fn is_moderator(&self) -> bool {
+        self.moderator.is_some()
+    }
+
     /// Different for every load, even of the same file: a record about one load (its failures)
     /// does not follow the plugin into the next.
     pub fn load_id(&self) -> u64 {
@@ -95,6 +132,23 @@ struct CallState {
     granted: Arc<HostRules>,
     network: NetworkPolicy,
     deadline: Instant,
+    /// Where a responder's `progress` goes (none: nobody is listening).
+    progress: Option<Progress>,
+}
+
+/// A responder's latest text so far (`None` until it reports any).
+pub type Progress = tokio::sync::watch::Sender<Option<String>>;
+
+/// What a call asks of a plugin.
+enum Invocation {
+    Respond(RespondRequest, Option<Progress>),
+    Moderate(ModerateRequest),
+}
+
+/// What it answered.
+enum Answer {
+    Reply(Option<String>),
+    Verdict(Verdict),
 }
 
 impl WasiView for CallState {
@@ -138,6 +192,50 @@ impl self::palaver::responder::host::Host for CallState {
             tracing::info!(plugin = %self.plugin, %reason, "plugin http-fetch refused or failed");
         }
         result
+    }
+
+    async fn progress(&mut self, text_so_far: String) {
+        if let Some(progress) = &self.progress
+            && text_so_far.chars().count() <= crate::domain::CONTENT_MAX
+        {
+            progress.send_replace(Some(text_so_far));
+        }
+    }
+}
+
+impl self::v0_1::palaver::responder::types::Host for CallState {}
+
+/// A 0.1.0 plugin's imports are the current ones under their old names.
+impl self::v0_1::palaver::responder::host::Host for CallState {
+    async fn log(&mut self, level: v0_1::palaver::responder::host::LogLevel, message: String) {
+        use v0_1::palaver::responder::host::LogLevel as Old;
+        let level = match level {
+            Old::Debug => LogLevel::Debug,
+            Old::Info => LogLevel::Info,
+            Old::Warn => LogLevel::Warn,
+            Old::Error => LogLevel::Error,
+        };
+        self::palaver::responder::host::Host::log(self, level, message).await;
+    }
+
+    async fn http_fetch(
+        &mut self,
+        request: v0_1::palaver::responder::host::HttpRequest,
+    ) -> Result<v0_1::palaver::responder::host::HttpResponse, String> {
+        let request = HttpRequest {
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+            timeout_ms: request.timeout_ms,
+        };
+        self::palaver::responder::host::Host::http_fetch(self, request)
+            .await
+            .map(|r| v0_1::palaver::responder::host::HttpResponse {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            })
     }
 }
 
@@ -280,6 +378,9 @@ impl PluginHost {
         Responder::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking the host interface")?;
+        v0_1::Responder::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("linking the 0.1.0 host interface")?;
 
         start_epoch_ticker(&engine).context("starting the wasm epoch ticker")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -329,14 +430,20 @@ impl PluginHost {
                     manifest.name
                 )
             })?;
-        let pre = ResponderPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("plugin {} does not export `respond`", manifest.name))?;
+        let responder = ResponderPre::new(instance_pre.clone()).ok();
+        let moderator = ModeratorPre::new(instance_pre).ok();
+        if responder.is_none() && moderator.is_none() {
+            anyhow::bail!(
+                "plugin {} exports neither `respond` nor `moderate` (of palaver:responder)",
+                manifest.name
+            );
+        }
         static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let plugin = Arc::new(LoadedPlugin {
             granted: self.network.grant(&manifest.allowed_hosts),
             manifest,
-            pre,
+            responder,
+            moderator,
             load_id: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
         self.write()
@@ -428,18 +535,50 @@ impl PluginHost {
     }
 
     /// Runs `respond` in a fresh instance on the plugin runtime; gives up at `deadline`
-    /// whatever the plugin is doing.
+    /// whatever the plugin is doing. What it reports with `progress` goes to `progress`.
     pub async fn respond(
         self: &Arc<Self>,
         plugin: Arc<LoadedPlugin>,
         request: RespondRequest,
         deadline: Instant,
+        progress: Option<Progress>,
     ) -> Result<Option<String>, PluginError> {
+        match self
+            .call(plugin, Invocation::Respond(request, progress), deadline)
+            .await?
+        {
+            Answer::Reply(reply) => Ok(reply),
+            Answer::Verdict(_) => Err(PluginError::Refused("not a reply".into())),
+        }
+    }
+
+    /// Runs `moderate` in a fresh instance on the plugin runtime; gives up at `deadline`.
+    pub async fn moderate(
+        self: &Arc<Self>,
+        plugin: Arc<LoadedPlugin>,
+        request: ModerateRequest,
+        deadline: Instant,
+    ) -> Result<Verdict, PluginError> {
+        match self
+            .call(plugin, Invocation::Moderate(request), deadline)
+            .await?
+        {
+            Answer::Verdict(verdict) => Ok(verdict),
+            Answer::Reply(_) => Err(PluginError::Refused("not a verdict".into())),
+        }
+    }
+
+    async fn call(
+        self: &Arc<Self>,
+        plugin: Arc<LoadedPlugin>,
+        invocation: Invocation,
+        deadline: Instant,
+    ) -> Result<Answer, PluginError> {
         let Some(runtime) = &self.runtime else {
             return Err(PluginError::Refused("the plugin host is shut down".into()));
         };
         let host = self.clone();
-        let call = runtime.spawn(async move { host.run(&plugin, request, deadline).await });
+        let call = runtime.spawn(async move { host.invoke(&plugin, invocation, deadline).await });
         let abort = call.abort_handle();
         match tokio::time::timeout_at(deadline.into(), call).await {
             Ok(Ok(outcome)) => outcome,
@@ -453,20 +592,56 @@ impl PluginHost {
         }
     }
 
-    /// One call on the current runtime (no hop to the plugin runtime). `respond` uses this on
-    /// the plugin runtime; benchmarks call it directly to time instantiate + call alone.
+    /// One `respond` call on the current runtime (no hop to the plugin runtime); benchmarks
+    /// call it directly to time instantiate + call alone.
     pub async fn run(
         &self,
         plugin: &LoadedPlugin,
         request: RespondRequest,
         deadline: Instant,
     ) -> Result<Option<String>, PluginError> {
+        match self
+            .invoke(plugin, Invocation::Respond(request, None), deadline)
+            .await?
+        {
+            Answer::Reply(reply) => Ok(reply),
+            Answer::Verdict(_) => Err(PluginError::Refused("not a reply".into())),
+        }
+    }
+
+    /// One `moderate` call on the current runtime, like [`Self::run`].
+    pub async fn run_moderate(
+        &self,
+        plugin: &LoadedPlugin,
+        request: ModerateRequest,
+        deadline: Instant,
+    ) -> Result<Verdict, PluginError> {
+        match self
+            .invoke(plugin, Invocation::Moderate(request), deadline)
+            .await?
+        {
+            Answer::Verdict(verdict) => Ok(verdict),
+            Answer::Reply(_) => Err(PluginError::Refused("not a verdict".into())),
+        }
+    }
+
+    /// A fresh store and instance under every limit, one call, and the store dropped.
+    async fn invoke(
+        &self,
+        plugin: &LoadedPlugin,
+        invocation: Invocation,
+        deadline: Instant,
+    ) -> Result<Answer, PluginError> {
         let stdout = MemoryOutputPipe::new(MAX_CAPTURED_OUTPUT);
         let stderr = MemoryOutputPipe::new(MAX_CAPTURED_OUTPUT);
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .build();
+        let progress = match &invocation {
+            Invocation::Respond(_, progress) => progress.clone(),
+            Invocation::Moderate(_) => None,
+        };
         let state = CallState {
             wasi,
             table: ResourceTable::new(),
@@ -476,6 +651,7 @@ impl PluginHost {
             granted: plugin.granted.clone(),
             network: self.network.clone(),
             deadline,
+            progress,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -492,10 +668,27 @@ impl PluginHost {
         });
 
         let call = async {
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
-            instance.call_respond(&mut store, &request).await
+            match invocation {
+                Invocation::Respond(request, _) => {
+                    let Some(pre) = &plugin.responder else {
+                        return Ok(Err("the plugin does not export `respond`".to_owned()));
+                    };
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let answer = instance.call_respond(&mut store, &request).await?;
+                    Ok(answer.map(Answer::Reply))
+                }
+                Invocation::Moderate(request) => {
+                    let Some(pre) = &plugin.moderator else {
+                        return Ok(Err("the plugin does not export `moderate`".to_owned()));
+                    };
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let answer = instance.call_moderate(&mut store, &request).await?;
+                    Ok(answer.map(Answer::Verdict))
+                }
+            }
         };
-        let outcome = tokio::time::timeout_at(deadline.into(), call).await;
+        let outcome: Result<wasmtime::Result<Result<Answer, String>>, _> =
+            tokio::time::timeout_at(deadline.into(), call).await;
         let dropped = store.data().logged.saturating_sub(MAX_LOG_LINES);
         if dropped > 0 {
             tracing::warn!(plugin = %plugin.manifest.name, dropped, "plugin log lines dropped (at most {MAX_LOG_LINES} per call)");
@@ -511,7 +704,7 @@ impl PluginHost {
             }
             Ok(Err(trap)) => Err(PluginError::Trap(trap.into())),
             Ok(Ok(Err(reason))) => Err(PluginError::Refused(reason)),
-            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Ok(answer))) => Ok(answer),
         }
     }
 }
