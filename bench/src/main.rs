@@ -12,7 +12,7 @@
 //! free port with a temporary data directory, and a fresh one for the idle phase. `--url`
 //! targets a running server instead (`--pid` adds its RSS).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +64,10 @@ struct Args {
     skip_responder: bool,
     #[arg(long)]
     skip_groups: bool,
+    /// Also run the fixed-rate runs on a server whose every send goes through the word-filter
+    /// example moderator (MODERATION_PLUGINS), to show what moderation adds to a send.
+    #[arg(long)]
+    moderated: bool,
     /// Members of the big group (all online), for the fan-out run.
     #[arg(long, default_value_t = 1000)]
     group_size: usize,
@@ -106,7 +110,27 @@ async fn main() -> anyhow::Result<()> {
 
     if !args.skip_latency {
         let server = Server::start_or_target(&args).await?;
-        latency_runs(&args, &server).await?;
+        latency_runs(&args, &server, false).await?;
+        server.stop().await;
+    }
+    if args.moderated {
+        let plugins = tempfile::tempdir()?;
+        let built = Path::new(palaver::wasm::PLUGIN_BUILD_DIR).join("word_filter.wasm");
+        std::fs::copy(built, plugins.path().join("word_filter.wasm"))?;
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../plugins/examples/word-filter/word_filter.toml"),
+            plugins.path().join("word_filter.toml"),
+        )?;
+        let server = Server::start_with(
+            &args,
+            &[
+                ("PLUGINS_DIR", plugins.path().display().to_string()),
+                ("MODERATION_PLUGINS", "word-filter".to_owned()),
+            ],
+        )
+        .await?;
+        latency_runs(&args, &server, true).await?;
         server.stop().await;
     }
     if !args.skip_idle {
@@ -645,12 +669,34 @@ impl Bench<'_> {
     }
 }
 
-async fn latency_runs(args: &Args, server: &Server) -> anyhow::Result<()> {
+/// With `moderated`, only the fixed-rate runs, once the server's moderator is loaded.
+async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::Result<()> {
     if args.users < 2 {
         bail!("--users must be at least 2");
     }
     println!("palaver-bench: registering {} users", args.users);
     let users = create_users(server, args.users).await?;
+    if moderated {
+        let http = reqwest::Client::new();
+        loop {
+            let listed: Value = http
+                .get(format!("{}/api/plugins", server.url))
+                .bearer_auth(&users[0].token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let ready = listed.as_array().is_some_and(|plugins| {
+                plugins
+                    .iter()
+                    .any(|p| p["name"] == "word-filter" && p["state"] != "loading")
+            });
+            if ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let recorder = Recorder::new();
     let mut connections = Vec::new();
     for (index, user) in users.iter().enumerate() {
@@ -675,12 +721,19 @@ async fn latency_runs(args: &Args, server: &Server) -> anyhow::Result<()> {
     for transport in [Transport::Http, Transport::WebSocket] {
         runs.push(bench.fixed_rate(transport, args.rate, args.seconds).await);
     }
-    for transport in [Transport::Http, Transport::WebSocket] {
-        runs.push(
-            bench
-                .max_rate(transport, args.concurrency, args.seconds)
-                .await,
-        );
+    for run in &mut runs {
+        if moderated {
+            run.label = format!("{} + word-filter", run.label);
+        }
+    }
+    if !moderated {
+        for transport in [Transport::Http, Transport::WebSocket] {
+            runs.push(
+                bench
+                    .max_rate(transport, args.concurrency, args.seconds)
+                    .await,
+            );
+        }
     }
 
     println!();

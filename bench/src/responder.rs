@@ -65,7 +65,8 @@ pub async fn overhead(args: &Args) -> anyhow::Result<()> {
     for _ in 0..CALLS {
         let request = request();
         let started = Instant::now();
-        host.respond(plugin.clone(), request, deadline()).await?;
+        host.respond(plugin.clone(), request, deadline(), None)
+            .await?;
         via_runtime.record(started.elapsed().as_nanos() as u64)?;
     }
     println!();
