@@ -1,8 +1,9 @@
 // The moderation chain against a live server, over Socket.IO (socket.io-client) and HTTP: the
-// word-filter example twice, as CI starts it (.ci/run):
-//   MODERATION_PLUGINS=word-filter,word-reject, with PLUGINS_DIR holding word_filter.wasm as
-//   `word-filter` (its committed manifest: mode mask, words "darn,heck") and as `word-reject`
-//   (mode reject, words "forbidden").
+// word-filter examples in three languages, as CI starts them (.ci/run):
+//   MODERATION_PLUGINS=word-filter,word-reject,js-word-filter,py-word-filter, with PLUGINS_DIR
+//   holding the Rust word_filter.wasm as `word-filter` (its committed manifest: mask "darn",
+//   "heck") and as `word-reject` (reject "forbidden"), the JavaScript one masking "gosh" and the
+//   Python one rejecting "blimey".
 // Run: PALAVER_URL=http://127.0.0.1:3000 node --test tests/plugins/moderation.test.mjs
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -57,7 +58,7 @@ describe("moderation over Socket.IO and HTTP", () => {
     for (;;) {
       const listed = await api("GET", "/api/plugins", { token: viewer.token });
       const ready = (name) => listed.body.some((p) => p.name === name && p.state !== "loading");
-      if (ready("word-filter") && ready("word-reject")) break;
+      if (["word-filter", "word-reject", "js-word-filter", "py-word-filter"].every(ready)) break;
       assert.ok(Date.now() < until, `moderators not loaded: ${JSON.stringify(listed.body)}`);
       await sleep(100);
     }
@@ -85,19 +86,26 @@ describe("moderation over Socket.IO and HTTP", () => {
     });
     assert.equal(http.status, 422);
     assert.deepEqual(http.body, { message: 'Your message contains the word "forbidden"' });
+    // The Python moderator, last in the chain.
+    const python = await aliceSocket.timeout(DEADLINE_MS).emitWithAck("send", {
+      recipient: bob.id,
+      content: "Blimey!",
+    });
+    assert.deepEqual(python, { error: 'Your message contains the word "blimey"', code: 422 });
   });
 
   test("a masked send is stored and pushed masked", async () => {
+    // Rust masks "Heck", then JavaScript masks "gosh".
     const ack = await aliceSocket.timeout(DEADLINE_MS).emitWithAck("send", {
       recipient: bob.id,
-      content: "well, Heck",
+      content: "well, Heck, GOSH",
     });
     assert.equal(typeof ack.id, "string", JSON.stringify(ack));
     const history = await api("GET", `/api/chat/messages?with=${alice.id}`, { token: bob.token });
-    assert.deepEqual(history.body.map((m) => m.content), ["well, ****"]);
+    assert.deepEqual(history.body.map((m) => m.content), ["well, ****, ****"]);
     const until = Date.now() + DEADLINE_MS;
     while (pushedToBob.length === 0 && Date.now() < until) await sleep(10);
     // Only the masked message ever reached Bob: the refused ones were never pushed.
-    assert.deepEqual(pushedToBob.map((m) => m.content), ["well, ****"]);
+    assert.deepEqual(pushedToBob.map((m) => m.content), ["well, ****, ****"]);
   });
 });
