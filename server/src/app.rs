@@ -87,8 +87,13 @@ impl Application {
             (Some(_), None) => anyhow::bail!("MONGODB_URI: a cluster needs MongoDB"),
         };
         let writer = Arc::new(Writer::start(store.clone(), fanout.clone(), ids));
-        let responder = Responder::new(config.responder.clone(), store.clone(), writer.clone())
-            .context("starting the responder")?;
+        let responder = Responder::new(
+            config.responder.clone(),
+            store.clone(),
+            writer.clone(),
+            fanout.clone(),
+        )
+        .context("starting the responder")?;
         if let Some(mut orphaned) = orphans {
             let responder = responder.clone();
             tokio::spawn(async move {

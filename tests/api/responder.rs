@@ -270,3 +270,57 @@ async fn the_real_ten_second_deadline() {
     assert!(elapsed >= Duration::from_secs(10), "{elapsed:?}");
     assert!(elapsed <= Duration::from_millis(10_100), "{elapsed:?}");
 }
+
+/// An LLM that streams (server-sent events): its text so far reaches both sides as
+/// `reply_progress` before the stored auto-reply, which names the message it answers.
+#[tokio::test]
+async fn a_streaming_llm_shows_its_answer_as_it_is_written() {
+    let events = [
+        json!({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "Bob is "}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "out today."}}]}),
+    ];
+    let body: String = events
+        .iter()
+        .map(|e| format!("data: {e}\n\n"))
+        .chain(["data: [DONE]\n\n".to_owned()])
+        .collect();
+    let stub = llm_stub(ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")).await;
+    let app = app_with_llm(Some(&stub), Duration::from_secs(5)).await;
+    let mut scene = scene(&app).await;
+    let mut bob_ws = app.ws(&scene.bob).await;
+
+    let sent = app.send_ok(&scene.alice, &scene.bob, "Lunch?").await;
+    for ws in [&mut scene.alice_ws, &mut bob_ws] {
+        let mut progress = Vec::new();
+        let reply = loop {
+            let frame = ws.next_json().await;
+            match frame["type"].as_str() {
+                Some("reply_progress") => progress.push(frame),
+                Some("message") if frame["message"]["id"] != sent.as_str() => {
+                    break frame["message"].clone();
+                }
+                _ => {}
+            }
+        };
+        assert!(!progress.is_empty(), "no progress before the reply");
+        for (n, frame) in progress.iter().enumerate() {
+            assert_eq!(frame["reply_to"], sent.as_str());
+            assert_eq!(frame["seq"], n as u64 + 1);
+        }
+        assert_eq!(
+            progress.last().expect("progress")["text"],
+            "Bob is out today."
+        );
+        assert_eq!(reply["kind"], "auto_reply");
+        assert_eq!(reply["content"], "Bob is out today.");
+        assert_eq!(reply["reply_to"], sent.as_str());
+    }
+    // The request asked for a stream; history keeps only the final text, with its reply_to.
+    let requests = stub.received_requests().await.expect("recorded");
+    let asked: Value = serde_json::from_slice(&requests[0].body).expect("JSON body");
+    assert_eq!(asked["stream"], true);
+    let history = app.messages(&scene.alice, "").await.body;
+    assert_eq!(history[1]["content"], "Bob is out today.");
+    assert_eq!(history[1]["reply_to"], sent.as_str());
+}

@@ -661,6 +661,11 @@ export interface components {
             sent_at: string;
             /** @description "user", or "auto_reply" when the responder answered for a BUSY user. */
             kind: components["schemas"]["MessageKind"] & unknown;
+            /**
+             * @description An auto-reply: the id of the message it answers (clients replace that message's
+             *     `reply_progress` text with this one).
+             */
+            reply_to?: string;
         };
         /**
          * NewGroupBody

@@ -11,12 +11,17 @@
 //! - `persona`: how to answer for them, in their own words; added to the instructions
 //! - `language`: the language to answer in (default: the language of the last message)
 //!
+//! It asks with `"stream": true` and reads the answer as server-sent events (`data: {json}`
+//! lines up to `data: [DONE]`, the text in `choices[0].delta.content`), reporting the text so
+//! far with the host's `progress` as it grows; a server that answers plain JSON instead
+//! (`choices[0].message.content`) works too.
+//!
 //! Any failure (non-2xx including 429, malformed JSON, no choices, empty content) is an `err`,
 //! so the host sends the standard "unavailable" message instead.
 
 wit_bindgen::generate!({ path: "../wit", world: "responder" });
 
-use palaver::responder::host::{HttpRequest, LogLevel, http_fetch, log};
+use palaver::responder::host::{HttpRequest, LogLevel, http_fetch_stream, log, progress};
 use serde_json::{Value, json};
 
 struct LlmResponder;
@@ -62,7 +67,58 @@ fn completion_request(request: &RespondRequest, model: &str) -> Value {
         };
         messages.push(json!({"role": role, "content": turn.content}));
     }
-    json!({"model": model, "messages": messages, "max_tokens": max_tokens})
+    json!({"model": model, "messages": messages, "max_tokens": max_tokens, "stream": true})
+}
+
+/// The text of a streamed answer: every `data:` event's `choices[0].delta.content`, in order,
+/// reported to the host as it grows.
+struct Streamed {
+    /// Bytes of a line not yet complete.
+    pending: Vec<u8>,
+    text: String,
+    done: bool,
+}
+
+impl Streamed {
+    fn new() -> Self {
+        Self {
+            pending: Vec::new(),
+            text: String::new(),
+            done: false,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
+        self.pending.extend_from_slice(chunk);
+        let before = self.text.len();
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim_end().strip_prefix("data:") else {
+                continue; // comments, `event:`, `id:` and blank separators
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                self.done = true;
+                break;
+            }
+            let event: Value = serde_json::from_str(data)
+                .map_err(|e| format!("LLM streamed malformed JSON: {e}"))?;
+            if let Some(piece) = event
+                .get("choices")
+                .and_then(|c| c.get(0))
+                .and_then(|c| c.get("delta"))
+                .and_then(|d| d.get("content"))
+                .and_then(Value::as_str)
+            {
+                self.text.push_str(piece);
+            }
+        }
+        if self.text.len() > before && !self.text.trim().is_empty() {
+            progress(self.text.trim_start());
+        }
+        Ok(())
+    }
 }
 
 /// `choices[0].message.content`, trimmed and not empty.
@@ -88,10 +144,13 @@ impl Guest for LlmResponder {
         let url = config(&request, "llm_api_url").ok_or("no LLM configured (LLM_API_URL)")?;
         let model = config(&request, "llm_model").unwrap_or("gpt-4o-mini");
         let body = completion_request(&request, model).to_string().into_bytes();
-        let response = http_fetch(&HttpRequest {
+        let response = http_fetch_stream(&HttpRequest {
             method: "POST".into(),
             url: url.to_owned(),
-            headers: vec![("content-type".into(), "application/json".into())],
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("accept".into(), "text/event-stream, application/json".into()),
+            ],
             body: Some(body),
             timeout_ms: None,
         })?;
@@ -102,7 +161,28 @@ impl Guest for LlmResponder {
             );
             return Err(format!("LLM answered HTTP {}", response.status));
         }
-        reply_text(&response.body).map(Some)
+        let streamed = response.headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case("content-type") && value.starts_with("text/event-stream")
+        });
+        if !streamed {
+            let mut body = Vec::new();
+            while let Some(chunk) = response.body.next()? {
+                body.extend_from_slice(&chunk);
+            }
+            return reply_text(&body).map(Some);
+        }
+        let mut answer = Streamed::new();
+        while let Some(chunk) = response.body.next()? {
+            answer.feed(&chunk)?;
+            if answer.done {
+                break;
+            }
+        }
+        let text = answer.text.trim();
+        if text.is_empty() {
+            return Err("LLM streamed no content".into());
+        }
+        Ok(Some(text.to_owned()))
     }
 }
 

@@ -140,6 +140,9 @@ struct WireMessage {
     /// Group messages only: the members it goes to (a direct message goes to its two sides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     audience: Vec<String>,
+    /// Auto-replies only: the message answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<String>,
 }
 
 impl From<&Addressed> for WireMessage {
@@ -153,6 +156,7 @@ impl From<&Addressed> for WireMessage {
             content: m.content.clone(),
             sent_at_ms: m.sent_at.timestamp_millis(),
             kind: m.kind.as_str().to_owned(),
+            reply_to: m.reply_to.map(|id| id.to_string()),
             audience: match m.recipient {
                 Some(_) => Vec::new(),
                 None => addressed.audience.iter().map(ToString::to_string).collect(),
@@ -186,6 +190,12 @@ impl TryFrom<WireMessage> for Addressed {
             sent_at: chrono::DateTime::from_timestamp_millis(w.sent_at_ms)
                 .ok_or("sent_at out of range")?,
             kind: MessageKind::parse(&w.kind).map_err(bad)?,
+            reply_to: w
+                .reply_to
+                .as_deref()
+                .map(MessageId::parse)
+                .transpose()
+                .map_err(bad)?,
         };
         Ok(match message.recipient {
             Some(recipient) => Addressed {

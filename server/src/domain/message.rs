@@ -41,6 +41,8 @@ pub struct Message {
     pub content: String,
     pub sent_at: DateTime<Utc>,
     pub kind: MessageKind,
+    /// An auto-reply: the message it answers.
+    pub reply_to: Option<MessageId>,
 }
 
 impl Message {
@@ -54,6 +56,7 @@ impl Message {
             content: content.into_string(),
             sent_at: Utc::now().trunc_subsecs(3),
             kind,
+            reply_to: None,
         }
     }
 
@@ -67,6 +70,7 @@ impl Message {
             content: content.into_string(),
             sent_at: Utc::now().trunc_subsecs(3),
             kind: MessageKind::User,
+            reply_to: None,
         }
     }
 }

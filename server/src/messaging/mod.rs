@@ -89,7 +89,7 @@ pub trait BusyRecipients: Send + Sync + 'static {
 /// The idempotency key an auto-reply to `message` is stored under, so that however many nodes
 /// try, the message gets one answer.
 pub fn auto_reply_key(message: MessageId) -> IdempotencyKey {
-    IdempotencyKey::from_trusted(format!("palaver-auto-reply/{message}"))
+    IdempotencyKey::for_auto_reply(message)
 }
 
 /// Where a client says a message goes, before anything is trusted.

@@ -25,6 +25,14 @@ pub enum Notice {
     Conversation { conversation: Value },
     /// The receiver is no longer a member: nothing more of the conversation reaches them.
     Removed { conversation: String },
+    /// A responder's answer to message `reply_to`, as written so far (to both sides; never
+    /// stored). `seq` counts up from 1 per reply; the stored auto-reply (with the same
+    /// `reply_to`) replaces it, and so does the fallback if the deadline passes mid-stream.
+    ReplyProgress {
+        reply_to: String,
+        text: String,
+        seq: u64,
+    },
 }
 
 impl Notice {
@@ -56,6 +64,7 @@ impl Notice {
             Notice::Typing { .. } => "typing",
             Notice::Conversation { .. } => "conversation",
             Notice::Removed { .. } => "removed",
+            Notice::ReplyProgress { .. } => "reply_progress",
         }
     }
 
@@ -66,6 +75,7 @@ impl Notice {
             | Notice::Typing { conversation, .. }
             | Notice::Removed { conversation } => conversation.as_str(),
             Notice::Conversation { conversation } => conversation.get("id")?.as_str()?,
+            Notice::ReplyProgress { .. } => return None,
         };
         ConversationId::parse(id).ok()
     }

@@ -25,6 +25,11 @@ pub struct MessageView {
     pub sent_at: String,
     /// "user", or "auto_reply" when the responder answered for a BUSY user.
     pub kind: MessageKind,
+    /// An auto-reply: the id of the message it answers (clients replace that message's
+    /// `reply_progress` text with this one).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 impl From<Message> for MessageView {
@@ -37,6 +42,7 @@ impl From<Message> for MessageView {
             content: message.content,
             sent_at: message.sent_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             kind: message.kind,
+            reply_to: message.reply_to.map(|id| id.to_string()),
         }
     }
 }
@@ -57,6 +63,7 @@ impl Example for MessageView {
             content: "Lunch at noon?".to_owned(),
             sent_at: "2026-11-27T12:00:00.000Z".to_owned(),
             kind: MessageKind::User,
+            reply_to: None,
         }
     }
 }

@@ -149,9 +149,17 @@ async fn write_and_push(
                     ),
                 };
                 audiences.push(audience);
+                let reply_to = match o.kind {
+                    MessageKind::AutoReply => o
+                        .idempotency_key
+                        .as_ref()
+                        .and_then(|key| IdempotencyKey::answered(&key.scoped(o.sender))),
+                    MessageKind::User => None,
+                };
                 let new = NewMessage {
                     message: Message {
                         id: ids.next(),
+                        reply_to,
                         ..message
                     },
                     idempotency_key: o.idempotency_key,

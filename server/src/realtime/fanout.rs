@@ -87,7 +87,7 @@ impl FanOut for LocalFanOut {
                 Notice::Removed { .. } => self.remember_removal(&audience, conversation),
                 // They are (back) in it.
                 Notice::Conversation { .. } => self.forget_removal(&audience, conversation),
-                Notice::Read { .. } | Notice::Typing { .. } => {}
+                Notice::Read { .. } | Notice::Typing { .. } | Notice::ReplyProgress { .. } => {}
             }
         }
         self.hub.publish(&audience, Push::notice(&notice));

@@ -22,7 +22,8 @@ use crate::domain::{
 };
 use crate::failure::Failure;
 use crate::messaging::{
-    BusyRecipients, DeliverError, Delivered, Outgoing, Target, Writer, auto_reply_key,
+    BusyRecipients, DeliverError, Delivered, FanOut, Notice, Outgoing, Target, Writer,
+    auto_reply_key,
 };
 use crate::metrics;
 use crate::store::{Store, StoreError, User};
@@ -39,6 +40,8 @@ pub use watcher::watch_plugins_dir;
 
 use breaker::{Call, CircuitBreaker};
 
+/// At most one `reply_progress` push per reply in this time: the latest text wins.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// Messages of the conversation a plugin sees.
 const HISTORY: u32 = 20;
 /// How long an auto-reply waits for a node that may not write right now (see `reply_to`).
@@ -49,6 +52,8 @@ pub struct Responder {
     host: Arc<PluginHost>,
     store: Arc<dyn Store>,
     writer: Arc<Writer>,
+    /// Where a streaming reply's progress goes (both sides' live connections, on every node).
+    fanout: Arc<dyn FanOut>,
     settings: ResponderSettings,
     fallback: Content,
     in_flight: Mutex<HashSet<(UserId, UserId)>>,
@@ -63,6 +68,7 @@ impl Responder {
         settings: ResponderSettings,
         store: Arc<dyn Store>,
         writer: Arc<Writer>,
+        fanout: Arc<dyn FanOut>,
     ) -> anyhow::Result<Arc<Self>> {
         // LLM_API_URL's host, on its port, is always the operator's.
         let llm_host = settings.llm_api_url.as_ref().and_then(|url| {
@@ -100,6 +106,7 @@ impl Responder {
             host,
             store,
             writer,
+            fanout,
             fallback,
             in_flight: Mutex::new(HashSet::new()),
             permits: Semaphore::new(MAX_CONCURRENT_CALLS as usize),
@@ -360,10 +367,20 @@ impl Responder {
         };
         let started = Instant::now();
         let call = Call::start(&self.breaker, plugin.clone());
+        let (progress, reported) = tokio::sync::watch::channel(None);
+        // Stopped (and awaited) before the caller stores the answer, so no progress push
+        // follows it from this node; dropped (aborted) if the deadline cuts the call off.
+        let forwarder = ProgressForwarder::start(
+            self.fanout.clone(),
+            vec![message.sender, recipient.id],
+            message.id.to_string(),
+            reported,
+        );
         let outcome = self
             .host
-            .respond(plugin.clone(), request, deadline, None)
+            .respond(plugin.clone(), request, deadline, Some(progress))
             .await;
+        forwarder.stop().await;
         let plugin_name = &plugin.manifest.name;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let answer = match outcome {
@@ -498,6 +515,68 @@ fn chat_message(message: &Message) -> ChatMessage {
         content: message.content.clone(),
         sent_at: message.sent_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         auto_reply: message.kind == MessageKind::AutoReply,
+    }
+}
+
+/// Pushes a responder's text so far as `reply_progress` notices, at most one per
+/// [`PROGRESS_EVERY`], the latest text each time.
+struct ProgressForwarder {
+    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ProgressForwarder {
+    fn start(
+        fanout: Arc<dyn FanOut>,
+        audience: Vec<UserId>,
+        reply_to: String,
+        mut reported: tokio::sync::watch::Receiver<Option<String>>,
+    ) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut seq = 0;
+            loop {
+                // A text reported before the stop is still pushed (ahead of the final reply);
+                // the wait between pushes ends at the stop.
+                tokio::select! {
+                    biased;
+                    changed = reported.changed() => if changed.is_err() { return },
+                    _ = &mut stopped => return,
+                }
+                let Some(text) = reported.borrow_and_update().clone() else {
+                    continue;
+                };
+                seq += 1;
+                let notice = Notice::ReplyProgress {
+                    reply_to: reply_to.clone(),
+                    text,
+                    seq,
+                };
+                fanout.notify(audience.clone(), notice);
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    () = tokio::time::sleep(PROGRESS_EVERY) => {}
+                }
+            }
+        });
+        Self {
+            task,
+            stop: Some(stop),
+        }
+    }
+
+    /// Stops it and waits until it can push no more.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ProgressForwarder {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

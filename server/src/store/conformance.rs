@@ -48,6 +48,7 @@ fn messages(pairs: &[(UserId, UserId)]) -> Vec<Message> {
             } else {
                 MessageKind::User
             },
+            reply_to: None,
         })
         .collect()
 }
@@ -394,6 +395,44 @@ async fn one_bad_message_never_fails_its_batch(store: Arc<dyn Store>) {
         page(&store, b, MessagePage::default()).await,
         [batch[0].id, batch[2].id, batch[4].id]
     );
+}
+
+/// An auto-reply, stored under the key made for it, names the message it answers when read back.
+async fn auto_replies_name_the_message_they_answer(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "a").await, user(&store, "b").await);
+    let pair = messages(&[(a, b), (b, a)]);
+    let question = pair[0].clone();
+    let answer = Message {
+        kind: MessageKind::AutoReply,
+        reply_to: Some(question.id),
+        ..pair[1].clone()
+    };
+    let outcomes = store
+        .insert_messages(&[
+            NewMessage {
+                message: question.clone(),
+                idempotency_key: None,
+                awaits_reply: true,
+            },
+            NewMessage {
+                message: answer.clone(),
+                idempotency_key: Some(IdempotencyKey::for_auto_reply(question.id)),
+                awaits_reply: false,
+            },
+        ])
+        .await
+        .expect("insert");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.as_ref().is_ok_and(|o| *o == Inserted::Stored))
+    );
+    let page = MessagePage {
+        conversation: Some(question.conversation),
+        ..MessagePage::default()
+    };
+    let read = store.list_messages(a, &page).await.expect("list");
+    assert_eq!(read, [question, answer]);
 }
 
 /// A retried send (same sender, same key) is answered with the first message; another sender
@@ -896,6 +935,7 @@ macro_rules! every_check {
                 conversation_peers_are_distinct_and_exclude_oneself,
                 one_bad_message_never_fails_its_batch,
                 idempotency_keys_store_a_send_once,
+                auto_replies_name_the_message_they_answer,
                 tokens_are_revoked_and_users_deleted,
                 responder_choices_are_kept_per_user,
                 groups_keep_their_members_in_joining_order,

@@ -362,6 +362,10 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> Result<Message, rusqlite::Error>
         )?,
         kind: decode(5, MessageKind::parse(&row.get::<_, String>(5)?))?,
         conversation: decode(6, ConversationId::parse(&row.get::<_, String>(6)?))?,
+        // Auto-replies are stored under a key that names the message they answer.
+        reply_to: row
+            .get::<_, Option<String>>(7)?
+            .and_then(|key| crate::domain::IdempotencyKey::answered(&key)),
     })
 }
 
@@ -519,7 +523,7 @@ impl Store for SqliteStore {
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
         self.with_conn(move |conn| {
             conn.query_row(
-                "SELECT id, sender, recipient, content, sent_at, kind, conversation FROM messages WHERE id = ?1",
+                "SELECT id, sender, recipient, content, sent_at, kind, conversation, idempotency FROM messages WHERE id = ?1",
                 [id.to_string()],
                 message_from_row,
             )
@@ -589,7 +593,7 @@ impl Store for SqliteStore {
             {
                 let mut earlier = tx
                     .prepare_cached(
-                        "SELECT id, sender, recipient, content, sent_at, kind, conversation FROM messages
+                        "SELECT id, sender, recipient, content, sent_at, kind, conversation, idempotency FROM messages
                          WHERE idempotency = ?1 AND sent_at >= ?2 ORDER BY id LIMIT 1",
                     )
                     .map_err(internal)?;
@@ -846,7 +850,7 @@ impl Store for SqliteStore {
         let page = page.clone();
         self.with_conn(move |conn| {
             let mut sql = String::from(
-                "SELECT id, sender, recipient, content, sent_at, kind, conversation FROM messages WHERE ",
+                "SELECT id, sender, recipient, content, sent_at, kind, conversation, idempotency FROM messages WHERE ",
             );
             let mut args: Vec<String> = Vec::new();
             match page.conversation {
@@ -1021,7 +1025,7 @@ impl Store for SqliteStore {
                 };
                 let last_message = conn
                     .query_row(
-                        "SELECT id, sender, recipient, content, sent_at, kind, conversation FROM messages
+                        "SELECT id, sender, recipient, content, sent_at, kind, conversation, idempotency FROM messages
                          WHERE conversation = ?1 ORDER BY id DESC LIMIT 1",
                         [&id],
                         message_from_row,

@@ -90,6 +90,26 @@ impl NetworkPolicy {
         deadline: Instant,
         request: super::HttpRequest,
     ) -> Result<super::HttpResponse, String> {
+        let (status, headers, mut body) = self.open(granted, deadline, request).await?;
+        let mut whole = Vec::new();
+        while let Some(chunk) = body.next().await? {
+            whole.extend_from_slice(&chunk);
+        }
+        Ok(super::HttpResponse {
+            status,
+            headers,
+            body: whole,
+        })
+    }
+
+    /// Sends the request under every rule and answers once the headers are in; the body is
+    /// read from the [`BodyStream`], within the same cap and deadline.
+    pub async fn open(
+        &self,
+        granted: &HostRules,
+        deadline: Instant,
+        request: super::HttpRequest,
+    ) -> Result<(u16, Vec<(String, String)>, BodyStream), String> {
         let url = Url::parse(&request.url).map_err(|e| format!("invalid URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("scheme {} is not allowed", url.scheme()));
@@ -149,31 +169,37 @@ impl NetworkPolicy {
             builder = builder.body(body);
         }
 
-        let mut response = builder.send().await.map_err(describe)?;
+        let response = builder.send().await.map_err(describe)?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
             .iter()
             .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
             .collect();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(describe)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(format!("response body over {MAX_RESPONSE_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(super::HttpResponse {
-            status,
-            headers,
-            body,
-        })
+        Ok((status, headers, BodyStream { response, read: 0 }))
     }
 }
 
-/// Headers the host owns: where the request goes and who it claims to be (`Host`,
-/// credentials, cookies, proxies), how the connection behaves (hop-by-hop), and how long the
-/// body is (the host frames it).
+/// A response body being read, at most [`MAX_RESPONSE_BYTES`] in all.
+pub struct BodyStream {
+    response: reqwest::Response,
+    read: usize,
+}
+
+impl BodyStream {
+    /// The next piece, `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, String> {
+        let Some(chunk) = self.response.chunk().await.map_err(describe)? else {
+            return Ok(None);
+        };
+        if self.read + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(format!("response body over {MAX_RESPONSE_BYTES} bytes"));
+        }
+        self.read += chunk.len();
+        Ok(Some(chunk.to_vec()))
+    }
+}
+
 fn is_reserved_header(name: &HeaderName) -> bool {
     const RESERVED: &[&str] = &[
         "host",

@@ -38,6 +38,7 @@ wasmtime::component::bindgen!({
     world: "responder",
     imports: { default: async },
     exports: { default: async },
+    with: { "palaver:responder/host.body-stream": fetch::BodyStream },
 });
 
 /// The `moderator` world of the same package: its interfaces are the responder's.
@@ -65,7 +66,7 @@ mod v0_1 {
     });
 }
 
-pub use self::palaver::responder::host::{HttpRequest, HttpResponse, LogLevel};
+pub use self::palaver::responder::host::{HttpRequest, HttpResponse, HttpStreamResponse, LogLevel};
 pub use self::palaver::responder::types::{ChatMessage, Destination, ModerateRequest, Verdict};
 use moderator::ModeratorPre;
 
@@ -194,12 +195,55 @@ impl self::palaver::responder::host::Host for CallState {
         result
     }
 
+    async fn http_fetch_stream(
+        &mut self,
+        request: HttpRequest,
+    ) -> Result<HttpStreamResponse, String> {
+        let opened = self
+            .network
+            .open(&self.granted, self.deadline, request)
+            .await;
+        let (status, headers, body) = opened.inspect_err(|reason| {
+            tracing::info!(plugin = %self.plugin, %reason, "plugin http-fetch-stream refused or failed");
+        })?;
+        let body = self
+            .table
+            .push(body)
+            .map_err(|e| format!("too many open responses: {e}"))?;
+        Ok(HttpStreamResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
     async fn progress(&mut self, text_so_far: String) {
         if let Some(progress) = &self.progress
             && text_so_far.chars().count() <= crate::domain::CONTENT_MAX
         {
             progress.send_replace(Some(text_so_far));
         }
+    }
+}
+
+impl self::palaver::responder::host::HostBodyStream for CallState {
+    async fn next(
+        &mut self,
+        stream: wasmtime::component::Resource<fetch::BodyStream>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let body = self
+            .table
+            .get_mut(&stream)
+            .map_err(|e| format!("no such response: {e}"))?;
+        body.next().await
+    }
+
+    async fn drop(
+        &mut self,
+        stream: wasmtime::component::Resource<fetch::BodyStream>,
+    ) -> wasmtime::Result<()> {
+        self.table.delete(stream)?;
+        Ok(())
     }
 }
 

@@ -138,6 +138,11 @@ impl TryFrom<MessageDoc> for Message {
             kind: MessageKind::parse(&doc.kind).map_err(bad)?,
             content: doc.content,
             sent_at,
+            // Auto-replies are stored under a key that names the message they answer.
+            reply_to: doc
+                .idempotency
+                .as_deref()
+                .and_then(crate::domain::IdempotencyKey::answered),
         })
     }
 }
@@ -157,6 +162,7 @@ mod tests {
             content: "hello".into(),
             sent_at: DateTime::from_timestamp_millis(1_790_000_000_123).expect("valid"),
             kind: MessageKind::AutoReply,
+            reply_to: None,
         };
         let doc = MessageDoc::from(&message);
         assert_eq!(
