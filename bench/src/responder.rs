@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use palaver::wasm::{
-    ChatMessage, ComponentCache, HostRules, Manifest, NetworkPolicy, PLUGIN_BUILD_DIR, PluginHost,
-    RespondRequest,
+    ChatMessage, ComponentCache, Destination, HostRules, Manifest, ModerateRequest, NetworkPolicy,
+    PLUGIN_BUILD_DIR, PluginHost, RespondRequest, Verdict,
 };
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -87,7 +87,64 @@ pub async fn overhead(args: &Args) -> anyhow::Result<()> {
             us(h.max())
         );
     }
+    moderation_overhead(&host).await?;
     plugins_by_language(&host, args.plugin_calls).await
+}
+
+/// What one moderator adds to a send, in process: the word-filter example's `moderate`, in
+/// place and with the hop to the plugin runtime that the send path takes.
+async fn moderation_overhead(host: &std::sync::Arc<PluginHost>) -> anyhow::Result<()> {
+    let wasm = std::fs::read(Path::new(PLUGIN_BUILD_DIR).join("word_filter.wasm"))?;
+    let manifest = Manifest::parse(&std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../plugins/examples/word-filter/word_filter.toml"),
+    )?)
+    .map_err(anyhow::Error::msg)?;
+    let plugin = host.load(manifest, &wasm)?;
+    let request = || ModerateRequest {
+        sender_id: "01a21ad6-1116-770e-912c-0b82997c7501".into(),
+        sender_email: "bench@example.com".into(),
+        destination: Destination::Recipient("01a21ad6-1116-770e-912c-0b82997c7502".into()),
+        content: "see you at the darn meeting at noon".into(),
+        config: plugin.manifest.config.clone().into_iter().collect(),
+        time_left_ms: 100,
+    };
+    let deadline = || Instant::now() + Duration::from_secs(1);
+    for _ in 0..200 {
+        host.run_moderate(&plugin, request(), deadline()).await?;
+    }
+    let (mut in_place, mut via_runtime) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+    for _ in 0..CALLS {
+        let started = Instant::now();
+        let verdict = host.run_moderate(&plugin, request(), deadline()).await?;
+        in_place.record(started.elapsed().as_nanos() as u64)?;
+        anyhow::ensure!(
+            matches!(verdict, Verdict::Replace(ref text) if text.contains("****")),
+            "the word filter did not mask: {verdict:?}"
+        );
+        let started = Instant::now();
+        host.moderate(plugin.clone(), request(), deadline()).await?;
+        via_runtime.record(started.elapsed().as_nanos() as u64)?;
+    }
+    println!();
+    println!("moderation, the word-filter example (mask), {CALLS} calls each");
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "", "median µs", "p99 µs", "max µs"
+    );
+    for (label, h) in [
+        ("instantiate + moderate", &in_place),
+        ("  + hop to the plugin runtime and back", &via_runtime),
+    ] {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        println!(
+            "{label:<44} {:>10.1} {:>10.1} {:>10.1}",
+            us(h.value_at_quantile(0.5)),
+            us(h.value_at_quantile(0.99)),
+            us(h.max())
+        );
+    }
+    Ok(())
 }
 
 /// The example plugins that answer alike in three languages: size, compile time, and

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    Config, Enabled, Engine, InstanceAllocationStrategy, Strategy, PoolingAllocationConfig, Store,
     StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -387,7 +387,49 @@ pub struct PluginHost {
     loading: RwLock<HashMap<String, Manifest>>,
     /// True while nothing is being compiled.
     settled: tokio::sync::watch::Sender<bool>,
+    /// Itself, for the background compiles to come back to.
+    me: std::sync::Weak<PluginHost>,
+    /// Winch's engine and linker: big plugins start on its code (compiled several times
+    /// faster than Cranelift's) while Cranelift compiles theirs in the background.
+    baseline: (Engine, Linker<CallState>),
+    /// Background Cranelift compiles under way.
+    optimizing: std::sync::atomic::AtomicUsize,
 }
+
+/// An engine for one compiler, with every limit, its linker and its epoch ticker.
+fn tier(
+    pool: &PoolingAllocationConfig,
+    strategy: Strategy,
+) -> anyhow::Result<(Engine, Linker<CallState>)> {
+    let mut config = Config::new();
+    config
+        .strategy(strategy)
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(true)
+        // Reserve what a memory may grow to, not the default 4 GiB per slot.
+        .memory_reservation(manifest::MAX_MEMORY_MB << 20)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool.clone()));
+    let engine = Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("creating the wasmtime engine ({strategy:?})"))?;
+    let mut linker = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking WASI")?;
+    Responder::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)
+        .context("linking the host interface")?;
+    v0_1::Responder::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)
+        .context("linking the 0.1.0 host interface")?;
+    start_epoch_ticker(&engine).context("starting the wasm epoch ticker")?;
+    Ok((engine, linker))
+}
+
+/// Components at least this big start on Winch's code; smaller ones compile with Cranelift
+/// at once (a Rust plugin of 100 KB takes tens of milliseconds).
+const TIERED_FROM_BYTES: usize = 1 << 20;
 
 impl PluginHost {
     pub fn new(network: NetworkPolicy, cache: Option<ComponentCache>) -> anyhow::Result<Arc<Self>> {
@@ -403,40 +445,21 @@ impl PluginHost {
             .pagemap_scan(Enabled::Auto)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT);
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .consume_fuel(true)
-            // Reserve what a memory may grow to, not the default 4 GiB per slot.
-            .memory_reservation(manifest::MAX_MEMORY_MB << 20)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config)
-            .map_err(anyhow::Error::from)
-            .context("creating the wasmtime engine")?;
-
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI")?;
-        Responder::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)
-            .context("linking the host interface")?;
-        v0_1::Responder::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)
-            .context("linking the 0.1.0 host interface")?;
-
-        start_epoch_ticker(&engine).context("starting the wasm epoch ticker")?;
+        let (engine, linker) = tier(&pool, Strategy::Cranelift)?;
+        let baseline = tier(&pool, Strategy::Winch)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(PLUGIN_THREADS)
             .thread_name("wasm-plugin")
             .enable_all()
             .build()
             .context("starting the plugin runtime")?;
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             runtime: Some(runtime),
             engine,
             linker,
+            baseline,
+            optimizing: std::sync::atomic::AtomicUsize::new(0),
             network,
             plugins: RwLock::new(HashMap::new()),
             builtins: RwLock::new(HashMap::new()),
@@ -447,26 +470,86 @@ impl PluginHost {
     }
 
     /// Compiles a component and prepares its instances; replaces a plugin of the same name.
+    /// A big one with nothing cached starts on Winch's code and is swapped to Cranelift's when
+    /// that is ready (see [`Self::settled`]).
     pub fn load(&self, manifest: Manifest, wasm: &[u8]) -> anyhow::Result<Arc<LoadedPlugin>> {
-        let cached = self.cache.as_ref().and_then(|c| c.get(&self.engine, wasm));
-        let component = match cached {
-            Some(component) => {
-                tracing::debug!(plugin = %manifest.name, "compiled plugin taken from the cache");
-                component
-            }
-            None => {
-                let component = Component::new(&self.engine, wasm)
-                    .map_err(anyhow::Error::from)
-                    .with_context(|| format!("compiling plugin {}", manifest.name))?;
-                if let Some(cache) = &self.cache {
-                    cache.put(&self.engine, wasm, &component);
+        if let Some(component) = self.cache.as_ref().and_then(|c| c.get(&self.engine, wasm)) {
+            tracing::debug!(plugin = %manifest.name, "compiled plugin taken from the cache");
+            return self.register(manifest, &component, &self.linker, None);
+        }
+        if wasm.len() < TIERED_FROM_BYTES {
+            let component = self.compile(&manifest, wasm)?;
+            return self.register(manifest, &component, &self.linker, None);
+        }
+        let (engine, linker) = &self.baseline;
+        let started = Instant::now();
+        let component = Component::new(engine, wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("compiling plugin {} (Winch)", manifest.name))?;
+        let plugin = self.register(manifest, &component, linker, None)?;
+        tracing::info!(plugin = %plugin.manifest.name, elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugin ready on Winch's code; Cranelift's follows");
+        self.optimize_later(&plugin, wasm.to_vec());
+        Ok(plugin)
+    }
+
+    /// Cranelift's code for `wasm`, kept in the cache.
+    fn compile(&self, manifest: &Manifest, wasm: &[u8]) -> anyhow::Result<Component> {
+        let component = Component::new(&self.engine, wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("compiling plugin {}", manifest.name))?;
+        if let Some(cache) = &self.cache {
+            cache.put(&self.engine, wasm, &component);
+        }
+        Ok(component)
+    }
+
+    /// Compiles `plugin` with Cranelift on a thread of its own and swaps it in, unless the
+    /// plugin was replaced or unloaded meanwhile.
+    fn optimize_later(&self, plugin: &Arc<LoadedPlugin>, wasm: Vec<u8>) {
+        use std::sync::atomic::Ordering;
+        self.optimizing.fetch_add(1, Ordering::SeqCst);
+        self.settled.send_replace(false);
+        let (me, manifest, load_id) = (self.me.clone(), plugin.manifest.clone(), plugin.load_id);
+        let spawned = std::thread::Builder::new()
+            .name("wasm-optimize".into())
+            .spawn(move || {
+                let Some(host) = me.upgrade() else { return };
+                let started = Instant::now();
+                let swapped = host.compile(&manifest, &wasm).and_then(|component| {
+                    host.register(manifest.clone(), &component, &host.linker, Some(load_id))
+                });
+                match swapped {
+                    Ok(_) => tracing::info!(plugin = %manifest.name,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "plugin now runs Cranelift's code"),
+                    Err(e) => tracing::warn!(plugin = %manifest.name, error = %format!("{e:#}"),
+                        "plugin stays on Winch's code"),
                 }
-                component
-            }
-        };
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
+                if host.optimizing.fetch_sub(1, Ordering::SeqCst) == 1
+                    && crate::sync::read(&host.loading).is_empty()
+                {
+                    host.settled.send_replace(true);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start compiling with Cranelift; the plugin stays on Winch's code");
+            self.optimizing.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Prepares `component`'s instances and makes it the plugin of its name. With `replacing`,
+    /// only in place of that very load (same id: its health record stays), which must still be
+    /// the current one.
+    fn register(
+        &self,
+        manifest: Manifest,
+        component: &Component,
+        linker: &Linker<CallState>,
+        replacing: Option<u64>,
+    ) -> anyhow::Result<Arc<LoadedPlugin>> {
+        let instance_pre = linker
+            .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| {
                 format!(
@@ -488,10 +571,15 @@ impl PluginHost {
             manifest,
             responder,
             moderator,
-            load_id: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            load_id: replacing
+                .unwrap_or_else(|| LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
         });
-        self.write()
-            .insert(plugin.manifest.name.clone(), plugin.clone());
+        let mut plugins = self.write();
+        if let Some(id) = replacing {
+            let current = plugins.get(&plugin.manifest.name).map(|p| p.load_id);
+            anyhow::ensure!(current == Some(id), "it was replaced or unloaded meanwhile");
+        }
+        plugins.insert(plugin.manifest.name.clone(), plugin.clone());
         Ok(plugin)
     }
 
@@ -502,7 +590,12 @@ impl PluginHost {
         manifest: Manifest,
         wasm: &[u8],
     ) -> anyhow::Result<Arc<LoadedPlugin>> {
-        let plugin = self.load(manifest, wasm)?;
+        // Always Cranelift's code: the built-in one stays in `builtins`, never swapped.
+        let component = match self.cache.as_ref().and_then(|c| c.get(&self.engine, wasm)) {
+            Some(component) => component,
+            None => self.compile(&manifest, wasm)?,
+        };
+        let plugin = self.register(manifest, &component, &self.linker, None)?;
         crate::sync::write(&self.builtins).insert(plugin.manifest.name.clone(), plugin.clone());
         Ok(plugin)
     }
@@ -525,13 +618,17 @@ impl PluginHost {
         self.settled.send_replace(false);
     }
 
-    /// Nothing is being compiled any more (loaded, or failed and logged).
+    /// Nothing is being compiled any more (loaded, or failed and logged), but for Cranelift
+    /// in the background.
     pub fn loading_done(&self) {
         crate::sync::write(&self.loading).clear();
-        self.settled.send_replace(true);
+        if self.optimizing.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.settled.send_replace(true);
+        }
     }
 
-    /// Completes once nothing is being compiled (at once if nothing is).
+    /// Completes once nothing is being compiled, Cranelift's background compiles included (at
+    /// once if nothing is).
     pub fn settled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut settled = self.settled.subscribe();
         async move {
@@ -697,7 +794,13 @@ impl PluginHost {
             deadline,
             progress,
         };
-        let mut store = Store::new(&self.engine, state);
+        // The engine whose code this is (Cranelift's, or Winch's until Cranelift's is in).
+        let engine = match (&plugin.responder, &plugin.moderator) {
+            (Some(pre), _) => pre.engine(),
+            (None, Some(pre)) => pre.engine(),
+            (None, None) => &self.engine,
+        };
+        let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store
             .set_fuel(plugin.manifest.fuel)
