@@ -111,6 +111,37 @@ async fn a_chain_rejects_and_rewrites_on_http_and_websocket_before_anything_is_s
     assert_eq!(pushed["message"]["id"], id.as_str());
     assert_eq!(pushed["message"]["content"], "hello [checked]");
     assert_eq!(contents(&app, &bob).await, ["hello [checked]"]);
+
+    // Listed as moderators; not something a user can pick to answer for them.
+    let listed = app.get("/api/plugins", &alice.token).await;
+    let roles: Vec<(&str, &Value)> = listed
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| (p["name"].as_str().expect("name"), &p["roles"]))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("llm-responder", &json!(["responder"])),
+            ("marker", &json!(["moderator"])),
+            ("words", &json!(["moderator"])),
+        ]
+    );
+    let chosen = app
+        .request(
+            reqwest::Method::PUT,
+            "/api/users/me/responder",
+            Some(&alice.token),
+            Some(json!({"plugin": "words", "config": {}})),
+        )
+        .await;
+    assert_eq!(chosen.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        chosen.body["message"],
+        "The plugin \"words\" is a moderator, not a responder"
+    );
 }
 
 #[tokio::test]

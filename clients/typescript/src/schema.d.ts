@@ -397,8 +397,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * List responder plugins
-         * @description The responder plugins loaded now or being compiled; `active` marks the default one (for
+         * List plugins
+         * @description The plugins loaded now or being compiled, responders and moderators (`roles`); `active` marks the default one (for
          *     users who chose none), `user_settings` what users may set, `state` whether it is still
          *     `loading` (its users get the fallback meanwhile), `ready`, or `benched` for failing.
          */
@@ -727,6 +727,8 @@ export interface components {
             expires_at: string;
         };
         /** @enum {string} */
+        PluginRole: "responder" | "moderator";
+        /** @enum {string} */
         PluginState: "loading" | "ready" | "benched";
         /**
          * PluginView
@@ -740,6 +742,9 @@ export interface components {
          *       ],
          *       "memory_mb": 64,
          *       "fuel": 100000000000000,
+         *       "roles": [
+         *         "responder"
+         *       ],
          *       "active": true,
          *       "user_settings": [
          *         {
@@ -766,6 +771,12 @@ export interface components {
              * @description The manifest's own deadline, when it sets one (else `RESPONDER_TIMEOUT_MS` alone).
              */
             timeout_ms?: number;
+            /**
+             * @description What it does, from what it exports: `responder` (it may be chosen to answer for BUSY
+             *     users), `moderator` (it may be named in `MODERATION_PLUGINS`), or both. Empty while
+             *     loading.
+             */
+            roles: components["schemas"]["PluginRole"][];
             /** @description Whether this plugin answers for BUSY users now. */
             active: boolean;
             /** @description What users may set for themselves (`PUT /api/users/me/responder`). */

@@ -197,6 +197,10 @@ pub struct PluginView {
     /// The manifest's own deadline, when it sets one (else `RESPONDER_TIMEOUT_MS` alone).
     #[oai(skip_serializing_if_is_none)]
     pub timeout_ms: Option<u64>,
+    /// What it does, from what it exports: `responder` (it may be chosen to answer for BUSY
+    /// users), `moderator` (it may be named in `MODERATION_PLUGINS`), or both. Empty while
+    /// loading.
+    pub roles: Vec<PluginRole>,
     /// Whether this plugin answers for BUSY users now.
     pub active: bool,
     /// What users may set for themselves (`PUT /api/users/me/responder`).
@@ -212,6 +216,13 @@ pub struct PluginView {
     /// While benched: when it gets its next chance (RFC 3339).
     #[oai(skip_serializing_if_is_none)]
     pub benched_until: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum PluginRole {
+    Responder,
+    Moderator,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
@@ -365,6 +376,7 @@ impl Example for PluginView {
             memory_mb: 64,
             fuel: 100_000_000_000_000,
             timeout_ms: None,
+            roles: vec![PluginRole::Responder],
             active: true,
             user_settings: vec![UserSettingView {
                 key: "persona".to_owned(),

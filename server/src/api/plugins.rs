@@ -7,7 +7,7 @@ use super::error::ApiError;
 use chrono::SecondsFormat;
 
 use super::AppState;
-use super::models::{PluginState, PluginView, UserSettingView};
+use super::models::{PluginRole, PluginState, PluginView, UserSettingView};
 use super::security::AuthUser;
 use crate::responder::Manifest;
 
@@ -15,9 +15,9 @@ pub struct PluginsApi;
 
 #[OpenApi(tag = "ApiTags::Plugins")]
 impl PluginsApi {
-    /// List responder plugins
+    /// List plugins
     ///
-    /// The responder plugins loaded now or being compiled; `active` marks the default one (for
+    /// The plugins loaded now or being compiled, responders and moderators (`roles`); `active` marks the default one (for
     /// users who chose none), `user_settings` what users may set, `state` whether it is still
     /// `loading` (its users get the fallback meanwhile), `ready`, or `benched` for failing.
     #[oai(path = "/api/plugins", method = "get", operation_id = "listPlugins")]
@@ -43,7 +43,16 @@ impl PluginsApi {
                 } else {
                     PluginState::Ready
                 };
+                let roles = [
+                    (p.is_responder(), PluginRole::Responder),
+                    (p.is_moderator(), PluginRole::Moderator),
+                ];
                 PluginView {
+                    roles: roles
+                        .into_iter()
+                        .filter(|(has, _)| *has)
+                        .map(|(_, r)| r)
+                        .collect(),
                     active: is_active(&p.manifest.name),
                     state: status,
                     consecutive_failures: health.consecutive_failures,
@@ -84,6 +93,7 @@ impl PluginView {
             memory_mb: manifest.memory_mb,
             fuel: manifest.fuel,
             timeout_ms: manifest.timeout_ms,
+            roles: Vec::new(),
             active: false,
             user_settings: manifest
                 .user_config
