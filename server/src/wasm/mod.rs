@@ -394,6 +394,8 @@ pub struct PluginHost {
     baseline: (Engine, Linker<CallState>),
     /// Background Cranelift compiles under way.
     optimizing: std::sync::atomic::AtomicUsize,
+    /// Held by the one background compile that runs.
+    optimize_turn: std::sync::Mutex<()>,
 }
 
 /// An engine for one compiler, with every limit, its linker and its epoch ticker.
@@ -460,6 +462,7 @@ impl PluginHost {
             linker,
             baseline,
             optimizing: std::sync::atomic::AtomicUsize::new(0),
+            optimize_turn: std::sync::Mutex::new(()),
             network,
             plugins: RwLock::new(HashMap::new()),
             builtins: RwLock::new(HashMap::new()),
@@ -515,6 +518,9 @@ impl PluginHost {
             .name("wasm-optimize".into())
             .spawn(move || {
                 let Some(host) = me.upgrade() else { return };
+                // One at a time: each already uses every core, and plugins still waiting for
+                // Winch must not starve behind them.
+                let _turn = crate::sync::lock(&host.optimize_turn);
                 let started = Instant::now();
                 let swapped = host.compile(&manifest, &wasm).and_then(|component| {
                     host.register(manifest.clone(), &component, &host.linker, Some(load_id))
