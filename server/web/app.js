@@ -19,6 +19,7 @@
 //   dom.js      DOM helpers                            (nothing)
 //   views.js    drawing                                (dom, state)
 //   live.js     the WebSocket and catch-up, no DOM     (api, session, state)
+//   settings.js the Auto-reply panel                   (api, dom)
 //   chat.js     what happens to messages and sends     (api, live, state, views)
 //   app.js      this entry                             (all of them)
 // The arrows that would point back (a 401 ends the session, the socket delivers messages, a click
@@ -31,6 +32,7 @@ import {
   confirmSend,
   createGroup,
   discardSend,
+  editSend,
   flushQueued,
   forgetUserFetches,
   groupChanged,
@@ -44,6 +46,7 @@ import {
   refreshUser,
   rememberUser,
   removedFromGroup,
+  replyProgress,
   resendUnanswered,
   retrySend,
   routeFromHash,
@@ -57,6 +60,7 @@ import {
 import { $ } from "./dom.js";
 import * as connection from "./live.js";
 import { session } from "./session.js";
+import { closePanel, openPanel } from "./settings.js";
 import { advanceCursor, mergeSummary, resetState, state } from "./state.js";
 import {
   focusComposer,
@@ -86,6 +90,7 @@ connection.setHandlers({
   typing: someoneTyping,
   conversation: groupChanged,
   removed: removedFromGroup,
+  progress: replyProgress,
   sent: (frame) => confirmSend(frame.client_id, frame.id),
   error: sendRefused,
   me: (me) => {
@@ -102,7 +107,7 @@ connection.setHandlers({
     endSession("Your session has ended (it expired or was signed out elsewhere). Please log in again."),
 });
 
-setActions({ open: openConversation, retry: retrySend, discard: discardSend, loadOlder });
+setActions({ open: openConversation, retry: retrySend, discard: discardSend, edit: editSend, loadOlder });
 
 // --- Auth form -------------------------------------------------------------------------------
 
@@ -207,6 +212,7 @@ async function startSession() {
 function endSession(message = "") {
   state.generation += 1;
   connection.stop();
+  closePanel();
   session.clear();
   clearTimeout(expiryTimer);
   stopSends();
@@ -226,6 +232,8 @@ function endSession(message = "") {
 }
 
 $("logout").addEventListener("click", () => endSession(""));
+
+$("autoreply-open").addEventListener("click", () => openPanel());
 
 $("boot-retry").addEventListener("click", () => startSession());
 

@@ -13,6 +13,7 @@ import {
   addMessages,
   byId,
   conversation,
+  holding,
   latestMessage,
   mergeGroup,
   mergeUser,
@@ -32,6 +33,7 @@ import {
   renderOpenConversation,
   renderPeerHeader,
   renderTyping,
+  restoreDraftText,
   scrollToBottom,
   switchConversation,
   toast,
@@ -39,6 +41,9 @@ import {
 } from "./views.js";
 
 export const PAGE = 50; // history page size
+// A moderation plugin refused the message (its reason is the error's text): retrying sends the
+// same words again, so the page offers to edit them instead.
+const REFUSED = 422;
 const SEND_ACK_TIMEOUT_MS = 10_000; // no `sent` by then: retry over HTTP with the same key
 const TYPING_EVERY_MS = 2_000; // the server relays one typing notice per 2 s anyway
 const TYPING_SHOWN_MS = 5_000; // "… is typing" goes away unless renewed
@@ -128,6 +133,30 @@ export function someoneTyping(frame) {
       if (state.openKey === conv.key) renderTyping();
     }
   }, TYPING_SHOWN_MS + 50);
+}
+
+// --- Auto-replies being written ----------------------------------------------------------------
+
+// The responder's deadline is 10 s; a draft whose final message never comes (the socket went
+// down meanwhile; the catch-up brings the final message) goes away after that, with a margin.
+const DRAFT_FORGOTTEN_MS = 15_000;
+
+/** A reply_progress push: the auto-reply to `reply_to` so far. Shown growing under the
+ *  conversation until the stored auto-reply (with the same reply_to) replaces it. */
+export function replyProgress(frame) {
+  const conv = holding(frame.reply_to);
+  if (!conv || conv.answered.has(frame.reply_to) || typeof frame.text !== "string") return;
+  const draft = conv.drafts.get(frame.reply_to);
+  if (draft && draft.seq >= frame.seq) return; // pushes from two nodes may cross
+  clearTimeout(draft?.timer);
+  const generation = state.generation;
+  const timer = setTimeout(() => {
+    if (generation !== state.generation || conv.drafts.get(frame.reply_to)?.seq !== frame.seq) return;
+    conv.drafts.delete(frame.reply_to);
+    if (state.openKey === conv.key) renderMessages();
+  }, DRAFT_FORGOTTEN_MS);
+  conv.drafts.set(frame.reply_to, { text: frame.text, seq: frame.seq, timer });
+  if (state.openKey === conv.key) renderMessages({ live: true });
 }
 
 // --- Groups --------------------------------------------------------------------------------------
@@ -412,6 +441,9 @@ async function sendOverHttp(p) {
     if (generation !== state.generation || !state.pending.has(p.clientId)) return;
     if (err instanceof NetworkError) {
       p.state = "queued"; // sent again when the socket is back
+    } else if (err instanceof ApiError && err.status === REFUSED) {
+      p.state = "refused";
+      p.error = err.message;
     } else {
       p.state = "failed";
       p.error = describeError(err);
@@ -447,21 +479,29 @@ export function confirmSend(clientId, id) {
   }
 }
 
-/** An error frame: if it answers one of my sends, that send failed. */
+/** An error frame: if it answers one of my sends, that send failed (or was refused). */
 export function sendRefused(frame) {
   if (frame.client_id && state.pending.has(frame.client_id)) {
     const retry = frame.retry_after ? ` (try again in ${frame.retry_after} s)` : "";
-    failSend(frame.client_id, `${frame.message}${retry}`);
+    failSend(frame.client_id, `${frame.message}${retry}`, frame.code === REFUSED ? "refused" : "failed");
   }
 }
 
-function failSend(clientId, message) {
+function failSend(clientId, message, how = "failed") {
   const p = state.pending.get(clientId);
   if (!p) return;
   clearTimeout(p.timer);
-  p.state = "failed";
+  p.state = how;
   p.error = message;
   if (state.openKey === p.key) renderMessages();
+}
+
+/** A refused send goes back into the composer, to be reworded. */
+export function editSend(clientId) {
+  const p = state.pending.get(clientId);
+  if (!p) return;
+  discardSend(clientId);
+  if (state.openKey === p.key) restoreDraftText(p.content);
 }
 
 export function retrySend(clientId) {

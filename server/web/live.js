@@ -1,7 +1,7 @@
 // The live connection: one WebSocket at /ws that pushes every new message (mine from other
-// devices included), status changes, read marks, typing and group changes, kept alive with application pings, reconnected with
-// backoff; after every (re)connect, GET /api/chat/messages?after=<cursor> fetches what was missed
-// while it was down.
+// devices included), status changes, read marks, typing, group changes and auto-replies being
+// written, kept alive with application pings, reconnected with backoff; after every (re)connect,
+// GET /api/chat/messages?after=<cursor> fetches what was missed while it was down.
 //
 // Owns the socket, its timers and the catch-up cursor's moves. Imports api, session (the token)
 // and state (the cursor, and the generation that tells a stale session's answers apart); no DOM.
@@ -35,6 +35,7 @@ let reconnectRun = 0;
  *   typing(frame)        someone is typing: {conversation, user}
  *   conversation(frame)  a group was created or changed: {conversation: {...}}
  *   removed(frame)       I am out of a group: {conversation}
+ *   progress(frame)      an auto-reply being written: {reply_to, text, seq}
  *   sent(frame)          my send was stored: {client_id, id}
  *   error(frame)         a frame was refused: {client_id?, message, retry_after?}
  *   me(user)             GET /api/users/me, checked before a reconnect
@@ -171,6 +172,9 @@ function onFrame(frame) {
     case "conversation":
     case "removed":
       on[frame.type](frame);
+      break;
+    case "reply_progress":
+      on.progress(frame);
       break;
     case "sent":
       on.sent(frame);

@@ -11,7 +11,7 @@
 // search or the URL, before it has a message, and so before the page knows its server id) and
 // the conversation's id for a group. Both are UUIDs the server drew, so they never collide.
 
-/** @typedef {{id:string,conversation:string,sender:string,recipient?:string,content:string,sent_at:string,kind:string}} Message */
+/** @typedef {{id:string,conversation:string,sender:string,recipient?:string,content:string,sent_at:string,kind:string,reply_to?:string}} Message */
 
 export const state = {
   me: null, // {id, email, status}
@@ -51,6 +51,10 @@ export function conversation(key, { kind = "direct", id = null } = {}) {
       readUpto: null, // my read mark
       marks: new Map(), // others' read marks heard live: user id -> message id
       typing: new Map(), // user id -> until (ms since epoch)
+      // Auto-replies being written (reply_progress pushes), never stored: the id of the message
+      // they answer -> {text, seq, timer}. Dropped when the final auto-reply arrives.
+      drafts: new Map(),
+      answered: new Set(), // ids of messages whose final auto-reply is here (late drafts are ignored)
       messages: new Map(), // id -> Message
       sorted: null, // cached sorted ids
       historyLoaded: false, // the newest page of this conversation has been fetched
@@ -72,6 +76,12 @@ export function keyOf(message) {
 /** The conversation with server id `id`, if the page knows it. */
 export function byId(id) {
   for (const conv of state.conversations.values()) if (conv.id === id) return conv;
+  return null;
+}
+
+/** The conversation holding the message `id`, if the page has it. */
+export function holding(id) {
+  for (const conv of state.conversations.values()) if (conv.messages.has(id)) return conv;
   return null;
 }
 
@@ -151,6 +161,12 @@ export function addMessages(messages, { live = false, visible = false } = {}) {
     }
     conv.sorted = null;
     changed.add(conv);
+    if (message.reply_to) {
+      // The final auto-reply (or the fallback): it replaces the text that was growing.
+      conv.answered.add(message.reply_to);
+      clearTimeout(conv.drafts.get(message.reply_to)?.timer);
+      conv.drafts.delete(message.reply_to);
+    }
     // My own send, pushed back to me: it replaces its pending bubble (matched by id once the
     // `sent` answer came, or else by content, since pushes may overtake the answer).
     if (message.sender === state.me.id) {

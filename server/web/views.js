@@ -12,9 +12,10 @@ import { state, latestMessage, sortedIds } from "./state.js";
 
 const MAX_CHARS = 4000; // the server's content limit
 
-let handlers = { open() {}, retry() {}, discard() {}, loadOlder() {} };
+let handlers = { open() {}, retry() {}, discard() {}, edit() {}, loadOlder() {} };
 
-/** What clicks on drawn nodes do: open(peerId), retry(clientId), discard(clientId), loadOlder(). */
+/** What clicks on drawn nodes do: open(peerId), retry(clientId), discard(clientId),
+ *  edit(clientId), loadOlder(). */
 export function setActions(actions) {
   handlers = actions;
 }
@@ -310,7 +311,8 @@ export function renderHistoryTop(conv) {
   messagesScroll.setAttribute("aria-busy", String(conv.loadingOlder));
 }
 
-/** Draws the open conversation: day separators, confirmed messages, then my pending sends. */
+/** Draws the open conversation: day separators, confirmed messages, auto-replies being written,
+ *  then my pending sends. */
 export function renderMessages({ live = false } = {}) {
   const conv = state.conversations.get(state.openKey);
   if (!conv) return;
@@ -336,6 +338,12 @@ export function renderMessages({ live = false } = {}) {
     items.push({ key: `m:${id}`, type: "message", message, grouped, group: conv.kind === "group", seen: seen?.id === id ? seen.text : "" });
     prev = message;
   }
+  for (const [replyTo, draft] of conv.drafts) {
+    const answering = conv.messages.get(replyTo);
+    if (!answering) continue;
+    items.push({ key: `r:${replyTo}`, type: "draft", draft, answering, grouped: false, group: conv.kind === "group" });
+    prev = null;
+  }
   for (const p of state.pending.values()) {
     if (p.key !== conv.key) continue;
     if (p.id && conv.messages.has(p.id)) continue; // shown as the real message already
@@ -350,6 +358,7 @@ export function renderMessages({ live = false } = {}) {
     } else {
       node.classList.toggle("grouped", item.grouped);
       if (item.type === "pending") updatePendingNode(node, item.pending);
+      if (item.type === "draft") node.querySelector(".text").textContent = item.draft.text;
       if (item.type === "message") updateSeen(node, item.seen);
     }
     if (live && !initialRender && !node.dataset.seen) node.classList.add("appear");
@@ -399,6 +408,7 @@ function createMessageNode(item) {
   if (item.type === "day") {
     return el("li", { class: "day", role: "presentation" }, el("span", {}, item.label));
   }
+  if (item.type === "draft") return createDraftNode(item);
   const message = item.message ?? null;
   const pending = item.pending ?? null;
   const mine = pending ? true : message.sender === state.me.id;
@@ -442,26 +452,63 @@ function createMessageNode(item) {
     const actions = el(
       "span",
       { class: "pending-actions" },
-      el("span", { class: "pending-error" }),
+      el("span", { class: "pending-error", "data-testid": "send-error" }),
       el("button", { type: "button", class: "link-btn", "data-action": "retry" }, "Retry"),
+      el("button", { type: "button", class: "link-btn", "data-action": "edit" }, "Edit"),
       el("button", { type: "button", class: "link-btn", "data-action": "discard" }, "Discard"),
     );
     actions.addEventListener("click", (event) => {
       const action = event.target.closest("button")?.dataset.action;
       if (action === "retry") handlers.retry(pending.clientId);
       if (action === "discard") handlers.discard(pending.clientId);
+      if (action === "edit") handlers.edit(pending.clientId);
     });
     li.append(actions);
   }
   return li;
 }
 
+const deliveryText = {
+  failed: "Not sent",
+  refused: "Refused",
+  queued: "Waiting for connection…",
+  sending: "Sending…",
+};
+
 function updatePendingNode(node, p) {
-  node.dataset.state = p.state === "failed" ? "failed" : "pending";
-  const delivery = node.querySelector(".delivery");
-  if (delivery) delivery.textContent = p.state === "failed" ? "Not sent" : p.state === "queued" ? "Waiting for connection…" : "Sending…";
-  node.querySelector(".pending-error").textContent = p.state === "failed" ? p.error ?? "" : "";
-  node.querySelector(".pending-actions").hidden = p.state !== "failed";
+  const stopped = p.state === "failed" || p.state === "refused";
+  node.dataset.state = stopped ? p.state : "pending";
+  node.querySelector(".delivery").textContent = deliveryText[p.state] ?? deliveryText.sending;
+  // A refusal names the moderator's reason; sending the same words again would be refused
+  // again, so it offers Edit instead of Retry.
+  node.querySelector(".pending-error").textContent = stopped ? p.error ?? "" : "";
+  node.querySelector(".pending-actions").hidden = !stopped;
+  node.querySelector('[data-action="retry"]').hidden = p.state !== "failed";
+  node.querySelector('[data-action="edit"]').hidden = p.state !== "refused";
+}
+
+/** An auto-reply being written: the text so far, on the side of the person it answers for. */
+function createDraftNode({ answering, group }) {
+  const mine = answering.sender !== state.me.id; // it answers a message to me: it speaks for me
+  const answerer = group ? "" : mine ? "for you" : `from ${state.users.get(state.openKey)?.email ?? "them"}`;
+  return el(
+    "li",
+    {
+      class: `msg ${mine ? "mine" : "theirs"} auto draft`,
+      "data-testid": "reply-draft",
+      "data-kind": "auto_reply",
+      "data-state": "writing",
+      "data-reply-to": answering.id,
+      "aria-live": "polite",
+    },
+    el(
+      "div",
+      { class: "bubble" },
+      el("span", { class: "sr-only" }, `Auto-reply ${answerer}, being written: `),
+      el("span", { class: "auto-label", "aria-hidden": "true" }, icon("bot"), "Auto-reply · writing…"),
+      el("p", { class: "text", "data-testid": "message-text" }),
+    ),
+  );
 }
 
 
@@ -504,6 +551,13 @@ export function takeMessage() {
   drafts.delete(state.openKey);
   updateCharCount();
   return content;
+}
+
+/** Puts `text` back into the composer (a refused send, to be reworded). */
+export function restoreDraftText(text) {
+  messageInput.value = text;
+  updateCharCount();
+  messageInput.focus();
 }
 
 export function focusComposer() {
