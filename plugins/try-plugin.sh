@@ -11,29 +11,9 @@
 set -euo pipefail
 plugin=${1:?usage: try-plugin.sh PLUGIN [CONFIG_JSON]}
 config=${2:-{\}}
-base=${PALAVER_URL:-http://127.0.0.1:3000}
-password="try-plugin password"
-json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
-call() { # METHOD PATH [TOKEN] [BODY]
-  curl -fsS -X "$1" "$base$2" ${3:+-H "Authorization: Bearer $3"} \
-    ${4:+-H 'Content-Type: application/json' -d "$4"}
-}
-account() {
-  local email="try-$1-$RANDOM$RANDOM@example.com"
-  call POST /api/auth/register "" "{\"email\":\"$email\",\"password\":\"$password\"}" >/dev/null
-  call POST /api/auth/login "" "{\"email\":\"$email\",\"password\":\"$password\"}"
-}
-# A plugin just dropped into PLUGINS_DIR shows up after the folder's next re-read (every 2 s),
-# as "loading" until it is compiled: seconds for a Rust component, more for JavaScript and
-# Python engines (unless PLUGIN_CACHE_DIR holds it from an earlier start).
-lister_token=$(account lister | json '["token"]')
-for _ in $(seq 1 "$(( ${TRY_PLUGIN_WAIT_S:-120} * 10 ))"); do
-  listed=$(call GET /api/plugins "$lister_token" |
-    python3 -c "import json,sys; print(any(p['name']=='$plugin' and p.get('state')!='loading' for p in json.load(sys.stdin)))")
-  [ "$listed" = True ] && break
-  sleep 0.1
-done
-[ "$listed" = True ] || { echo "plugin $plugin is not loaded (see the server log)" >&2; exit 1; }
+# shellcheck source=plugins/try-common.sh
+. "$(dirname "$0")/try-common.sh"
+wait_loaded "$plugin"
 
 sender=$(account sender)
 busy=$(account busy)

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 : "${PALAVER_URL:?set PALAVER_URL to a running server}" "${PLUGINS_DIR:?set PLUGINS_DIR to the folder it watches}"
 script=$(awk '/^```sh$/ {inside=1; next} /^```$/ {inside=0} inside' plugins/README.md)
 [ -n "$script" ] || { echo "no sh blocks in plugins/README.md"; exit 1; }
-# The guide's `mktemp -d` work folder (three plugin builds, ~600 MB) lands in a scratch TMPDIR
+# The guide's `mktemp -d` work folder (seven plugin builds, over 1 GB) lands in a scratch TMPDIR
 # that goes away with this script, so repeated CI runs do not fill the disk.
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
