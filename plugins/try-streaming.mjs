@@ -1,16 +1,16 @@
 #!/usr/bin/env node
 // Watches a streaming responder answer, the way the people in the conversation see it: two new
-// accounts, the second picks PLUGIN (with optional settings) and goes BUSY, the first listens on
-// the WebSocket and writes to it. Prints each `reply_progress` push for that message, then the
-// stored auto-reply:
+// accounts, the second picks PLUGIN (with optional settings) and goes BUSY, both listen on the
+// WebSocket, and the first writes to the second. Prints each `reply_progress` push the sender
+// gets, then the stored auto-reply, with the time since the send:
 //
-//   progress 1: Rust here: out for lunch,
-//   reply: Rust here: out for lunch, back at two.
+//   progress 1 (+4 ms): Rust here: out for lunch,
+//   reply (+9 ms, both sides): Rust here: out for lunch, back at two.
 //
 //   PALAVER_URL=http://127.0.0.1:3000 node plugins/try-streaming.mjs my-plugin
 //
-// Exits non-zero unless at least one progress push came before a reply that is not the
-// server's standard "unavailable" message. Needs Node.js 20.10 or later: its own fetch and
+// Exits non-zero unless both sides got at least one progress push before a reply that is not
+// the server's standard "unavailable" message. Needs Node.js 20.10 or later: its own fetch and
 // WebSocket, no packages.
 const [plugin, config = "{}"] = process.argv.slice(2);
 if (!plugin) {
@@ -71,46 +71,49 @@ const busy = await account("busy");
 await call("PUT", "/api/users/me/responder", busy.token, { plugin, config: JSON.parse(config) });
 await call("PUT", "/api/user/status", busy.token, { status: "BUSY" });
 
-const socket = new WebSocket(`${base.replace(/^http/, "ws")}/ws?token=${encodeURIComponent(sender.token)}`);
-await new Promise((resolve, reject) => {
-  socket.addEventListener("open", resolve, { once: true });
-  socket.addEventListener("error", () => reject(new Error("the WebSocket did not open")), { once: true });
-});
-const frames = [];
-let arrived = () => {};
-socket.addEventListener("message", (event) => {
-  frames.push(JSON.parse(event.data));
-  arrived();
-});
+// Both people listen: the reply is written for the busy user, to the sender.
+function listen(user, onProgress = () => {}) {
+  const socket = new WebSocket(`${base.replace(/^http/, "ws")}/ws?token=${encodeURIComponent(user.token)}`);
+  const seen = { progress: [], reply: null };
+  // Fresh accounts: every reply_progress and auto-reply they get is this conversation's.
+  seen.done = new Promise((resolve) => {
+    socket.addEventListener("message", (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type === "reply_progress") {
+        seen.progress.push(frame);
+        onProgress(frame);
+      } else if (frame.type === "message" && frame.message.reply_to) {
+        seen.reply = frame.message;
+        socket.close();
+        resolve();
+      }
+    });
+  });
+  return new Promise((resolve, reject) => {
+    socket.addEventListener("open", () => resolve(seen), { once: true });
+    socket.addEventListener("error", () => reject(new Error("the WebSocket did not open")), { once: true });
+  });
+}
 
+let sentAt = 0;
+const senderSide = await listen(sender, (frame) =>
+  console.log(`progress ${frame.seq} (+${Date.now() - sentAt} ms): ${frame.text}`),
+);
+const busySide = await listen(busy);
+sentAt = Date.now();
 const sent = await call("POST", "/api/chat/send", sender.token, { recipient: busy.user_id, content: "Are you there?" });
 // The reply comes within the responder's deadline (10 s by default).
-const deadline = Date.now() + 11_000;
-let progress = 0;
-for (;;) {
-  const frame = frames.shift();
-  if (!frame) {
-    if (Date.now() > deadline) {
-      console.error("no auto-reply within 11 s");
-      process.exit(1);
-    }
-    await new Promise((resolve) => {
-      arrived = resolve;
-      setTimeout(resolve, deadline - Date.now() + 1);
-    });
-    continue;
-  }
-  if (frame.type === "reply_progress" && frame.reply_to === sent.id) {
-    progress += 1;
-    console.log(`progress ${frame.seq}: ${frame.text}`);
-  } else if (frame.type === "message" && frame.message.reply_to === sent.id) {
-    console.log(`reply: ${frame.message.content}`);
-    socket.close();
-    if (frame.message.content.startsWith(FALLBACK)) process.exit(1);
-    if (progress === 0) {
-      console.error("the reply came without any progress before it");
-      process.exit(1);
-    }
-    process.exit(0);
-  }
+const timeout = new Promise((resolve) => setTimeout(resolve, 11_000).unref());
+await Promise.race([Promise.all([senderSide.done, busySide.done]), timeout]);
+
+const problems = [];
+for (const [who, side] of [["the sender", senderSide], ["the busy user", busySide]]) {
+  if (!side.reply) problems.push(`${who} got no auto-reply within 11 s`);
+  else if (side.reply.reply_to !== sent.id) problems.push(`${who}'s auto-reply answers another message`);
+  else if (side.reply.content.startsWith(FALLBACK)) problems.push(`${who} got the fallback: the plugin failed`);
+  if (!side.progress.length) problems.push(`${who} saw no progress before the reply`);
+  if (side.progress.some((frame) => frame.reply_to !== sent.id)) problems.push(`${who} saw progress for another message`);
 }
+if (senderSide.reply) console.log(`reply (+${Date.now() - sentAt} ms, both sides): ${senderSide.reply.content}`);
+for (const problem of problems) console.error(problem);
+process.exit(problems.length ? 1 : 0);

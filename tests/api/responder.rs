@@ -324,3 +324,49 @@ async fn a_streaming_llm_shows_its_answer_as_it_is_written() {
     assert_eq!(history[1]["content"], "Bob is out today.");
     assert_eq!(history[1]["reply_to"], sent.as_str());
 }
+
+/// A model that writes faster than anyone reads: its chunks are coalesced to at most one push
+/// per `PROGRESS_EVERY`, each carrying the whole text so far, numbered from 1 without gaps.
+#[tokio::test]
+async fn fast_streams_are_coalesced_to_one_push_per_interval() {
+    let words: Vec<String> = (0..300).map(|n| format!("w{n} ")).collect();
+    let body: String = words
+        .iter()
+        .map(|w| {
+            let event = json!({"choices": [{"index": 0, "delta": {"content": w}}]});
+            format!("data: {event}\n\n")
+        })
+        .chain(["data: [DONE]\n\n".to_owned()])
+        .collect();
+    let stub = llm_stub(ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")).await;
+    let app = app_with_llm(Some(&stub), Duration::from_secs(5)).await;
+    let mut scene = scene(&app).await;
+
+    let started = Instant::now();
+    let sent = app.send_ok(&scene.alice, &scene.bob, "Lunch?").await;
+    let mut progress = Vec::new();
+    let reply = loop {
+        let frame = scene.alice_ws.next_json().await;
+        match frame["type"].as_str() {
+            Some("reply_progress") => progress.push(frame),
+            Some("message") if frame["message"]["id"] != sent.as_str() => {
+                break frame["message"].clone();
+            }
+            _ => {}
+        }
+    };
+    let elapsed = started.elapsed();
+    let final_text = words.concat().trim().to_owned();
+    assert_eq!(reply["content"], final_text.as_str());
+    let most = 1 + elapsed.as_millis() / palaver::responder::PROGRESS_EVERY.as_millis();
+    assert!(
+        !progress.is_empty() && progress.len() as u128 <= most,
+        "{} pushes in {elapsed:?}: at most {most}",
+        progress.len()
+    );
+    for (n, frame) in progress.iter().enumerate() {
+        assert_eq!(frame["seq"], n as u64 + 1);
+        let text = frame["text"].as_str().expect("text");
+        assert!(final_text.starts_with(text), "{text:?} is not a prefix");
+    }
+}

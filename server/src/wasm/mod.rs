@@ -411,6 +411,10 @@ fn tier(
         .consume_fuel(true)
         // Reserve what a memory may grow to, not the default 4 GiB per slot.
         .memory_reservation(manifest::MAX_MEMORY_MB << 20)
+        // Cranelift compiles big plugins in the background, on one thread: spread over wasmtime's
+        // shared worker pool, it would queue a newly dropped plugin's Winch compile behind it
+        // (a Python engine dropped just after a JavaScript one waited 11 s instead of 2).
+        .parallel_compilation(strategy == Strategy::Winch)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool.clone()));
     let engine = Engine::new(&config)
         .map_err(anyhow::Error::from)
@@ -518,8 +522,8 @@ impl PluginHost {
             .name("wasm-optimize".into())
             .spawn(move || {
                 let Some(host) = me.upgrade() else { return };
-                // One at a time: each already uses every core, and plugins still waiting for
-                // Winch must not starve behind them.
+                // One at a time, on this one thread: plugins still waiting for Winch keep the
+                // other cores.
                 let _turn = crate::sync::lock(&host.optimize_turn);
                 let started = Instant::now();
                 let swapped = host.compile(&manifest, &wasm).and_then(|component| {
