@@ -4,12 +4,12 @@
 //! benched, an invalid replacement, not loaded) means what its `on_failure` says, the operator's
 //! `MODERATION_ON_FAILURE` first. So a send waits at most the sum of the chain's deadlines.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::{OnFailure, ResponderSettings};
-use crate::domain::Content;
+use crate::domain::{Content, UserId};
 use crate::messaging::{Destination, Draft, Moderator, Review};
 use crate::metrics;
 use crate::store::{Store, StoreError};
@@ -23,6 +23,8 @@ pub const MAX_REASON_CHARS: usize = 200;
 pub const MODERATION_FAILED: &str = "This message could not be checked right now; try again later";
 /// Said when a moderator rejects without a reason that survives cleaning.
 pub const REJECTED_WITHOUT_REASON: &str = "This message was not accepted";
+/// Senders' emails kept per node; past this many the memory starts afresh.
+const EMAILS_KEPT: usize = 100_000;
 
 pub struct Moderation {
     host: Arc<PluginHost>,
@@ -30,6 +32,10 @@ pub struct Moderation {
     chain: Vec<String>,
     overrides: BTreeMap<String, OnFailure>,
     breaker: CircuitBreaker,
+    /// Senders' emails, for the moderators' requests. An email never changes (no route changes
+    /// one, and ids are never reused), so a node reads each sender's once, not per message:
+    /// that read was most of what the chain added to a send.
+    emails: Mutex<HashMap<UserId, Arc<str>>>,
 }
 
 impl Moderation {
@@ -40,7 +46,25 @@ impl Moderation {
             chain: settings.moderators.clone(),
             overrides: settings.moderation_on_failure.clone(),
             breaker: CircuitBreaker::new(settings.bench_after, settings.bench_for),
+            emails: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The sender's email ("" for an account deleted meanwhile).
+    async fn email_of(&self, sender: UserId) -> Result<Arc<str>, StoreError> {
+        if let Some(email) = crate::sync::lock(&self.emails).get(&sender) {
+            return Ok(email.clone());
+        }
+        let Some(user) = self.store.user_by_id(sender).await? else {
+            return Ok(Arc::from(""));
+        };
+        let email: Arc<str> = Arc::from(user.email.to_string());
+        let mut emails = crate::sync::lock(&self.emails);
+        if emails.len() >= EMAILS_KEPT {
+            emails.clear();
+        }
+        emails.insert(sender, email.clone());
+        Ok(email)
     }
 
     /// Whether `plugin` is named in `MODERATION_PLUGINS`.
@@ -85,7 +109,7 @@ impl Moderation {
             time_left_ms: timeout.as_millis() as u64,
         };
         let call = Call::start(&self.breaker, plugin.clone());
-        let outcome = self.host.moderate(plugin.clone(), request, deadline).await;
+        let outcome = self.host.moderate(plugin, request, deadline).await;
         match outcome {
             Ok(verdict) => {
                 call.finish(Ok(()));
@@ -107,10 +131,7 @@ impl Moderator for Moderation {
     }
 
     async fn review(&self, draft: &Draft) -> Result<Review, StoreError> {
-        let sender_email = match self.store.user_by_id(draft.sender).await? {
-            Some(user) => user.email.to_string(),
-            None => String::new(),
-        };
+        let sender_email = self.email_of(draft.sender).await?;
         let mut content = draft.content.clone();
         for name in &self.chain {
             let started = Instant::now();

@@ -703,19 +703,23 @@ impl PluginHost {
         }
     }
 
-    /// Runs `moderate` in a fresh instance on the plugin runtime; gives up at `deadline`.
+    /// Runs `moderate` in a fresh instance on the caller's runtime, not the plugin runtime:
+    /// moderators sit on every send's path, where the hop there and back cost more than the
+    /// call itself (100-250 µs of a send's p50 at 1,000 msg/s, against ~20 µs for the word
+    /// filter). The caller's worker is never held long: the guest yields at every epoch tick
+    /// (10 ms), and the deadline (at most 1 s) ends it wherever it is.
     pub async fn moderate(
-        self: &Arc<Self>,
-        plugin: Arc<LoadedPlugin>,
+        &self,
+        plugin: &LoadedPlugin,
         request: ModerateRequest,
         deadline: Instant,
     ) -> Result<Verdict, PluginError> {
-        match self
-            .call(plugin, Invocation::Moderate(request), deadline)
-            .await?
-        {
-            Answer::Verdict(verdict) => Ok(verdict),
-            Answer::Reply(_) => Err(PluginError::Refused("not a verdict".into())),
+        let call = self.invoke(plugin, Invocation::Moderate(request), deadline);
+        match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(Ok(Answer::Verdict(verdict))) => Ok(verdict),
+            Ok(Ok(Answer::Reply(_))) => Err(PluginError::Refused("not a verdict".into())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PluginError::Timeout),
         }
     }
 
@@ -757,22 +761,6 @@ impl PluginHost {
         {
             Answer::Reply(reply) => Ok(reply),
             Answer::Verdict(_) => Err(PluginError::Refused("not a reply".into())),
-        }
-    }
-
-    /// One `moderate` call on the current runtime, like [`Self::run`].
-    pub async fn run_moderate(
-        &self,
-        plugin: &LoadedPlugin,
-        request: ModerateRequest,
-        deadline: Instant,
-    ) -> Result<Verdict, PluginError> {
-        match self
-            .invoke(plugin, Invocation::Moderate(request), deadline)
-            .await?
-        {
-            Answer::Verdict(verdict) => Ok(verdict),
-            Answer::Reply(_) => Err(PluginError::Refused("not a verdict".into())),
         }
     }
 
