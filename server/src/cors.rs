@@ -50,19 +50,32 @@ impl AllowedOrigins {
         let Some(origin) = headers.get(header::ORIGIN) else {
             return true;
         };
-        same_origin(origin, headers.get(header::HOST)) || self.allows(origin)
+        same_origin(origin, headers) || self.allows(origin)
     }
 }
 
-/// The page's origin names the host it was loaded from: `http://host:port` against `Host`.
-fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
-    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(HeaderValue::to_str)) else {
+/// The page was loaded from this server: its origin is `scheme://` + `Host`, where the scheme
+/// is `http` (what the server speaks) unless a TLS-terminating proxy in front says
+/// `X-Forwarded-Proto: https`. A browser cannot add that header to a WebSocket handshake, so a
+/// page cannot claim it; scheme and host both have to match (`https://host` is another origin
+/// than `http://host`).
+fn same_origin(origin: &HeaderValue, headers: &HeaderMap) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let (Ok(origin), Some(host)) = (origin.to_str(), text(header::HOST)) else {
         return false;
     };
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
+    let scheme = text(HeaderName::from_static("x-forwarded-proto"))
+        .and_then(|protos| protos.split(',').next())
+        .map(str::trim)
+        .filter(|proto| proto.eq_ignore_ascii_case("https"))
+        .map_or("http", |_| "https");
+    origin.split_once("://").is_some_and(|(s, authority)| {
+        s.eq_ignore_ascii_case(scheme) && authority.eq_ignore_ascii_case(host)
+    })
 }
 
 #[cfg(test)]
@@ -89,6 +102,15 @@ mod tests {
             none.permits_handshake(&headers(Some("http://chat.local:3000"), "chat.local:3000"))
         );
         assert!(!none.permits_handshake(&headers(Some("http://evil.test"), "chat.local:3000")));
+        // Same host, other scheme: another origin, unless a TLS proxy says the page's is https.
+        let tls = headers(Some("https://chat.local:3000"), "chat.local:3000");
+        assert!(!none.permits_handshake(&tls));
+        let mut proxied = tls.clone();
+        proxied.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(none.permits_handshake(&proxied));
+        let mut plain = headers(Some("http://chat.local:3000"), "chat.local:3000");
+        plain.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(!none.permits_handshake(&plain));
         let list = AllowedOrigins::parse("http://app.test:8080").expect("list");
         assert!(list.permits_handshake(&headers(Some("http://APP.test:8080"), "api.test")));
         assert!(!list.permits_handshake(&headers(Some("http://app.test:8081"), "api.test")));

@@ -233,7 +233,7 @@ pub fn routes(
     Route::new()
         .at("/ws", get(ws::websocket))
         .at("/openapi.json", api::spec_endpoint())
-        .nest("/docs", api.swagger_ui())
+        .at("/docs", web::docs(api.swagger_ui_html()))
         .nest("/web", web::assets())
         .nest("/", api)
         .around(web::page_at_root)

@@ -128,6 +128,14 @@ async fn sockets_from_a_foreign_origin_are_refused_with_403() {
             .contains("CORS_ALLOWED_ORIGINS")
     );
 
+    // The server's host with another scheme is another origin (the server speaks http).
+    let other_scheme = app.address.replacen("http://", "https://", 1);
+    let (status, _) = refused(
+        app.ws_with(&app.ws_url(""), &[auth.clone(), ("origin", other_scheme)])
+            .await,
+    );
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
     // The allowed origin, the server's own origin, and clients that send none all get in.
     let own = app.address.clone();
     for origin in [Some(ALLOWED.to_owned()), Some(own), None] {

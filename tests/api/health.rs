@@ -145,6 +145,27 @@ async fn swagger_ui_is_served() {
         .await
         .expect("request");
     assert_eq!(response.status(), StatusCode::OK);
+    // As strict as the chat page: only its own inline scripts (by hash), only this server, no
+    // framing, no sniffing.
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let policy = header("content-security-policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(policy.contains(directive), "{directive:?} in {policy:?}");
+    }
+    assert!(!policy.contains("unsafe-eval") && !policy.contains("script-src 'unsafe-inline'"));
+    assert_eq!(header("x-content-type-options"), "nosniff");
     let html = response.text().await.expect("html");
     assert!(html.contains("swagger-ui"), "Swagger UI page");
 }

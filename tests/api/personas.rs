@@ -168,17 +168,46 @@ async fn choices_a_plugin_does_not_offer_are_refused() {
             StatusCode::BAD_REQUEST,
             "The setting \"message\" is longer than 4000 characters",
         ),
+        (
+            json!({"plugin": "llm-responder", "config": {"persona": " \n\u{200B} "}}),
+            StatusCode::BAD_REQUEST,
+            "The setting \"persona\" is blank: leave it out to use the plugin's default",
+        ),
+        (
+            // A right-to-left override would show the model (and anyone reading the settings)
+            // other text than what is there; a bell or escape is nobody's persona.
+            json!({"plugin": "llm-responder", "config": {"persona": "nice \u{202E}evil"}}),
+            StatusCode::BAD_REQUEST,
+            "The setting \"persona\" contains a control or bidirectional-override character \
+             (newlines and tabs are fine)",
+        ),
+        (
+            json!({"plugin": "llm-responder", "config": {"language": "French\u{1b}[2J"}}),
+            StatusCode::BAD_REQUEST,
+            "The setting \"language\" contains a control or bidirectional-override character \
+             (newlines and tabs are fine)",
+        ),
     ];
     for (body, status, message) in cases {
         let (got, answer) = put_responder(&app, &bob, body.clone()).await;
         assert_eq!(got, status, "{body}: {answer}");
         assert_eq!(answer["message"], message, "{body}");
     }
-    // Nothing was stored; a value of exactly 4,000 characters is fine.
+    // Values are strings: a number or a boolean is refused, not turned into one.
+    for value in [json!(5), json!(true), json!(null), json!(["a"])] {
+        let body = json!({"plugin": "llm-responder", "config": {"persona": value}});
+        let (got, answer) = put_responder(&app, &bob, body.clone()).await;
+        assert_eq!(got, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains("expected a string"), "{body}: {message}");
+    }
+    // Nothing was stored; a value of exactly 4,000 characters is fine, and so are lines and tabs.
     let current = app.get("/api/users/me/responder", &bob.token).await;
     assert_eq!(current.body["plugin"], "llm-responder");
     let longest = json!({"plugin": "away-message", "config": {"message": "x".repeat(4_000)}});
     assert_eq!(put_responder(&app, &bob, longest).await.0, StatusCode::OK);
+    let lines = json!({"plugin": "llm-responder", "config": {"persona": "Short.\n\tNo jokes."}});
+    assert_eq!(put_responder(&app, &bob, lines).await.0, StatusCode::OK);
 
     let anonymous = app
         .request(Method::GET, "/api/users/me/responder", None, None)

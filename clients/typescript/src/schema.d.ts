@@ -861,8 +861,11 @@ export interface components {
             /** @description A loaded plugin's name (`GET /api/plugins`). */
             plugin: string;
             /**
-             * @description Only keys the plugin lists in `user_settings`, each value at most 4,000 characters;
-             *     `{}` for none. Replaces the previous settings as a whole.
+             * @description Only keys the plugin lists in `user_settings`; each value a string of 1 to 4,000
+             *     characters, not blank, without control characters (newlines and tabs are fine) or
+             *     bidirectional overrides: the plugin gets it as written (the LLM responder puts it in the
+             *     model's instructions). Leave a key out for the plugin's default; `{}` for none. Replaces
+             *     the previous settings as a whole.
              */
             config: {
                 [key: string]: string;

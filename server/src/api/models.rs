@@ -3,7 +3,7 @@
 use poem_openapi::Object;
 use poem_openapi::types::Example;
 
-use super::schema::{ContentText, EmailText, PasswordText, UuidText};
+use super::schema::{ContentText, EmailText, PasswordText, SettingText, UuidText};
 use std::collections::BTreeMap;
 
 use crate::domain::{ResponderChoice, Status};
@@ -170,9 +170,12 @@ pub struct ResponderBody {
     /// A loaded plugin's name (`GET /api/plugins`).
     #[oai(validator(min_length = 1, max_length = 64))]
     pub plugin: String,
-    /// Only keys the plugin lists in `user_settings`, each value at most 4,000 characters;
-    /// `{}` for none. Replaces the previous settings as a whole.
-    pub config: BTreeMap<String, String>,
+    /// Only keys the plugin lists in `user_settings`; each value a string of 1 to 4,000
+    /// characters, not blank, without control characters (newlines and tabs are fine) or
+    /// bidirectional overrides: the plugin gets it as written (the LLM responder puts it in the
+    /// model's instructions). Leave a key out for the plugin's default; `{}` for none. Replaces
+    /// the previous settings as a whole.
+    pub config: BTreeMap<String, SettingText>,
 }
 
 /// A setting users may give a plugin for themselves.
@@ -408,6 +411,10 @@ impl Example for ResponderView {
 impl Example for ResponderBody {
     fn example() -> Self {
         let ResponderView { plugin, config } = ResponderView::example();
+        let config = config
+            .into_iter()
+            .map(|(k, v)| (k, SettingText(v)))
+            .collect();
         Self { plugin, config }
     }
 }

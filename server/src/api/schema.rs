@@ -135,6 +135,13 @@ documented_string!(
     content_pattern()
 );
 
+documented_string!(
+    /// A responder setting's value: 1 to 4,000 characters, not blank, no control characters
+    /// other than newline and tab, no bidirectional overrides.
+    SettingText, "setting", None, Some(1), Some(crate::domain::MAX_SETTING_CHARS),
+    content_pattern()
+);
+
 /// A page size: 1 to 200 (checked by `MessagePage`, which words the error).
 #[derive(Debug, Clone, Copy)]
 pub struct PageLimit(pub u32);

@@ -106,6 +106,10 @@ impl UsersApi {
         body: Json<ResponderBody>,
     ) -> Result<Json<ResponderView>, ApiError> {
         let Json(ResponderBody { plugin, config }) = body;
+        let config = config
+            .into_iter()
+            .map(|(key, value)| (key, value.0))
+            .collect();
         let choice = state
             .responder
             .choose(user, ResponderChoice { plugin, config })

@@ -25,7 +25,7 @@ pub use message::{
 pub use password::{MAX_LEN as PASSWORD_MAX, MIN_LEN as PASSWORD_MIN, Password};
 pub use responder::{MAX_SETTING_CHARS, ResponderChoice};
 pub use status::Status;
-pub use text::is_invisible;
+pub use text::{is_deceptive, is_invisible};
 
 /// Why a piece of user input was refused; the text is shown to the person who sent it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

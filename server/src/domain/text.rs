@@ -21,9 +21,27 @@ pub fn is_invisible(c: char) -> bool {
         )
 }
 
+/// Characters that make text look other than it is, or that no person types: control
+/// characters other than newline and tab, and the bidirectional embeddings, overrides and
+/// isolates (U+202A-U+202E, U+2066-U+2069) that reorder what follows them on screen.
+pub fn is_deceptive(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deceptive_characters() {
+        for c in ['\u{7}', '\r', '\u{1b}', '\u{202E}', '\u{2067}', '\u{85}'] {
+            assert!(is_deceptive(c), "{:04X}", c as u32);
+        }
+        for c in ['\n', '\t', ' ', 'a', '\u{200D}', '😀'] {
+            assert!(!is_deceptive(c), "{:04X}", c as u32);
+        }
+    }
 
     #[test]
     fn invisible_and_visible() {

@@ -170,8 +170,17 @@ impl Responder {
                     settable: settable.keys().cloned().collect(),
                 });
             }
+            // Settings go into the plugin's request as they are (the LLM responder puts them in
+            // the model's instructions): they follow the content rules, and nothing in them may
+            // hide or reorder text.
             if value.chars().count() > MAX_SETTING_CHARS {
                 return Err(ChoiceError::TooLong(key.clone()));
+            }
+            if value.chars().all(crate::domain::is_invisible) {
+                return Err(ChoiceError::Blank(key.clone()));
+            }
+            if value.chars().any(crate::domain::is_deceptive) {
+                return Err(ChoiceError::Deceptive(key.clone()));
             }
         }
         if !self.store.set_responder_choice(user, &choice).await? {
@@ -432,6 +441,12 @@ pub enum ChoiceError {
     NotAResponder(String),
     #[error("The setting {0:?} is longer than {MAX_SETTING_CHARS} characters")]
     TooLong(String),
+    #[error("The setting {0:?} is blank: leave it out to use the plugin's default")]
+    Blank(String),
+    #[error(
+        "The setting {0:?} contains a control or bidirectional-override character (newlines and tabs are fine)"
+    )]
+    Deceptive(String),
     #[error("User not found")]
     NoSuchUser,
     #[error(transparent)]
@@ -447,6 +462,8 @@ impl From<ChoiceError> for Failure {
             }
             ChoiceError::NotSettable { .. }
             | ChoiceError::TooLong(_)
+            | ChoiceError::Blank(_)
+            | ChoiceError::Deceptive(_)
             | ChoiceError::NotAResponder(_) => Failure::bad_request(err.to_string()),
         }
     }
