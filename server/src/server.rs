@@ -230,10 +230,13 @@ pub fn routes(
     realtime: RealtimeSettings,
 ) -> impl Endpoint<Output = Response> {
     let api = api::service();
+    // `/docs/` too: it answered before the page got its own policy, and people type it.
+    let docs = Arc::new(web::docs(api.swagger_ui_html()));
     Route::new()
         .at("/ws", get(ws::websocket))
         .at("/openapi.json", api::spec_endpoint())
-        .at("/docs", web::docs(api.swagger_ui_html()))
+        .at("/docs", docs.clone())
+        .at("/docs/", docs)
         .nest("/web", web::assets())
         .nest("/", api)
         .around(web::page_at_root)

@@ -168,4 +168,16 @@ async fn swagger_ui_is_served() {
     assert_eq!(header("x-content-type-options"), "nosniff");
     let html = response.text().await.expect("html");
     assert!(html.contains("swagger-ui"), "Swagger UI page");
+    // With a trailing slash too, under the same policy.
+    let slash = app
+        .client
+        .get(app.url("/docs/"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(slash.status(), StatusCode::OK);
+    assert_eq!(
+        slash.headers().get("content-security-policy"),
+        Some(&reqwest::header::HeaderValue::from_str(&policy).expect("policy"))
+    );
 }
