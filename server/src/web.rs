@@ -61,7 +61,7 @@ fn inline_script_hashes(html: &str) -> String {
         let Some(close) = body.find("</script>") else {
             break;
         };
-        let digest = Sha256::digest(body[..close].as_bytes());
+        let digest = Sha256::digest(&body.as_bytes()[..close]);
         hashes.push(format!(
             "'sha256-{}'",
             base64::engine::general_purpose::STANDARD.encode(digest)
