@@ -103,7 +103,7 @@ impl Application {
             });
         }
         let moderation = Arc::new(Moderation::new(
-            responder.plugins().clone(),
+            &responder,
             store.clone(),
             &config.responder,
         ));

@@ -240,6 +240,17 @@ async fn misbehaving_moderators_fail_by_their_on_failure_and_get_benched() {
             assert_eq!(refused.body["message"], MODERATION_FAILED, "{mode}");
         }
         assert!(contents(&app, &bob).await.is_empty(), "{mode}");
+        // The plugin list tells the truth: benched, with what went wrong.
+        let listed = app.get("/api/plugins", &alice.token).await;
+        let bad = listed
+            .body
+            .as_array()
+            .and_then(|plugins| plugins.iter().find(|p| p["name"] == "bad"))
+            .expect("listed")
+            .clone();
+        assert_eq!(bad["state"], "benched", "{mode}: {bad}");
+        assert_eq!(bad["consecutive_failures"], 2, "{mode}: {bad}");
+        assert!(bad["last_error"].is_string(), "{mode}: {bad}");
     }
 }
 

@@ -90,7 +90,7 @@ impl CircuitBreaker {
                 plugin = %plugin.manifest.name,
                 failures,
                 cool_down_s = self.cool_down.as_secs_f64(),
-                "plugin benched after failing repeatedly; its users get the fallback meanwhile"
+                "plugin benched after failing repeatedly: as a responder its users get the fallback, as a moderator its on_failure applies, until the cool-down ends"
             );
         }
     }

@@ -58,7 +58,9 @@ pub struct Responder {
     fallback: Content,
     in_flight: Mutex<HashSet<(UserId, UserId)>>,
     permits: Semaphore,
-    breaker: CircuitBreaker,
+    /// One health record per plugin, shared with the moderation chain: `GET /api/plugins` shows
+    /// a plugin benched whichever of its roles failed.
+    breaker: Arc<CircuitBreaker>,
     /// The embedded LLM responder (a `PLUGINS_DIR` plugin may replace it under the same name).
     builtin: Arc<LoadedPlugin>,
 }
@@ -110,7 +112,10 @@ impl Responder {
             fallback,
             in_flight: Mutex::new(HashSet::new()),
             permits: Semaphore::new(MAX_CONCURRENT_CALLS as usize),
-            breaker: CircuitBreaker::new(settings.bench_after, settings.bench_for),
+            breaker: Arc::new(CircuitBreaker::new(
+                settings.bench_after,
+                settings.bench_for,
+            )),
             builtin,
             settings,
         }))

@@ -23,6 +23,9 @@ pub const MAX_REASON_CHARS: usize = 200;
 pub const MODERATION_FAILED: &str = "This message could not be checked right now; try again later";
 /// Said when a moderator rejects without a reason that survives cleaning.
 pub const REJECTED_WITHOUT_REASON: &str = "This message was not accepted";
+/// Why a moderator did not run: said in its metrics' `failed` count and at debug level.
+const BENCHED: &str = "benched after failing too often";
+const LOADING: &str = "still loading";
 /// Senders' emails kept per node; past this many the memory starts afresh.
 const EMAILS_KEPT: usize = 100_000;
 
@@ -31,7 +34,7 @@ pub struct Moderation {
     store: Arc<dyn Store>,
     chain: Vec<String>,
     overrides: BTreeMap<String, OnFailure>,
-    breaker: CircuitBreaker,
+    breaker: Arc<CircuitBreaker>,
     /// Senders' emails, for the moderators' requests. An email never changes (no route changes
     /// one, and ids are never reused), so a node reads each sender's once, not per message:
     /// that read was most of what the chain added to a send.
@@ -39,13 +42,18 @@ pub struct Moderation {
 }
 
 impl Moderation {
-    pub fn new(host: Arc<PluginHost>, store: Arc<dyn Store>, settings: &ResponderSettings) -> Self {
+    /// On `responder`'s plugins, sharing its health records (one per plugin, whatever failed).
+    pub fn new(
+        responder: &super::Responder,
+        store: Arc<dyn Store>,
+        settings: &ResponderSettings,
+    ) -> Self {
         Self {
-            host,
+            host: responder.plugins().clone(),
             store,
             chain: settings.moderators.clone(),
             overrides: settings.moderation_on_failure.clone(),
-            breaker: CircuitBreaker::new(settings.bench_after, settings.bench_for),
+            breaker: responder.breaker.clone(),
             emails: Mutex::new(HashMap::new()),
         }
     }
@@ -88,12 +96,12 @@ impl Moderation {
         draft: &Draft,
         sender_email: &str,
         content: &Content,
-    ) -> Result<Verdict, String> {
+    ) -> Result<Decision, String> {
         if !plugin.is_moderator() {
             return Err("it does not export `moderate`".into());
         }
         if self.breaker.is_benched(plugin) {
-            return Err("benched after failing too often".into());
+            return Err(BENCHED.into());
         }
         let timeout = plugin.manifest.moderator_timeout();
         let deadline = Instant::now() + timeout;
@@ -109,18 +117,18 @@ impl Moderation {
             time_left_ms: timeout.as_millis() as u64,
         };
         let call = Call::start(&self.breaker, plugin.clone());
-        let outcome = self.host.moderate(plugin, request, deadline).await;
-        match outcome {
-            Ok(verdict) => {
-                call.finish(Ok(()));
-                Ok(verdict)
-            }
-            Err(e) => {
-                let error = e.to_string();
-                call.finish(Err(&error));
-                Err(error)
-            }
-        }
+        // A replacement is a message like any other: one that is not fails the moderator (and
+        // counts towards benching it, like any failure).
+        let outcome = match self.host.moderate(plugin, request, deadline).await {
+            Ok(Verdict::Replace(text)) => Content::parse(text)
+                .map(Decision::Replace)
+                .map_err(|e| format!("its replacement was refused: {e}")),
+            Ok(Verdict::Allow) => Ok(Decision::Allow),
+            Ok(Verdict::Reject(reason)) => Ok(Decision::Reject(reason)),
+            Err(e) => Err(e.to_string()),
+        };
+        call.finish(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+        outcome
     }
 }
 
@@ -138,17 +146,9 @@ impl Moderator for Moderation {
             let plugin = self.host.get(name);
             let outcome = match &plugin {
                 Some(plugin) => self.ask(plugin, draft, &sender_email, &content).await,
-                None if self.host.is_loading(name) => Err("still loading".into()),
+                None if self.host.is_loading(name) => Err(LOADING.into()),
                 None => Err("not loaded".into()),
             };
-            // A replacement is a message like any other: one that is not fails the moderator.
-            let outcome = outcome.and_then(|verdict| match verdict {
-                Verdict::Replace(text) => Content::parse(text)
-                    .map(Decision::Replace)
-                    .map_err(|e| format!("its replacement was refused: {e}")),
-                Verdict::Allow => Ok(Decision::Allow),
-                Verdict::Reject(reason) => Ok(Decision::Reject(reason)),
-            });
             let label = match &outcome {
                 Ok(Decision::Allow) => "allow",
                 Ok(Decision::Reject(_)) => "reject",
@@ -165,8 +165,15 @@ impl Moderator for Moderation {
                 }
                 Err(error) => {
                     let on_failure = self.on_failure(name, plugin.as_deref());
-                    tracing::warn!(moderator = %name, %error, on_failure = on_failure.as_str(),
-                        "moderator failed");
+                    // A benched or loading moderator was logged once when it became so, not
+                    // again for every message meanwhile.
+                    if error == BENCHED || error == LOADING {
+                        tracing::debug!(moderator = %name, %error,
+                            on_failure = on_failure.as_str(), "moderator skipped");
+                    } else {
+                        tracing::warn!(moderator = %name, %error,
+                            on_failure = on_failure.as_str(), "moderator failed");
+                    }
                     if on_failure == OnFailure::Reject {
                         return Ok(Review::Reject(MODERATION_FAILED.to_owned()));
                     }
