@@ -36,7 +36,13 @@ pub fn docs(html: String) -> impl Endpoint {
          frame-ancestors 'none'",
         inline_script_hashes(&html)
     );
-    let page = poem::endpoint::make_sync(move |_| poem::web::Html(html.clone()));
+    // Built once; each answer shares the bytes (1.7 MB) instead of copying them.
+    let html = bytes::Bytes::from(html);
+    let page = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("text/html; charset=utf-8")
+            .body(html.clone())
+    });
     page.with(
         SetHeader::new()
             .overriding("Content-Security-Policy", policy)

@@ -23,9 +23,6 @@ pub const MAX_REASON_CHARS: usize = 200;
 pub const MODERATION_FAILED: &str = "This message could not be checked right now; try again later";
 /// Said when a moderator rejects without a reason that survives cleaning.
 pub const REJECTED_WITHOUT_REASON: &str = "This message was not accepted";
-/// Why a moderator did not run: said in its metrics' `failed` count and at debug level.
-const BENCHED: &str = "benched after failing too often";
-const LOADING: &str = "still loading";
 /// Senders' emails kept per node; past this many the memory starts afresh.
 const EMAILS_KEPT: usize = 100_000;
 
@@ -96,12 +93,12 @@ impl Moderation {
         draft: &Draft,
         sender_email: &str,
         content: &Content,
-    ) -> Result<Decision, String> {
+    ) -> Result<Decision, Fault> {
         if !plugin.is_moderator() {
-            return Err("it does not export `moderate`".into());
+            return Err(Fault::Failed("it does not export `moderate`".into()));
         }
         if self.breaker.is_benched(plugin) {
-            return Err(BENCHED.into());
+            return Err(Fault::Skipped("benched after failing too often"));
         }
         let timeout = plugin.manifest.moderator_timeout();
         let deadline = Instant::now() + timeout;
@@ -128,7 +125,7 @@ impl Moderation {
             Err(e) => Err(e.to_string()),
         };
         call.finish(outcome.as_ref().map(|_| ()).map_err(String::as_str));
-        outcome
+        outcome.map_err(Fault::Failed)
     }
 }
 
@@ -146,8 +143,8 @@ impl Moderator for Moderation {
             let plugin = self.host.get(name);
             let outcome = match &plugin {
                 Some(plugin) => self.ask(plugin, draft, &sender_email, &content).await,
-                None if self.host.is_loading(name) => Err(LOADING.into()),
-                None => Err("not loaded".into()),
+                None if self.host.is_loading(name) => Err(Fault::Skipped("still loading")),
+                None => Err(Fault::Failed("not loaded".into())),
             };
             let label = match &outcome {
                 Ok(Decision::Allow) => "allow",
@@ -163,16 +160,14 @@ impl Moderator for Moderation {
                     tracing::info!(moderator = %name, sender = %draft.sender, "message rejected");
                     return Ok(Review::Reject(clean_reason(&reason)));
                 }
-                Err(error) => {
+                Err(fault) => {
                     let on_failure = self.on_failure(name, plugin.as_deref());
-                    // A benched or loading moderator was logged once when it became so, not
-                    // again for every message meanwhile.
-                    if error == BENCHED || error == LOADING {
-                        tracing::debug!(moderator = %name, %error,
-                            on_failure = on_failure.as_str(), "moderator skipped");
-                    } else {
-                        tracing::warn!(moderator = %name, %error,
-                            on_failure = on_failure.as_str(), "moderator failed");
+                    match fault {
+                        // Logged once when it became so, not again for every message meanwhile.
+                        Fault::Skipped(why) => tracing::debug!(moderator = %name, why,
+                            on_failure = on_failure.as_str(), "moderator skipped"),
+                        Fault::Failed(error) => tracing::warn!(moderator = %name, %error,
+                            on_failure = on_failure.as_str(), "moderator failed"),
                     }
                     if on_failure == OnFailure::Reject {
                         return Ok(Review::Reject(MODERATION_FAILED.to_owned()));
@@ -182,6 +177,14 @@ impl Moderator for Moderation {
         }
         Ok(Review::Pass(content))
     }
+}
+
+/// Why a moderator gave no decision; either way its `on_failure` applies.
+enum Fault {
+    /// It did not run: benched, or still loading.
+    Skipped(&'static str),
+    /// It ran and failed, or cannot run at all.
+    Failed(String),
 }
 
 /// A verdict whose replacement passed the content rules.

@@ -200,6 +200,9 @@ impl BodyStream {
     }
 }
 
+/// Headers the host owns: where the request goes and who it claims to be (`Host`,
+/// credentials, cookies, proxies), how the connection behaves (hop-by-hop), and how long the
+/// body is (the host frames it).
 fn is_reserved_header(name: &HeaderName) -> bool {
     const RESERVED: &[&str] = &[
         "host",

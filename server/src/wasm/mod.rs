@@ -480,12 +480,12 @@ impl PluginHost {
     /// A big one with nothing cached starts on Winch's code and is swapped to Cranelift's when
     /// that is ready (see [`Self::settled`]).
     pub fn load(&self, manifest: Manifest, wasm: &[u8]) -> anyhow::Result<Arc<LoadedPlugin>> {
-        if let Some(component) = self.cache.as_ref().and_then(|c| c.get(&self.engine, wasm)) {
-            tracing::debug!(plugin = %manifest.name, "compiled plugin taken from the cache");
-            return self.register(manifest, &component, &self.linker, None);
-        }
-        if wasm.len() < TIERED_FROM_BYTES {
-            let component = self.compile(&manifest, wasm)?;
+        let cached = self.cached(&manifest, wasm);
+        if cached.is_some() || wasm.len() < TIERED_FROM_BYTES {
+            let component = match cached {
+                Some(component) => component,
+                None => self.compile(&manifest, wasm)?,
+            };
             return self.register(manifest, &component, &self.linker, None);
         }
         let (engine, linker) = &self.baseline;
@@ -498,6 +498,13 @@ impl PluginHost {
             "plugin ready on Winch's code; Cranelift's follows");
         self.optimize_later(&plugin, wasm.to_vec());
         Ok(plugin)
+    }
+
+    /// Cranelift's code for `wasm` from the cache, if this server put it there.
+    fn cached(&self, manifest: &Manifest, wasm: &[u8]) -> Option<Component> {
+        let component = self.cache.as_ref()?.get(&self.engine, wasm)?;
+        tracing::debug!(plugin = %manifest.name, "compiled plugin taken from the cache");
+        Some(component)
     }
 
     /// Cranelift's code for `wasm`, kept in the cache.
@@ -601,7 +608,7 @@ impl PluginHost {
         wasm: &[u8],
     ) -> anyhow::Result<Arc<LoadedPlugin>> {
         // Always Cranelift's code: the built-in one stays in `builtins`, never swapped.
-        let component = match self.cache.as_ref().and_then(|c| c.get(&self.engine, wasm)) {
+        let component = match self.cached(&manifest, wasm) {
             Some(component) => component,
             None => self.compile(&manifest, wasm)?,
         };
