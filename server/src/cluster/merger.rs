@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -35,14 +34,13 @@ pub(super) async fn run(mut m: Merger) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut membership_changed = false;
         tokio::select! {
             own = m.own_frames.recv() => match own {
                 Some((messages, position)) => view.own(messages, position),
                 None => break,
             },
             frame = m.log_frames.next() => match frame {
-                Some(frame) => membership_changed = m.heard(&mut view, &frame.payload).await,
+                Some(frame) => m.heard(&mut view, &frame.payload).await,
                 None => break,
             },
             status = m.status_frames.next() => match status {
@@ -53,33 +51,31 @@ pub(super) async fn run(mut m: Merger) {
                 Some(notice) => m.notice(&notice.payload),
                 None => break,
             },
-            _ = tick.tick() => membership_changed = m.evict_silent(&mut view).await,
+            _ = tick.tick() => m.evict_silent(&mut view).await,
         }
         if let Some((batch, upto)) = view.release(Instant::now()) {
             m.parts.local.committed(batch, upto);
             *crate::sync::write(&m.shared.visible) = upto;
         }
-        m.shared
-            .known_by_all
-            .store(view.known_by_all(), Ordering::Release);
-        if membership_changed {
-            let mut writers = crate::sync::write(&m.shared.writers);
-            *writers = view.writers();
+        let epoch = m.parts.log.epoch();
+        *crate::sync::lock(&m.shared.known_by_all) = view.known_by_all(epoch).then_some(epoch);
+        let writers = view.writers();
+        if *crate::sync::read(&m.shared.writers) != writers {
             crate::metrics::cluster_nodes(writers.len());
+            *crate::sync::write(&m.shared.writers) = writers;
         }
     }
     tracing::warn!("the cluster merger stopped");
 }
 
 impl Merger {
-    /// Returns whether a node joined.
-    async fn heard(&self, view: &mut View, payload: &[u8]) -> bool {
+    async fn heard(&self, view: &mut View, payload: &[u8]) {
         let now = Instant::now();
         let frame: Frame = match serde_json::from_slice(payload) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring an unreadable cluster frame");
-                return false;
+                return;
             }
         };
         if frame.node == self.node {
@@ -89,11 +85,11 @@ impl Merger {
                 tracing::error!(node = %self.node,
                     "another running node has this NODE_ID; every node needs its own");
             }
-            return false;
+            return;
         }
         let Ok(position) = MessageId::parse(&frame.position) else {
             tracing::warn!(node = %frame.node, "ignoring a cluster frame without a position");
-            return false;
+            return;
         };
         let mut messages = Vec::with_capacity(frame.messages.len());
         for wire in frame.messages {
@@ -107,10 +103,15 @@ impl Merger {
         }
         self.parts.ids.observe(position);
         let is_new = !view.knows(&frame.node);
+        let knows_me = match frame.writers.iter().position(|w| *w == self.node) {
+            None => None,
+            Some(at) => frame.epochs.get(at).copied(),
+        };
         let heard = Heard {
-            knows_me: frame.writers.contains(&self.node),
+            knows_me,
             node: frame.node,
             run: frame.run,
+            epoch: frame.epoch,
             seq: frame.seq,
             committed: frame.committed,
             position,
@@ -120,6 +121,18 @@ impl Merger {
             tracing::info!(node = %missed.node, "frames were missed; reading them from the database");
             // Restarted before anyone took it for dead: what the old run owed is owed still.
             // The new run's own messages come after its first position, so they are left alone.
+            // The old run may still be alive, paused (a node restarted while the old process
+            // hung): fence it before reading, so the read is complete.
+            if missed.restarted
+                && let Err(e) = self
+                    .parts
+                    .log
+                    .fence(&missed.node, missed.epoch_before)
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot fence a restarted node's old run; reading later");
+                return;
+            }
             if missed.restarted && view.leads(&self.node, &missed.node) {
                 tokio::spawn(answer_orphans(
                     missed.node.clone(),
@@ -148,7 +161,6 @@ impl Merger {
         if is_new {
             tracing::info!("a node joined");
         }
-        is_new
     }
 
     fn status(&self, payload: &[u8]) {
@@ -187,28 +199,32 @@ impl Merger {
         self.parts.local.notify(audience, frame.notice);
     }
 
-    /// Takes silent nodes for dead. Not while this node cannot hear itself: then the silence
-    /// is its own, and the others are fine. Returns whether a node left.
-    async fn evict_silent(&self, view: &mut View) -> bool {
+    /// Takes silent nodes for dead. Only once this node has heard itself for as long as it
+    /// takes others for dead: a silence that began while it was not listening (paused, or cut
+    /// off from NATS) is its own, and the others are fine.
+    async fn evict_silent(&self, view: &mut View) {
         let now = Instant::now();
-        if !self.shared.holds_lease(now) {
-            return false;
+        if self.shared.listening_for(now) < EVICT_AFTER {
+            return;
         }
-        let mut changed = false;
         for node in view.silent(now, EVICT_AFTER) {
-            let Some(position) = view.position_of(&node) else {
+            let Some((position, epoch)) = view.position_of(&node) else {
                 continue;
             };
-            // What it stored but never announced; only then stop waiting for it.
+            // Fenced first, it can store nothing more: then what it stored but never announced
+            // is all there is, and only then is it safe to stop waiting for it.
+            if let Err(e) = self.parts.log.fence(&node, epoch).await {
+                tracing::warn!(node = %node, error = %e, "cannot fence a silent node; still waiting for it");
+                continue;
+            }
             let found = self.parts.log.stored_by(&node, position, None).await;
             match address(self.parts.store.as_ref(), found).await {
                 Ok(found) => {
                     tracing::warn!(node = %node, recovered = found.len(),
                         "a node has been silent for {}s: taken for dead", EVICT_AFTER.as_secs());
                     crate::metrics::cluster_recovered("node_lost", found.len());
-                    view.evict(&node);
+                    view.evict(&node, epoch);
                     view.add(found);
-                    changed = true;
                 }
                 Err(e) => {
                     tracing::warn!(node = %node, error = %e, "cannot read what a silent node stored; still waiting for it");
@@ -226,7 +242,6 @@ impl Merger {
                 ));
             }
         }
-        changed
     }
 }
 

@@ -14,7 +14,7 @@
 mod merger;
 mod view;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,8 @@ pub struct Cluster {
     /// Message frames published by this run.
     seq: AtomicU64,
     local: Arc<dyn FanOut>,
+    /// Where this node's writer is fenced; its epoch goes in every frame.
+    log: Arc<dyn ClusterLog>,
     shared: Arc<Shared>,
     outbox: mpsc::UnboundedSender<Outgoing>,
     own: mpsc::UnboundedSender<(Vec<Addressed>, MessageId)>,
@@ -72,9 +74,11 @@ struct Shared {
     last_echo: Mutex<Option<Instant>>,
     /// When the current unbroken run of echoes began.
     lease_since: Mutex<Option<Instant>>,
-    known_by_all: AtomicBool,
-    /// The nodes this one waits for, as sent in its frames.
-    writers: RwLock<Vec<String>>,
+    /// The epoch of this node's writer that every node it hears lists, if any: a node may
+    /// write only under an epoch every other node waits for (and would fence).
+    known_by_all: Mutex<Option<u64>>,
+    /// The nodes this one waits for, with the epoch of each, as sent in its frames.
+    writers: RwLock<Vec<(String, u64)>>,
 }
 
 impl Shared {
@@ -92,13 +96,22 @@ impl Shared {
             .is_some_and(|at| now.saturating_duration_since(at) < LEASE)
     }
 
-    fn may_write(&self, now: Instant) -> Result<(), Unavailable> {
+    /// How long this node has heard itself without a break (zero while it does not).
+    fn listening_for(&self, now: Instant) -> Duration {
+        if !self.holds_lease(now) {
+            return Duration::ZERO;
+        }
+        crate::sync::lock(&self.lease_since)
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+
+    fn may_write(&self, now: Instant, epoch: u64) -> Result<(), Unavailable> {
         if !self.holds_lease(now) {
             return Err(Unavailable(BUS_LOST.to_owned()));
         }
         let settled = crate::sync::lock(&self.lease_since)
             .is_some_and(|since| now.saturating_duration_since(since) >= JOIN_WAIT);
-        if settled && self.known_by_all.load(Ordering::Acquire) {
+        if settled && *crate::sync::lock(&self.known_by_all) == Some(epoch) {
             Ok(())
         } else {
             Err(Unavailable(JOINING.to_owned()))
@@ -118,10 +131,16 @@ enum Outgoing {
 struct Frame {
     node: String,
     run: u64,
+    /// The writer's fencing epoch (see `store::ClusterLog::fence`).
+    #[serde(default)]
+    epoch: u64,
     seq: u64,
     committed: bool,
     position: String,
     writers: Vec<String>,
+    /// The epoch of each of `writers`, in the same order.
+    #[serde(default)]
+    epochs: Vec<u64>,
     #[serde(default)]
     messages: Vec<WireMessage>,
 }
@@ -277,7 +296,7 @@ impl Cluster {
             visible: RwLock::new(MessageId::from(uuid::Uuid::nil())),
             last_echo: Mutex::new(None),
             lease_since: Mutex::new(None),
-            known_by_all: AtomicBool::new(false),
+            known_by_all: Mutex::new(None),
             writers: RwLock::new(Vec::new()),
         });
         let (outbox, outgoing) = mpsc::unbounded_channel();
@@ -289,6 +308,7 @@ impl Cluster {
             run,
             seq: AtomicU64::new(0),
             local: parts.local.clone(),
+            log: parts.log.clone(),
             shared: shared.clone(),
             outbox,
             own,
@@ -313,13 +333,19 @@ impl Cluster {
         } else {
             self.seq.load(Ordering::Acquire)
         };
+        let (writers, epochs) = crate::sync::read(&self.shared.writers)
+            .iter()
+            .cloned()
+            .unzip();
         let frame = Frame {
             node: self.node.clone(),
             run: self.run,
+            epoch: self.log.epoch(),
             seq,
             committed,
             position: position.to_string(),
-            writers: crate::sync::read(&self.shared.writers).clone(),
+            writers,
+            epochs,
             messages: messages.iter().map(WireMessage::from).collect(),
         };
         Bytes::from(serde_json::to_vec(&frame).unwrap_or_default())
@@ -369,7 +395,7 @@ impl FanOut for Cluster {
     }
 
     fn may_write(&self) -> Result<(), Unavailable> {
-        self.shared.may_write(Instant::now())
+        self.shared.may_write(Instant::now(), self.log.epoch())
     }
 
     fn visible_upto(&self) -> Option<MessageId> {

@@ -9,7 +9,7 @@
 //! Pure state, no I/O: the merger task (`super::merger`) feeds it frames and does the database
 //! reads it asks for.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::domain::MessageId;
@@ -21,12 +21,16 @@ pub struct Heard {
     pub node: String,
     /// Random per process start: a new run of the same node starts counting again.
     pub run: u64,
+    /// The writer's fencing epoch: it changes when the node finds itself fenced.
+    pub epoch: u64,
     /// How many message frames this run has sent, this one included.
     pub seq: u64,
     /// True for a frame of committed messages (which counts in `seq`), false for a heartbeat.
     pub committed: bool,
     pub position: MessageId,
-    pub knows_me: bool,
+    /// The epoch of this node's writer that the frame's sender waits for, if it waits for
+    /// this node at all.
+    pub knows_me: Option<u64>,
     pub messages: Vec<Addressed>,
 }
 
@@ -39,23 +43,36 @@ pub struct Missed {
     pub upto: MessageId,
     /// The node restarted: the previous run is gone, with whatever it still owed.
     pub restarted: bool,
+    /// The epoch the node wrote under before the gap (to fence, when it restarted).
+    pub epoch_before: u64,
     run: u64,
+    epoch: u64,
     seq: u64,
 }
 
 struct WriterState {
     run: u64,
+    epoch: u64,
     seq: u64,
     position: MessageId,
     heard: Instant,
-    knows_me: bool,
+    knows_me: Option<u64>,
 }
+
+/// How many released ids are remembered, to recognise a message that comes again (from a
+/// fenced writer's late frame, or a database read overlapping one) and not push it twice.
+const REMEMBERED: usize = 8192;
 
 pub struct View {
     writers: HashMap<String, WriterState>,
+    /// Writers' epochs this node fenced: everything they stored was read from the database
+    /// then, so their frames' messages are old news.
+    fenced: HashSet<(String, u64)>,
     mine: MessageId,
     pending: BTreeMap<MessageId, Addressed>,
     released: MessageId,
+    recent: HashSet<MessageId>,
+    recent_order: VecDeque<MessageId>,
     started: Instant,
     warm_up: Duration,
 }
@@ -66,9 +83,12 @@ impl View {
     pub fn new(position: MessageId, now: Instant, warm_up: Duration) -> Self {
         Self {
             writers: HashMap::new(),
+            fenced: HashSet::new(),
             mine: position,
             pending: BTreeMap::new(),
             released: MessageId::from(uuid::Uuid::nil()),
+            recent: HashSet::new(),
+            recent_order: VecDeque::new(),
             started: now,
             warm_up,
         }
@@ -86,18 +106,24 @@ impl View {
         let Heard {
             node,
             run,
+            epoch,
             seq,
             committed,
             position,
             knows_me,
             messages,
         } = frame;
-        self.add(messages);
+        // A fenced epoch's positions still hold (it can commit nothing more), so the node is
+        // waited for again; its messages were all read when it was fenced.
+        if !self.fenced.contains(&(node.clone(), epoch)) {
+            self.add(messages);
+        }
         let Some(writer) = self.writers.get_mut(&node) else {
             self.writers.insert(
                 node,
                 WriterState {
                     run,
+                    epoch,
                     seq,
                     position,
                     heard: now,
@@ -108,6 +134,8 @@ impl View {
         };
         writer.heard = now;
         writer.knows_me = knows_me;
+        let epoch_before = writer.epoch;
+        writer.epoch = epoch;
         let expected = if committed {
             writer.seq + 1
         } else {
@@ -120,10 +148,12 @@ impl View {
         }
         Some(Missed {
             restarted: writer.run != run,
+            epoch_before,
             after: writer.position,
             upto: position.max(writer.position),
             node,
             run,
+            epoch,
             seq,
         })
     }
@@ -133,6 +163,7 @@ impl View {
         self.add(messages);
         if let Some(writer) = self.writers.get_mut(&missed.node) {
             writer.run = missed.run;
+            writer.epoch = missed.epoch;
             writer.seq = missed.seq;
             writer.position = writer.position.max(missed.upto);
         }
@@ -147,21 +178,25 @@ impl View {
             .collect()
     }
 
-    /// What `node` has been heard to have committed up to.
-    pub fn position_of(&self, node: &str) -> Option<MessageId> {
-        self.writers.get(node).map(|w| w.position)
+    /// What `node` has been heard to have committed up to, and the epoch it writes under.
+    pub fn position_of(&self, node: &str) -> Option<(MessageId, u64)> {
+        self.writers.get(node).map(|w| (w.position, w.epoch))
     }
 
-    /// Stops waiting for `node` (gone). What it stored after its last position must be read
-    /// from the database and [`View::add`]ed.
-    pub fn evict(&mut self, node: &str) {
+    /// Stops waiting for `node` (gone), whose writer's `epoch` is fenced. What it stored after
+    /// its last position must be read from the database and [`View::add`]ed.
+    pub fn evict(&mut self, node: &str, epoch: u64) {
         self.writers.remove(node);
+        self.fenced.insert((node.to_owned(), epoch));
     }
 
     /// Messages known to be committed, from a frame or the database.
     pub fn add(&mut self, messages: Vec<Addressed>) {
         for addressed in messages {
             let id = addressed.message.id;
+            if self.recent.contains(&id) {
+                continue;
+            }
             if id <= self.released {
                 // Only a writer that broke the join protocol gets here; pushing it late beats
                 // losing it, and the log says why a client may see it out of order.
@@ -188,6 +223,9 @@ impl View {
             }
             batch.push(entry.remove());
         }
+        for addressed in &batch {
+            self.remember(addressed.message.id);
+        }
         if upto <= self.released && batch.is_empty() {
             return None;
         }
@@ -195,18 +233,37 @@ impl View {
         Some((batch, self.released))
     }
 
+    fn remember(&mut self, id: MessageId) {
+        if self.recent.insert(id) {
+            self.recent_order.push_back(id);
+        }
+        if self.recent_order.len() > REMEMBERED
+            && let Some(oldest) = self.recent_order.pop_front()
+        {
+            self.recent.remove(&oldest);
+        }
+    }
+
     pub fn knows(&self, node: &str) -> bool {
         self.writers.contains_key(node)
     }
 
-    /// The nodes this one waits for (sent in its frames, so each node learns who knows it).
-    pub fn writers(&self) -> Vec<String> {
-        self.writers.keys().cloned().collect()
+    /// The nodes this one waits for, with their epochs (sent in its frames, so each node
+    /// learns who waits for it, under which epoch), sorted by name.
+    pub fn writers(&self) -> Vec<(String, u64)> {
+        let mut writers: Vec<_> = self
+            .writers
+            .iter()
+            .map(|(node, w)| (node.clone(), w.epoch))
+            .collect();
+        writers.sort_unstable();
+        writers
     }
 
-    /// Every writer this node hears has heard this one (see `super::Shared::may_write`).
-    pub fn known_by_all(&self) -> bool {
-        self.writers.values().all(|w| w.knows_me)
+    /// Every writer this node hears waits for this one's writer under `epoch` (see
+    /// `super::Shared::may_write`).
+    pub fn known_by_all(&self, epoch: u64) -> bool {
+        self.writers.values().all(|w| w.knows_me == Some(epoch))
     }
 
     /// Whether `node` is the first by name among the live nodes other than `gone` (it does the
@@ -250,10 +307,11 @@ mod tests {
         Heard {
             node: node.to_owned(),
             run: 1,
+            epoch: 1,
             seq,
             committed,
             position,
-            knows_me: true,
+            knows_me: Some(1),
             messages: ids.iter().copied().map(message).collect(),
         }
     }
@@ -326,8 +384,60 @@ mod tests {
             view.leads("beta", "alive"),
             "the node that left does not count"
         );
-        view.evict("dead");
+        view.evict("dead", 1);
         assert_eq!(ids(view.release(later)), vec![theirs]);
+    }
+
+    /// The pause the fencing is for: node a stores a message, freezes before announcing it,
+    /// is taken for dead (fenced, and its message read from the database), and wakes up to
+    /// send its old frame. Nothing is pushed twice, and a is waited for again.
+    #[test]
+    fn a_fenced_writers_late_frame_pushes_nothing_twice() {
+        let clock = Sequencer::new();
+        let t = Instant::now();
+        let mut view = View::new(clock.next(), t, Duration::ZERO);
+        let start = clock.next();
+        view.heard(frame("a", 0, false, start, &[]), t);
+        let stored = clock.next();
+        let later = t + Duration::from_secs(3);
+        view.own(vec![], clock.next());
+        view.evict("a", 1);
+        view.add(vec![message(stored)]);
+        assert_eq!(ids(view.release(later)), vec![stored]);
+        // The frame it had prepared, and a repeat of it from a database read.
+        assert_eq!(
+            view.heard(frame("a", 1, true, stored, &[stored]), later),
+            None
+        );
+        view.add(vec![message(stored)]);
+        let next = clock.next();
+        view.own(vec![message(next)], next);
+        assert_eq!(
+            ids(view.release(later)),
+            Vec::<MessageId>::new(),
+            "a is waited for"
+        );
+        view.heard(frame("a", 1, false, clock.next(), &[]), later);
+        assert_eq!(ids(view.release(later)), vec![next]);
+    }
+
+    #[test]
+    fn a_node_may_write_only_under_an_epoch_every_other_node_waits_for() {
+        let clock = Sequencer::new();
+        let t = Instant::now();
+        let mut view = View::new(clock.next(), t, Duration::ZERO);
+        assert!(view.known_by_all(7), "alone, nobody needs to know");
+        view.heard(frame("a", 0, false, clock.next(), &[]), t);
+        let mut other = frame("b", 0, false, clock.next(), &[]);
+        other.knows_me = Some(7);
+        view.heard(other, t);
+        assert!(!view.known_by_all(7), "a waits for epoch 1 of this node");
+        assert!(!view.known_by_all(1), "b waits for epoch 7");
+        let mut again = frame("a", 0, false, clock.next(), &[]);
+        again.knows_me = Some(7);
+        view.heard(again, t);
+        assert!(view.known_by_all(7));
+        assert_eq!(view.writers(), [("a".to_owned(), 1), ("b".to_owned(), 1)]);
     }
 
     #[test]

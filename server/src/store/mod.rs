@@ -69,6 +69,10 @@ pub enum StoreError {
     /// A group message's sender is not (any more) in the group.
     #[error("not a member of the conversation")]
     NotMember,
+    /// This cluster node was taken for dead and fenced: the others have shown what came after
+    /// its last write, so it may not commit until it has rejoined (docs/cluster.md).
+    #[error("this node was fenced by the cluster")]
+    Fenced,
     /// The database cannot be reached right now; the request may succeed later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -82,7 +86,10 @@ impl StoreError {
         match &self {
             StoreError::Unavailable(_) => crate::metrics::store_error("unavailable"),
             StoreError::Internal(_) => crate::metrics::store_error("internal"),
-            StoreError::EmailTaken | StoreError::UnknownUser | StoreError::NotMember => {}
+            StoreError::EmailTaken
+            | StoreError::UnknownUser
+            | StoreError::NotMember
+            | StoreError::Fenced => {}
         }
         self
     }
@@ -93,6 +100,7 @@ impl StoreError {
             StoreError::EmailTaken => StoreError::EmailTaken,
             StoreError::UnknownUser => StoreError::UnknownUser,
             StoreError::NotMember => StoreError::NotMember,
+            StoreError::Fenced => StoreError::Fenced,
             StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
             StoreError::Internal(cause) => StoreError::Internal(anyhow::anyhow!("{cause:#}")),
         }
@@ -114,6 +122,10 @@ impl From<StoreError> for Failure {
             StoreError::EmailTaken => Failure::conflict("Email is already registered"),
             StoreError::UnknownUser => Failure::not_found(USER_NOT_FOUND),
             StoreError::NotMember => Failure::not_found(CONVERSATION_NOT_FOUND),
+            StoreError::Fenced => Failure::unavailable(
+                "This node is rejoining the cluster; try again shortly",
+                RetryAfter::from_secs(1),
+            ),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "database unavailable");
                 Failure::unavailable(
@@ -223,6 +235,13 @@ pub trait Store: Send + Sync + 'static {
 /// only; a cluster cannot share an embedded database).
 #[async_trait]
 pub trait ClusterLog: Send + Sync + 'static {
+    /// The epoch this node's writer stores under now; it changes when the node finds itself
+    /// fenced.
+    fn epoch(&self) -> u64;
+    /// Makes sure node `origin` stores nothing more under `epoch`, whenever its writes arrive
+    /// (a paused process may send them seconds later). Call it before reading what a node
+    /// taken for dead stored last: that read is then complete.
+    async fn fence(&self, origin: &str, epoch: u64) -> Result<(), StoreError>;
     /// Messages node `origin` stored with ids in `(after, upto]`, oldest first.
     async fn stored_by(
         &self,

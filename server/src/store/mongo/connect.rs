@@ -93,7 +93,7 @@ impl MongoStore {
             conversations: database.collection("conversations"),
             members: database.collection("members"),
             database,
-            origin: None,
+            writer: None,
         }
     }
     async fn create_indexes(&self) -> Result<(), MongoError> {

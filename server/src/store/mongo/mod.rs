@@ -15,6 +15,7 @@ mod connect;
 mod conversations;
 mod documents;
 mod errors;
+mod fencing;
 
 use std::collections::HashMap;
 
@@ -41,15 +42,30 @@ pub struct MongoStore {
     messages: Collection<MessageDoc>,
     conversations: Collection<ConversationDoc>,
     members: Collection<MemberDoc>,
-    /// This node's name in a cluster, kept on every message it stores.
-    origin: Option<String>,
+    /// This node's writer in a cluster: its name, kept on every message it stores, and its
+    /// fencing epoch (see `fencing.rs`).
+    writer: Option<fencing::Writer>,
 }
 
 impl MongoStore {
-    /// Marks every message this store writes from now on as stored by cluster node `node`.
+    /// Marks every message this store writes from now on as stored by cluster node `node`,
+    /// and fences its writes (see `fencing.rs`).
     pub fn with_origin(mut self, node: String) -> Self {
-        self.origin = Some(node);
+        self.writer = Some(fencing::Writer::new(node));
         self
+    }
+
+    /// The messages collection untyped: a cluster writer's inserts mix messages and tokens.
+    fn raw_messages(&self) -> Collection<Document> {
+        self.messages.clone_with_type()
+    }
+
+    /// The writer's token in `at` is stored.
+    async fn filled(&self, token: Option<(&fencing::Writer, fencing::Slot)>) {
+        if let Some((writer, at)) = token {
+            writer.filled(at);
+            self.prune_tokens(&writer.node, at).await;
+        }
     }
 
     async fn find_messages(&self, filter: Document) -> Result<Vec<Message>, StoreError> {
@@ -280,13 +296,23 @@ impl Store for MongoStore {
         });
 
         let mut rest = &to_insert[..];
+        let mut refills = 0;
         while !rest.is_empty() {
-            let docs = rest.iter().map(|&i| MessageDoc {
-                origin: self.origin.clone(),
-                ..MessageDoc::from(&batch[i])
-            });
-            let failure = match self.messages.insert_many(docs).ordered(true).await {
+            // A cluster writer's insert starts with its commit token (see `fencing.rs`).
+            let token = self.writer.as_ref().map(|w| (w, w.next()));
+            let mut docs = Vec::with_capacity(rest.len() + 1);
+            docs.extend(token.map(|(w, at)| w.token(at)));
+            for &i in rest {
+                let doc = MessageDoc {
+                    origin: self.writer.as_ref().map(|w| w.node.clone()),
+                    ..MessageDoc::from(&batch[i])
+                };
+                docs.push(bson::to_document(&doc).map_err(|e| StoreError::Internal(e.into()))?);
+            }
+            let skip = usize::from(token.is_some());
+            let failure = match self.raw_messages().insert_many(docs).ordered(true).await {
                 Ok(_) => {
+                    self.filled(token).await;
                     for &i in rest {
                         outcomes[i] = Some(Ok(Inserted::Stored));
                     }
@@ -294,9 +320,37 @@ impl Store for MongoStore {
                 }
                 Err(e) => e,
             };
-            match refused_one(&failure) {
+            match (refused_one(&failure), token) {
+                // The token's slot is taken: nothing of this insert is stored.
+                (Some((0, _)), Some((writer, at))) => {
+                    if self.is_fence(&writer.node, at).await? {
+                        tracing::warn!(
+                            "this node was taken for dead by the cluster; its writes are refused \
+                             until it is heard again"
+                        );
+                        writer.refenced(at);
+                        for &i in rest {
+                            outcomes[i] = Some(Err(StoreError::Fenced));
+                        }
+                        break;
+                    }
+                    // Our own token, from an insert whose answer was lost: take the next slot.
+                    writer.filled(at);
+                    refills += 1;
+                    if refills > 3 {
+                        let err = StoreError::Internal(anyhow!("commit token slots keep clashing"));
+                        for &i in rest {
+                            outcomes[i] = Some(Err(err.duplicate()));
+                        }
+                        break;
+                    }
+                }
                 // The messages before the refused one are stored; go on after it.
-                Some((position, reason)) if position < rest.len() => {
+                (Some((position, reason)), _)
+                    if position >= skip && position - skip < rest.len() =>
+                {
+                    self.filled(token).await;
+                    let position = position - skip;
                     for &i in &rest[..position] {
                         outcomes[i] = Some(Ok(Inserted::Stored));
                     }
@@ -572,6 +626,14 @@ fn id_range(after: Option<MessageId>, upto: Option<MessageId>) -> Document {
 
 #[async_trait]
 impl ClusterLog for MongoStore {
+    fn epoch(&self) -> u64 {
+        self.writer.as_ref().map_or(0, fencing::Writer::epoch)
+    }
+
+    async fn fence(&self, origin: &str, epoch: u64) -> Result<(), StoreError> {
+        self.fence_writer(origin, epoch).await
+    }
+
     async fn stored_by(
         &self,
         origin: &str,
