@@ -7,7 +7,7 @@
 #
 # Needs curl and python3. Exits non-zero when the plugin is not loaded or the reply is the
 # server's standard "unavailable" message (the plugin failed: see the server log, and
-# GET /api/plugins for its last_error).
+# GET /plugins on the operator's METRICS_ADDR listener for its last_error).
 set -euo pipefail
 plugin=${1:?usage: try-plugin.sh PLUGIN [CONFIG_JSON]}
 config=${2:-{\}}

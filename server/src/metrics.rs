@@ -145,8 +145,9 @@ impl MetricsServer {
         self.listener.local_addr()
     }
 
-    /// Serves `GET /metrics` until the task is dropped.
-    pub async fn run(self) {
+    /// Serves `GET /metrics`, and the operator's other routes (`operator`, given by the
+    /// wiring above), until the task is dropped.
+    pub async fn run(self, operator: poem::Route) {
         let Self { listener, handle } = self;
         let upkeep = handle.clone();
         tokio::spawn(async move {
@@ -156,7 +157,7 @@ impl MetricsServer {
                 upkeep.run_upkeep();
             }
         });
-        let route = poem::Route::new().at(
+        let route = operator.at(
             "/metrics",
             poem::get(poem::endpoint::make_sync(move |_| {
                 poem::Response::builder()

@@ -79,7 +79,7 @@ impl Server {
         {
             tracing::info!(address = %at, "metrics at /metrics");
         }
-        let metrics = metrics.map(|m| tokio::spawn(m.run()));
+        let metrics = metrics.map(|m| tokio::spawn(m.run(operator_routes(&state))));
         let ping_interval = realtime.ping_interval;
         let (socketio_layer, socketio) = socketio::layer(live.clone(), &realtime);
         let endpoint: Arc<BoxEndpoint<'static, Response>> =
@@ -224,6 +224,18 @@ fn opens_socket<B>(req: &http::Request<B>) -> bool {
 }
 
 /// All HTTP routes with their middleware, outermost last.
+/// What the operator sees beside `/metrics` on `METRICS_ADDR` (a listener only they reach):
+/// `GET /plugins`, every plugin with its limits, hosts and last error.
+fn operator_routes(state: &AppState) -> Route {
+    let responder = state.responder.clone();
+    Route::new().at(
+        "/plugins",
+        get(poem::endpoint::make_sync(move |_| {
+            poem::web::Json(api::plugins::reports(&responder))
+        })),
+    )
+}
+
 pub fn routes(
     state: AppState,
     live: Live,

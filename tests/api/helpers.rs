@@ -35,6 +35,8 @@ pub struct TestApp {
     pub config: Config,
     pub client: reqwest::Client,
     pub data_dir: TempDir,
+    /// The operator's listener (`METRICS_ADDR`), when the test's configuration sets one.
+    operator: Option<String>,
     /// The MongoDB database this app owns and drops when it is dropped (not when stopped:
     /// a restarted app takes it over).
     mongodb: Option<MongoSettings>,
@@ -63,6 +65,11 @@ impl Answer {
             )
         })
     }
+}
+
+/// `METRICS_ADDR` on a free port: the operator's listener (`/metrics`, `/plugins`).
+pub fn operator_listener() -> Option<std::net::SocketAddr> {
+    Some(([127, 0, 0, 1], 0).into())
 }
 
 pub fn test_config(data_dir: &Path) -> Config {
@@ -154,6 +161,7 @@ impl TestApp {
         let kept = config.clone();
         let app = Application::build(config).await.expect("server starts");
         let address = format!("http://{}", app.address());
+        let operator = app.metrics_address().map(|at| format!("http://{at}"));
         // Plugins compile in the background; tests start once they are ready.
         let plugins = app.plugins_settled();
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -170,6 +178,7 @@ impl TestApp {
             config: kept,
             client: reqwest::Client::new(),
             data_dir,
+            operator,
             mongodb,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -187,6 +196,20 @@ impl TestApp {
             server.await.expect("server task");
         }
         std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// A JSON route of the operator's listener; the test must have set `metrics_addr`
+    /// (see [`operator_listener`]).
+    pub async fn operator_get(&self, path: &str) -> Value {
+        let base = self.operator.as_deref().expect("set config.metrics_addr");
+        let response = self
+            .client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("operator request");
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.expect("JSON")
     }
 
     pub fn ws_url(&self, query: &str) -> String {

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::helpers::{TestApp, TestUser};
+use crate::helpers::{TestApp, TestUser, operator_listener};
 use crate::ws_client::WsClient;
 
 /// A plugins folder with each `(name, built wasm, manifest)`.
@@ -230,6 +230,7 @@ async fn misbehaving_moderators_fail_by_their_on_failure_and_get_benched() {
         )]);
         let app = app(&dir, &["bad"], |config| {
             config.responder.bench_after = Some(2);
+            config.metrics_addr = operator_listener();
         })
         .await;
         let (alice, bob) = (app.user("alice").await, app.user("bob").await);
@@ -240,10 +241,9 @@ async fn misbehaving_moderators_fail_by_their_on_failure_and_get_benched() {
             assert_eq!(refused.body["message"], MODERATION_FAILED, "{mode}");
         }
         assert!(contents(&app, &bob).await.is_empty(), "{mode}");
-        // The plugin list tells the truth: benched, with what went wrong.
-        let listed = app.get("/api/plugins", &alice.token).await;
+        // The operator's plugin list tells the truth: benched, with what went wrong.
+        let listed = app.operator_get("/plugins").await;
         let bad = listed
-            .body
             .as_array()
             .and_then(|plugins| plugins.iter().find(|p| p["name"] == "bad"))
             .expect("listed")

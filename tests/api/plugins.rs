@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, operator_listener};
 
 use palaver::config::DEFAULT_FALLBACK_MESSAGE as FALLBACK;
 
@@ -192,6 +192,30 @@ async fn the_away_message_example_answers_from_its_config() {
     assert_eq!(plugins[0]["active"], true);
     assert_eq!(plugins[0]["description"], "Canned away message");
     assert_eq!(plugins[1]["active"], false);
+    // Users see what a plugin is and what they may set; the LLM's host, the fuel and memory
+    // budgets and error texts are the operator's (`GET /plugins` on METRICS_ADDR).
+    for plugin in plugins {
+        let mut keys: Vec<&str> = plugin
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "active",
+                "description",
+                "name",
+                "roles",
+                "state",
+                "user_settings",
+                "version"
+            ],
+            "{plugin}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -345,6 +369,7 @@ async fn a_plugin_that_keeps_failing_is_benched_then_comes_back_by_itself() {
         config.responder.bench_after = Some(2);
         config.responder.bench_for = Duration::from_millis(1500);
         config.sqlite_synchronous = SqliteSynchronous::Normal;
+        config.metrics_addr = operator_listener();
     })
     .await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
@@ -363,16 +388,27 @@ async fn a_plugin_that_keeps_failing_is_benched_then_comes_back_by_itself() {
         }
     };
     let calls = async || stub.received_requests().await.map_or(0, |r| r.len());
+    // Users see whether it answers; the operator also sees why not.
     let flaky = async || -> Value {
         let listed = app.get("/api/plugins", &alice.token).await;
-        listed
+        let public = listed
             .body
             .as_array()
             .expect("plugins")
             .iter()
             .find(|p| p["name"] == "flaky")
             .expect("flaky")
-            .clone()
+            .clone();
+        let report = app.operator_get("/plugins").await;
+        let report = report
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .find(|p| p["name"] == "flaky")
+            .expect("flaky")
+            .clone();
+        assert_eq!(public["state"], report["state"]);
+        report
     };
 
     for n in 1..=2 {

@@ -401,6 +401,7 @@ export interface paths {
          * @description The plugins loaded now or being compiled, responders and moderators (`roles`); `active` marks the default one (for
          *     users who chose none), `user_settings` what users may set, `state` whether it is still
          *     `loading` (its users get the fallback meanwhile), `ready`, or `benched` for failing.
+         *     Limits, allowed hosts and errors are the operator's: `GET /plugins` on `METRICS_ADDR`.
          */
         get: operations["listPlugins"];
         put?: never;
@@ -732,16 +733,11 @@ export interface components {
         PluginState: "loading" | "ready" | "benched";
         /**
          * PluginView
-         * @description A loaded responder plugin, as its manifest describes it.
+         * @description A plugin, as users see it: what it is, what they may set, and whether it answers now.
          * @example {
          *       "name": "llm-responder",
          *       "version": "0.1.0",
          *       "description": "Palaver's default responder: asks an OpenAI-compatible chat-completion API",
-         *       "allowed_hosts": [
-         *         "api.openai.com"
-         *       ],
-         *       "memory_mb": 64,
-         *       "fuel": 100000000000000,
          *       "roles": [
          *         "responder"
          *       ],
@@ -752,25 +748,13 @@ export interface components {
          *           "description": "How to answer for you, in your own words"
          *         }
          *       ],
-         *       "state": "ready",
-         *       "consecutive_failures": 0
+         *       "state": "ready"
          *     }
          */
         PluginView: {
             name: string;
             version: string;
             description: string;
-            /** @description Hosts the manifest asks to call (the operator's list narrows this further). */
-            allowed_hosts: string[];
-            /** Format: uint64 */
-            memory_mb: number;
-            /** Format: uint64 */
-            fuel: number;
-            /**
-             * Format: uint64
-             * @description The manifest's own deadline, when it sets one (else `RESPONDER_TIMEOUT_MS` alone).
-             */
-            timeout_ms?: number;
             /**
              * @description What it does, from what it exports: `responder` (it may be chosen to answer for BUSY
              *     users), `moderator` (it may be named in `MODERATION_PLUGINS`), or both. Empty while
@@ -786,13 +770,6 @@ export interface components {
              *     users get the standard message without it running); it comes back by itself.
              */
             state: components["schemas"]["PluginState"] & unknown;
-            /**
-             * Format: uint32
-             * @description Failed calls in a row (an answer or a decline resets it).
-             */
-            consecutive_failures: number;
-            /** @description Why the latest failed call failed. */
-            last_error?: string;
             /** @description While benched: when it gets its next chance (RFC 3339). */
             benched_until?: string;
         };

@@ -8,7 +8,7 @@ pub mod error;
 mod health;
 pub mod middleware;
 pub(crate) mod models;
-mod plugins;
+pub mod plugins;
 mod schema;
 pub mod security;
 mod state;

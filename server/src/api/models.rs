@@ -179,27 +179,20 @@ pub struct ResponderBody {
 }
 
 /// A setting users may give a plugin for themselves.
-#[derive(Object)]
+#[derive(Object, serde::Serialize)]
 pub struct UserSettingView {
     pub key: String,
     /// What it means, for a form label.
     pub description: String,
 }
 
-/// A loaded responder plugin, as its manifest describes it.
+/// A plugin, as users see it: what it is, what they may set, and whether it answers now.
 #[derive(Object)]
 #[oai(example)]
 pub struct PluginView {
     pub name: String,
     pub version: String,
     pub description: String,
-    /// Hosts the manifest asks to call (the operator's list narrows this further).
-    pub allowed_hosts: Vec<String>,
-    pub memory_mb: u64,
-    pub fuel: u64,
-    /// The manifest's own deadline, when it sets one (else `RESPONDER_TIMEOUT_MS` alone).
-    #[oai(skip_serializing_if_is_none)]
-    pub timeout_ms: Option<u64>,
     /// What it does, from what it exports: `responder` (it may be chosen to answer for BUSY
     /// users), `moderator` (it may be named in `MODERATION_PLUGINS`), or both. Empty while
     /// loading.
@@ -211,25 +204,22 @@ pub struct PluginView {
     /// "ready", or "benched": it failed too many calls in a row and sits out a cool-down (its
     /// users get the standard message without it running); it comes back by itself.
     pub state: PluginState,
-    /// Failed calls in a row (an answer or a decline resets it).
-    pub consecutive_failures: u32,
-    /// Why the latest failed call failed.
-    #[oai(skip_serializing_if_is_none)]
-    pub last_error: Option<String>,
     /// While benched: when it gets its next chance (RFC 3339).
     #[oai(skip_serializing_if_is_none)]
     pub benched_until: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum, serde::Serialize)]
 #[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum PluginRole {
     Responder,
     Moderator,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum, serde::Serialize)]
 #[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum PluginState {
     /// Compiling (after a start or a drop into `PLUGINS_DIR`): its users get the fallback.
     Loading,
@@ -375,10 +365,6 @@ impl Example for PluginView {
             description:
                 "Palaver's default responder: asks an OpenAI-compatible chat-completion API"
                     .to_owned(),
-            allowed_hosts: vec!["api.openai.com".to_owned()],
-            memory_mb: 64,
-            fuel: 100_000_000_000_000,
-            timeout_ms: None,
             roles: vec![PluginRole::Responder],
             active: true,
             user_settings: vec![UserSettingView {
@@ -386,8 +372,6 @@ impl Example for PluginView {
                 description: "How to answer for you, in your own words".to_owned(),
             }],
             state: PluginState::Ready,
-            consecutive_failures: 0,
-            last_error: None,
             benched_until: None,
         }
     }
