@@ -38,6 +38,9 @@ impl Application {
         create_private_dir(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
+        // Before the database: on a disk too full for both, the one-line error names the
+        // smaller, clearer thing (the secret's file).
+        let secret = load_or_create_secret(config.jwt_secret.clone(), &config.data_dir)?;
         let (store, cluster_log): (Arc<dyn Store>, Option<Arc<dyn ClusterLog>>) =
             match &config.mongodb {
                 Some(mongo) => {
@@ -59,7 +62,6 @@ impl Application {
                     None,
                 ),
             };
-        let secret = load_or_create_secret(config.jwt_secret.clone(), &config.data_dir)?;
         let hub = Hub::new(
             config.realtime.queue_capacity,
             ConnectionCaps {

@@ -24,6 +24,7 @@ pub const MODERATION_DURATION: &str = "palaver_moderation_duration_seconds";
 pub const RATE_LIMITED: &str = "palaver_rate_limited_total";
 pub const STORE_ERRORS: &str = "palaver_store_errors_total";
 pub const CLUSTER_NODES: &str = "palaver_cluster_nodes";
+pub const STORAGE_FULL: &str = "palaver_storage_full";
 pub const CLUSTER_RECOVERED: &str = "palaver_cluster_recovered_messages_total";
 
 /// HTTP latency buckets: sub-millisecond reads up to slow argon2 logins.
@@ -119,6 +120,10 @@ fn describe() {
     describe_gauge!(
         CLUSTER_NODES,
         "Other cluster nodes this node hears and waits for (cluster mode)."
+    );
+    describe_gauge!(
+        STORAGE_FULL,
+        "1 while the disk holding the database is full (writes answer 503), else 0."
     );
     describe_counter!(
         CLUSTER_RECOVERED,
@@ -250,6 +255,10 @@ pub fn store_error(kind: &'static str) {
 }
 
 /// `count` other nodes are heard now.
+pub fn storage_full(full: bool) {
+    gauge!(STORAGE_FULL).set(if full { 1.0 } else { 0.0 });
+}
+
 pub fn cluster_nodes(count: usize) {
     gauge!(CLUSTER_NODES).set(count as f64);
 }

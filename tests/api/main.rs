@@ -10,6 +10,7 @@ mod binary;
 mod chat;
 mod conversations;
 mod cors;
+mod disk_full;
 mod durability;
 mod errors;
 mod groups_live;

@@ -51,13 +51,21 @@ impl Server {
     /// Starts the binary on a free port with the test secret, plus `env`; returns once it
     /// announces its address.
     pub fn start(storage: &Storage, env: &[(&str, &str)]) -> Self {
+        Self::launch(storage, env, Some(TEST_JWT_SECRET))
+    }
+
+    /// As a newcomer starts it: no `JWT_SECRET`, so the server keeps its own in `DATA_DIR`.
+    pub fn start_without_secret(storage: &Storage) -> Self {
+        Self::launch(storage, &[], None)
+    }
+
+    fn launch(storage: &Storage, env: &[(&str, &str)], secret: Option<&str>) -> Self {
         let mut command = Command::new(BINARY);
         command
             .env_clear()
             .env("DATA_DIR", storage.dir.path())
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
-            .env("JWT_SECRET", TEST_JWT_SECRET)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .current_dir(storage.dir.path())
@@ -66,6 +74,9 @@ impl Server {
             .stderr(Stdio::null());
         if let Some(uri) = &storage.mongodb_uri {
             command.env("MONGODB_URI", uri);
+        }
+        if let Some(secret) = secret {
+            command.env("JWT_SECRET", secret);
         }
         let mut child = command.spawn().expect("spawn palaver");
         let stdout = child.stdout.take().expect("stdout");

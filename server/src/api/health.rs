@@ -6,6 +6,7 @@ use super::ApiTags;
 use super::AppState;
 use super::error::ErrorBody;
 use super::models::HealthView;
+use crate::store::{STORAGE_FULL, StoreError};
 
 pub struct HealthApi;
 
@@ -33,14 +34,24 @@ impl HealthApi {
 
     /// Check readiness
     ///
-    /// 200 when the store answers, 503 when it does not.
+    /// 200 when the store answers, 503 when it does not, or when the disk holding the database
+    /// is full (writes would fail), naming the reason.
     #[oai(path = "/readyz", method = "get", operation_id = "checkReadiness")]
     async fn readyz(&self, state: Data<&AppState>) -> ReadyResponse {
-        if let Err(e) = state.store.ping().await {
-            tracing::warn!(error = %e, "readiness check failed");
-            return ReadyResponse::NotReady(Json(ErrorBody {
-                message: "The database is unavailable".to_owned(),
-            }));
+        match state.store.ping().await {
+            Ok(()) => {}
+            // Logged once per episode by the store.
+            Err(StoreError::Full) => {
+                return ReadyResponse::NotReady(Json(ErrorBody {
+                    message: STORAGE_FULL.to_owned(),
+                }));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                return ReadyResponse::NotReady(Json(ErrorBody {
+                    message: "The database is unavailable".to_owned(),
+                }));
+            }
         }
         if let Err(e) = state.messaging.health() {
             tracing::warn!(error = %e, "readiness check failed");

@@ -19,6 +19,12 @@ pub fn load_or_create_secret(
     }
     let path = data_dir.join(SECRET_FILE);
     match std::fs::read(&path) {
+        // Left by an older release that ran out of space while writing it: no token was ever
+        // signed with it (that start failed), so a new one is as good.
+        Ok(bytes) if bytes.is_empty() => {
+            tracing::warn!(path = %path.display(), "the kept JWT secret is empty; generating a new one");
+            create_secret(&path)
+        }
         Ok(bytes) => {
             let secret = JwtSecret::new(trim_ascii_end(bytes))
                 .map_err(|problem| anyhow::anyhow!("{} {problem}", path.display()))?;
@@ -28,21 +34,23 @@ pub fn load_or_create_secret(
             );
             Ok(secret)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut random = [0u8; 48];
-            getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
-            write_private(&path, encoded.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
-            tracing::warn!(
-                path = %path.display(),
-                "JWT_SECRET is not set; generated a random secret and kept it in the data directory \
-                 (set JWT_SECRET to share one secret between servers)"
-            );
-            JwtSecret::new(encoded.into_bytes()).map_err(anyhow::Error::msg)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_secret(&path),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+fn create_secret(path: &Path) -> anyhow::Result<JwtSecret> {
+    let mut random = [0u8; 48];
+    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
+    write_private(path, encoded.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "JWT_SECRET is not set; generated a random secret and kept it in the data directory \
+         (set JWT_SECRET to share one secret between servers)"
+    );
+    JwtSecret::new(encoded.into_bytes()).map_err(anyhow::Error::msg)
 }
 
 fn trim_ascii_end(mut bytes: Vec<u8>) -> Vec<u8> {
@@ -52,18 +60,33 @@ fn trim_ascii_end(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// Creates the file readable by its owner only (0600) before any secret byte is written.
+/// Creates the file readable by its owner only (0600) before any secret byte is written, and
+/// whole or not at all: written beside it and renamed into place, so that a full disk (or a
+/// crash) leaves no empty or partial secret that would stop every later start.
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
+    let written = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&partial)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, path)?;
+        // The rename itself survives a power cut only once the directory is synced.
+        match path.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
     }
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
+    written
 }
 
 #[cfg(test)]

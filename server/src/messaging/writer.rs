@@ -194,7 +194,13 @@ async fn write_and_push(
                 })
                 .collect(),
             Err(err) => {
-                tracing::error!(error = %err, count = messages.len(), "storing messages failed");
+                match err {
+                    // One line per episode, from the store: not one per batch.
+                    StoreError::Full => tracing::debug!(count = messages.len(), "disk full"),
+                    _ => {
+                        tracing::error!(error = %err, count = messages.len(), "storing messages failed")
+                    }
+                }
                 messages
                     .iter()
                     .map(|_| Err(err.duplicate().into()))

@@ -2,6 +2,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub mod full;
 mod mongo;
 mod sqlite;
 
@@ -73,6 +74,10 @@ pub enum StoreError {
     /// its last write, so it may not commit until it has rejoined (docs/cluster.md).
     #[error("this node was fenced by the cluster")]
     Fenced,
+    /// The disk holding the database is full: nothing was written; it may succeed once space
+    /// is freed (see [`full`]).
+    #[error("the disk holding the database is full")]
+    Full,
     /// The database cannot be reached right now; the request may succeed later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -85,6 +90,10 @@ impl StoreError {
     pub fn counted(self) -> Self {
         match &self {
             StoreError::Unavailable(_) => crate::metrics::store_error("unavailable"),
+            StoreError::Full => {
+                crate::metrics::store_error("full");
+                full::hit();
+            }
             StoreError::Internal(_) => crate::metrics::store_error("internal"),
             StoreError::EmailTaken
             | StoreError::UnknownUser
@@ -101,6 +110,7 @@ impl StoreError {
             StoreError::UnknownUser => StoreError::UnknownUser,
             StoreError::NotMember => StoreError::NotMember,
             StoreError::Fenced => StoreError::Fenced,
+            StoreError::Full => StoreError::Full,
             StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
             StoreError::Internal(cause) => StoreError::Internal(anyhow::anyhow!("{cause:#}")),
         }
@@ -113,6 +123,11 @@ pub const CONVERSATION_NOT_FOUND: &str = "Conversation not found";
 /// The one text for a user id that names nobody.
 pub const USER_NOT_FOUND: &str = "User not found";
 
+/// What clients are told, and `/readyz` says, while the disk holding the database is full.
+pub const STORAGE_FULL: &str = "The server's storage is full; please try again later";
+/// How long clients are asked to wait then: freeing space takes an operator.
+pub const FULL_RETRY: RetryAfter = RetryAfter::from_secs(30);
+
 /// How long clients are asked to wait when the database is unavailable.
 pub const UNAVAILABLE_RETRY: RetryAfter = RetryAfter::from_secs(5);
 
@@ -122,6 +137,7 @@ impl From<StoreError> for Failure {
             StoreError::EmailTaken => Failure::conflict("Email is already registered"),
             StoreError::UnknownUser => Failure::not_found(USER_NOT_FOUND),
             StoreError::NotMember => Failure::not_found(CONVERSATION_NOT_FOUND),
+            StoreError::Full => Failure::unavailable(STORAGE_FULL, FULL_RETRY),
             StoreError::Fenced => Failure::unavailable(
                 "This node is rejoining the cluster; try again shortly",
                 RetryAfter::from_secs(1),
@@ -227,7 +243,9 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         upto: MessageId,
     ) -> Result<Option<MessageId>, StoreError>;
-    /// Answers when the database is reachable; used by `/readyz`.
+    /// Answers when the database is reachable; used by `/readyz`. While the disk is full
+    /// ([`full`]) it also tries a small write, so that readiness comes back with the space even
+    /// when no client write arrives to find out.
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

@@ -117,6 +117,12 @@ const MIGRATIONS: &[Migration] = &[
         WHERE idempotency IS NOT NULL;
 "#,
     ),
+    // One row `/readyz` rewrites to learn whether a full disk has space again (`ping`).
+    Migration::Sql(
+        r#"
+    CREATE TABLE probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
+"#,
+    ),
 ];
 
 fn give_direct_conversations_ids(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -266,7 +272,12 @@ async fn checkpoint_periodically(pool: Pool) {
             .interact(|conn| conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
             .await;
         if let Ok(Err(e)) = checkpoint {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+            match internal(e) {
+                // The WAL keeps everything meanwhile. Client writes decide the episode (the WAL
+                // may still have room when the database file cannot grow).
+                StoreError::Full => tracing::debug!("WAL checkpoint failed: the disk is full"),
+                e => tracing::warn!(error = %e, "WAL checkpoint failed"),
+            }
         }
     }
 }
@@ -312,8 +323,14 @@ fn write_transaction(conn: &mut Connection) -> Result<Transaction<'_>, StoreErro
         .map_err(internal)
 }
 
+/// A failed SQLite call: a full disk (`SQLITE_FULL`, which SQLite also reports for `ENOSPC` on
+/// the database, its WAL or its shared-memory file) is [`StoreError::Full`], a 503; anything else
+/// is a fault of ours.
 fn internal(err: rusqlite::Error) -> StoreError {
-    StoreError::Internal(err.into())
+    match &err {
+        rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::DiskFull => StoreError::Full,
+        _ => StoreError::Internal(err.into()),
+    }
 }
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
@@ -583,7 +600,7 @@ impl Store for SqliteStore {
         batch: &[NewMessage],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
         let batch = batch.to_vec();
-        self.with_conn(move |conn| {
+        let outcomes = self.with_conn(move |conn| {
             let cutoff = rfc3339(Utc::now() - IDEMPOTENCY_WINDOW);
             // One transaction, so a batch costs one fsync however many messages it holds. A
             // failed INSERT undoes only itself (SQLite's statements are atomic and foreign keys
@@ -697,7 +714,9 @@ impl Store for SqliteStore {
             tx.commit().map_err(internal)?;
             Ok(outcomes)
         })
-        .await
+        .await?;
+        super::full::cleared();
+        Ok(outcomes)
     }
 
     async fn token_version(&self, id: UserId) -> Result<Option<u64>, StoreError> {
@@ -1081,7 +1100,23 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with_conn(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
-            .await
+        if !super::full::is_full() {
+            return self
+                .with_conn(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
+                .await;
+        }
+        // A write that needs a new page in the WAL, as a message would.
+        self.with_conn(|conn| {
+            let tx = write_transaction(conn)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?1)",
+                [Utc::now().to_rfc3339()],
+            )
+            .map_err(internal)?;
+            tx.commit().map_err(internal)
+        })
+        .await?;
+        super::full::cleared();
+        Ok(())
     }
 }

@@ -38,7 +38,35 @@ where
         .map_err(classify)
 }
 
+/// MongoDB's "out of disk space" error code.
+const OUT_OF_DISK_SPACE: i32 = 14031;
+
+/// The server is out of disk space: MongoDB's own code, or the storage engine's words for
+/// `ENOSPC` (WiredTiger's, or SQLite's under FerretDB) in a generic error.
+pub(super) fn is_out_of_space(err: &MongoError) -> bool {
+    let code = match err.kind.as_ref() {
+        ErrorKind::Command(e) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
+        ErrorKind::InsertMany(e) => e.write_errors.iter().flatten().map(|e| e.code).next(),
+        _ => None,
+    };
+    if code == Some(OUT_OF_DISK_SPACE) {
+        return true;
+    }
+    let text = err.kind.to_string().to_ascii_lowercase();
+    [
+        "no space left on device",
+        "database or disk is full",
+        "out of disk space",
+    ]
+    .iter()
+    .any(|words| text.contains(words))
+}
+
 pub(super) fn classify(err: MongoError) -> StoreError {
+    if is_out_of_space(&err) {
+        return StoreError::Full.counted();
+    }
     let unreachable = matches!(
         err.kind.as_ref(),
         ErrorKind::ServerSelection { .. }

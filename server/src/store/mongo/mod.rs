@@ -34,7 +34,7 @@ use crate::domain::{
 };
 use conversations::{ConversationDoc, MemberDoc};
 use documents::{MessageDoc, UserDoc};
-use errors::{all, classify, corrupt, is_duplicate_key, refused_one};
+use errors::{all, classify, corrupt, is_duplicate_key, is_out_of_space, refused_one};
 
 pub struct MongoStore {
     database: Database,
@@ -321,6 +321,14 @@ impl Store for MongoStore {
                 Err(e) => e,
             };
             match (refused_one(&failure), token) {
+                // Not this document's fault: nothing more can be stored now.
+                _ if is_out_of_space(&failure) => {
+                    let err = classify(failure);
+                    for &i in rest {
+                        outcomes[i] = Some(Err(err.duplicate()));
+                    }
+                    break;
+                }
                 // The token's slot is taken: nothing of this insert is stored.
                 (Some((0, _)), Some((writer, at))) => {
                     if self.is_fence(&writer.node, at).await? {
@@ -368,6 +376,9 @@ impl Store for MongoStore {
                     break;
                 }
             }
+        }
+        if outcomes.iter().flatten().any(Result::is_ok) {
+            super::full::cleared();
         }
         for (index, first) in replays_in_batch {
             outcomes[index] = Some(match &outcomes[first] {
@@ -607,8 +618,21 @@ impl Store for MongoStore {
         self.database
             .run_command(doc! { "ping": 1 })
             .await
-            .map(drop)
-            .map_err(classify)
+            .map_err(classify)?;
+        if super::full::is_full() {
+            // A small write, to learn whether the server has space again.
+            self.database
+                .collection::<Document>("probe")
+                .update_one(
+                    doc! { "_id": "readyz" },
+                    doc! { "$set": { "at": bson::DateTime::now() } },
+                )
+                .upsert(true)
+                .await
+                .map_err(classify)?;
+            super::full::cleared();
+        }
+        Ok(())
     }
 }
 
