@@ -441,7 +441,8 @@ export interface paths {
         };
         /**
          * Check readiness
-         * @description 200 when the store answers, 503 when it does not.
+         * @description 200 when the store answers, 503 when it does not, or when the disk holding the database
+         *     is full (writes would fail), naming the reason.
          */
         get: operations["checkReadiness"];
         put?: never;
