@@ -160,8 +160,62 @@ async fn a_full_disk_answers_503_keeps_reads_and_heals_without_a_restart() {
     let Some(disk) = Tmpfs::mount(storage.dir.path(), "6m") else {
         return;
     };
+    full_disk(&storage, &disk).await;
+}
+
+/// The same on MongoDB: a FerretDB of the test's own, its data on the tmpfs (`FERRETDB_BIN`,
+/// from `scripts/ferretdb.sh install`; CI sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_mongodb_answers_503_too() {
+    let Some(ferretdb) = std::env::var_os("FERRETDB_BIN") else {
+        let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !in_ci,
+            "CI must set FERRETDB_BIN for the full-disk test on MongoDB"
+        );
+        eprintln!("\n*** SKIPPED the full-disk test on MongoDB: FERRETDB_BIN is not set ***\n");
+        return;
+    };
+    let mount = tempfile::tempdir().expect("tempdir");
+    let Some(disk) = Tmpfs::mount(mount.path(), "12m") else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let data = mount.path().join("ferretdb");
+    std::fs::create_dir(&data).expect("data dir");
+    let mut database = Command::new(ferretdb)
+        .arg("--handler=sqlite")
+        .arg(format!("--sqlite-url=file:{}/", data.display()))
+        .arg(format!("--state-dir={}", data.display()))
+        .arg(format!("--listen-addr=127.0.0.1:{port}"))
+        .args(["--telemetry=disable", "--debug-addr=-", "--log-level=error"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start FerretDB");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "FerretDB did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let storage = Storage {
+        dir: tempfile::tempdir().expect("tempdir"),
+        mongodb_uri: Some(format!("mongodb://127.0.0.1:{port}/full_disk")),
+    };
+    full_disk(&storage, &disk).await;
+    let _ = database.kill();
+    let _ = database.wait();
+}
+
+async fn full_disk(storage: &Storage, disk: &Tmpfs) {
     let client = reqwest::Client::new();
-    let server = Server::start(&storage, &[("METRICS_ADDR", "127.0.0.1:0")]);
+    let server = Server::start(storage, &[("METRICS_ADDR", "127.0.0.1:0")]);
     let alice = server.account(&client, "alice").await;
     let bob = server.account(&client, "bob").await;
     let mut acked = Vec::new();
@@ -204,7 +258,12 @@ async fn a_full_disk_answers_503_keeps_reads_and_heals_without_a_restart() {
         break;
     }
     let refused = refused.expect("a send refused once the disk is full");
-    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:#?}",
+        drain(&server)
+    );
     assert_eq!(
         refused
             .headers()
@@ -285,7 +344,7 @@ async fn a_full_disk_answers_503_keeps_reads_and_heals_without_a_restart() {
 
     // Nothing acknowledged was lost, across a restart too.
     drop(server);
-    let server = Server::start(&storage, &[]);
+    let server = Server::start(storage, &[]);
     let found = history(&client, &server, &bob).await;
     eprintln!(
         "full disk: {} acknowledged ({} while the disk filled up), {} found after recovery and a restart",
@@ -294,8 +353,6 @@ async fn a_full_disk_answers_503_keeps_reads_and_heals_without_a_restart() {
         found.len()
     );
     assert_eq!(found, acked);
-    drop(server);
-    drop(disk);
 }
 
 /// The first start on a full disk: the generated JWT secret cannot be written. One clear line,
