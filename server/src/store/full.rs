@@ -1,6 +1,6 @@
 //! A full disk under the database, as one *episode*: the first write that finds the disk full
-//! logs one line and raises `palaver_storage_full`; the first write that succeeds again (or the
-//! readiness probe's test write) logs one line and lowers it. Every write in between answers
+//! logs one line and raises `palaver_storage_full`; once there is room again (SQLite: the file
+//! system says so; MongoDB: a write succeeds), one line more, and it goes down. Every write in between answers
 //! `503` with `Retry-After`, and is tried for real: nothing is refused in advance, so writes
 //! resume by themselves the moment space is back.
 //!

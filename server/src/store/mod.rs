@@ -244,8 +244,9 @@ pub trait Store: Send + Sync + 'static {
         upto: MessageId,
     ) -> Result<Option<MessageId>, StoreError>;
     /// Answers when the database is reachable; used by `/readyz`. While the disk is full
-    /// ([`full`]) it also tries a small write, so that readiness comes back with the space even
-    /// when no client write arrives to find out.
+    /// ([`full`]) it fails with [`StoreError::Full`] until it finds room again (SQLite asks the
+    /// file system; MongoDB tries a small write), so that readiness comes back with the space
+    /// even when no client write arrives to find out.
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

@@ -117,12 +117,6 @@ const MIGRATIONS: &[Migration] = &[
         WHERE idempotency IS NOT NULL;
 "#,
     ),
-    // One row `/readyz` rewrites to learn whether a full disk has space again (`ping`).
-    Migration::Sql(
-        r#"
-    CREATE TABLE probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
-"#,
-    ),
 ];
 
 fn give_direct_conversations_ids(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -182,6 +176,8 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 
 pub struct SqliteStore {
     pool: Pool,
+    /// The database's directory, whose file system `refine` asks for free space.
+    dir: std::path::PathBuf,
 }
 
 impl SqliteStore {
@@ -205,7 +201,12 @@ impl SqliteStore {
             }))
             .build()
             .context("creating the SQLite pool")?;
-        let store = Self { pool };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let store = Self { pool, dir };
         store
             .with_conn(migrate)
             .await
@@ -213,6 +214,20 @@ impl SqliteStore {
         tokio::spawn(checkpoint_periodically(store.pool.clone()));
         tracing::info!(path = %path.display(), "storing in SQLite");
         Ok(store)
+    }
+
+    /// Ends a full-disk episode once the file system has room again, and says whether it has.
+    /// Not on a write's success alone: a write can fit in WAL space that a failed one left
+    /// allocated while the disk is still full, and the episode would flap.
+    fn space_back(&self) -> bool {
+        if !super::full::is_full() {
+            return true;
+        }
+        let room = !no_room_left(&self.dir);
+        if room {
+            super::full::cleared();
+        }
+        room
     }
 
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -229,7 +244,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Internal(anyhow!("SQLite task failed: {e}")))
             .and_then(|result| result)
-            .map_err(StoreError::counted)
+            .map_err(|e| refine(e, &self.dir).counted())
     }
 }
 
@@ -331,6 +346,33 @@ fn internal(err: rusqlite::Error) -> StoreError {
         rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::DiskFull => StoreError::Full,
         _ => StoreError::Internal(err.into()),
     }
+}
+
+/// SQLite reports `ENOSPC` as `SQLITE_FULL` on most writes, but as a plain I/O error where it
+/// grows a file by other means (the WAL's size hint, the shared-memory file). Such an error
+/// while the database's file system has no room left is the same full disk.
+fn refine(err: StoreError, dir: &Path) -> StoreError {
+    let io_error = match &err {
+        StoreError::Internal(cause) => cause.downcast_ref::<rusqlite::Error>().is_some_and(
+            |e| matches!(e, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::SystemIoFailure),
+        ),
+        _ => false,
+    };
+    if io_error && no_room_left(dir) {
+        return StoreError::Full;
+    }
+    err
+}
+
+/// Less than a megabyte free for unprivileged writers.
+#[cfg(unix)]
+fn no_room_left(dir: &Path) -> bool {
+    rustix::fs::statvfs(dir).is_ok_and(|fs| fs.f_bavail.saturating_mul(fs.f_frsize) < 1 << 20)
+}
+
+#[cfg(not(unix))]
+fn no_room_left(_dir: &Path) -> bool {
+    false
 }
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
@@ -715,7 +757,7 @@ impl Store for SqliteStore {
             Ok(outcomes)
         })
         .await?;
-        super::full::cleared();
+        self.space_back();
         Ok(outcomes)
     }
 
@@ -1100,23 +1142,10 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        if !super::full::is_full() {
-            return self
-                .with_conn(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
-                .await;
+        if super::full::is_full() && !self.space_back() {
+            return Err(StoreError::Full);
         }
-        // A write that needs a new page in the WAL, as a message would.
-        self.with_conn(|conn| {
-            let tx = write_transaction(conn)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?1)",
-                [Utc::now().to_rfc3339()],
-            )
-            .map_err(internal)?;
-            tx.commit().map_err(internal)
-        })
-        .await?;
-        super::full::cleared();
-        Ok(())
+        self.with_conn(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
+            .await
     }
 }
