@@ -6,7 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, openSync } from "node:fs";
+import { mkdtempSync, rmSync, openSync, existsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import http from "node:http";
@@ -73,7 +73,7 @@ function startNats() {
   }));
 }
 
-async function startNode(name) {
+async function startNode(name, extraEnv = {}) {
   const port = await freePort();
   const metricsPort = await freePort();
   const log = openSync(join(work, `${name}.log`), "a");
@@ -95,6 +95,7 @@ async function startNode(name) {
       AUTO_REPLY_TOTAL_LIMIT: "off",
       RUST_LOG: "info",
       METRICS_ADDR: `127.0.0.1:${metricsPort}`,
+      ...extraEnv,
     },
     stdio: ["ignore", log, log],
   });
@@ -682,30 +683,24 @@ test("nodes that lose NATS keep serving their clients, refuse sends, and resync 
   }
 });
 
-/** Pause nemesis (issue 20, item 0): one node at a time is frozen with SIGSTOP for longer than
- * the others wait before they take it for dead, then resumed. A frozen node may be anywhere in
- * a batch: between its lease check and its insert is the case fencing is for. Senders go to
- * every node, frozen or not; a reader roams over the nodes that answer, and every catch-up
- * page must be exactly the history after its `after=`. */
-test("catch-up stays exact while nodes are frozen for longer than the others wait", async () => {
-  const SENDS = Number(process.env.PAUSE_SENDS ?? 3000);
-  const PAUSES = Number(process.env.PAUSES ?? 8);
-  const SENDERS = Number(process.env.PAUSE_SENDERS ?? 48);
-  const RATE = Number(process.env.PAUSE_RATE ?? 100); // sends per second, all senders together
-  for (const name of ["n1", "n2", "n3"]) if (!nodes[name].alive) await startNode(name);
-  for (const node of alive()) {
-    await eventually(`${node.name} to hear the others`, async () => (await metric(node, "palaver_cluster_nodes")) === 2);
-  }
+/**
+ * Senders on every node and a roaming reader, while `nemesis` does its worst: the run that the
+ * fault tests share. `nemesis({ frozen, sendingDone })` runs alongside; nodes it puts in
+ * `frozen` are still sent to (a send in flight when its node stops) but not read from. Every
+ * catch-up page must be exactly the history after its `after=`, every push in id order, every
+ * acknowledged message stored once. Returns the counts, for the log.
+ */
+async function roamingRun(label, { sends, senders: senderCount, rate, nemesis }) {
   const frozen = new Set();
   const answering = () => alive().filter((n) => !frozen.has(n.name));
-  const target = await newUser(nodes.n1, "paused-target");
-  const senders = await Promise.all(Array.from({ length: SENDERS }, (_, i) => newUser(pick(alive()), `paused-${i}`)));
+  const target = await newUser(nodes.n1, `${label}-target`);
+  const senders = await Promise.all(Array.from({ length: senderCount }, (_, i) => newUser(pick(alive()), `${label}-${i}`)));
   const acked = new Set();
   let refused = 0;
 
   async function sendOnce(sender, key, content) {
     for (let attempt = 0; attempt < 100; attempt++) {
-      const node = pick(alive()); // frozen ones too: a send in flight when its node stops
+      const node = pick(alive()); // frozen ones too
       try {
         const response = await fetch(`${node.url}/api/chat/send`, {
           method: "POST",
@@ -730,40 +725,26 @@ test("catch-up stays exact while nodes are frozen for longer than the others wai
   const sending = Promise.all(senders.map(async (sender, s) => {
     for (;;) {
       const n = sent++;
-      if (n >= SENDS) return;
-      const due = started + (n * 1000) / RATE;
+      if (n >= sends) return;
+      const due = started + (n * 1000) / rate;
       if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()));
-      acked.add(await sendOnce(sender, `p${s}-${n}`, `paced ${n}`));
+      acked.add(await sendOnce(sender, `${label}${s}-${n}`, `paced ${n}`));
     }
   }));
-  let sendingDone = false;
+  const state = { frozen, sendingDone: false, target };
   const settled = sending.then(() => {}, () => {});
-  settled.then(() => { sendingDone = true; });
-
-  let pauses = 0;
-  const nemesis = (async () => {
-    await new Promise((r) => setTimeout(r, 2000));
-    while (pauses < PAUSES && !sendingDone) {
-      const node = pick(alive());
-      frozen.add(node.name);
-      node.child.kill("SIGSTOP");
-      await new Promise((r) => setTimeout(r, 3500 + Math.random() * 2500));
-      node.child.kill("SIGCONT");
-      frozen.delete(node.name);
-      pauses++;
-      await new Promise((r) => setTimeout(r, 1000 + Math.random() * 1000));
-    }
-  })();
+  settled.then(() => { state.sendingDone = true; });
+  const fault = nemesis(state);
 
   const seen = [];
   const pages = [];
   const connections = [];
   let last;
   let gaveUp = false;
-  const giveUp = Promise.all([settled, nemesis])
+  const giveUp = Promise.all([settled, fault])
     .then(() => new Promise((r) => setTimeout(r, EVENT_MS).unref()))
     .then(() => { gaveUp = true; });
-  const complete = () => sendingDone && seen.length >= acked.size;
+  const complete = () => state.sendingDone && seen.length >= acked.size;
   const quiet = (ms) => new Promise((r) => setTimeout(r, ms));
   while (!complete() && !gaveUp) {
     const node = pick(answering());
@@ -795,7 +776,7 @@ test("catch-up stays exact while nodes are frozen for longer than the others wai
         if (ws.isClosed || frozen.has(node.name)) break;
         // A node frozen under the reader sends nothing: move on after a quiet second.
         const arrived = await Promise.race([ws.arrival().then(() => true), quiet(1000).then(() => false), giveUp]);
-        if (arrived === false && sendingDone) break;
+        if (arrived === false && state.sendingDone) break;
         continue;
       }
       const frame = ws.frames[index++];
@@ -808,7 +789,7 @@ test("catch-up stays exact while nodes are frozen for longer than the others wai
     ws.close();
   }
   await sending;
-  await nemesis;
+  await fault;
   const truth = (await history(pick(alive()), target)).map((m) => m.id);
   const position = new Map(truth.map((id, i) => [id, i]));
   let badPages = 0;
@@ -817,13 +798,102 @@ test("catch-up stays exact while nodes are frozen for longer than the others wai
     if (JSON.stringify(ids) !== JSON.stringify(truth.slice(from, from + ids.length))) badPages++;
   }
   const outOfOrder = connections.flatMap((c) => c.outOfOrder);
-  console.log(`pause nemesis: ${pauses} pauses, ${SENDS} sends, ${acked.size} acknowledged, ` +
-    `${truth.length} found, ${refused} refused with 503 and retried, ${pages.length} catch-up pages ` +
-    `checked (${badPages} wrong), ${connections.length} reader sessions, ${outOfOrder.length} pushes out of order`);
-  assert.equal(acked.size, SENDS, "every message acknowledged once");
+  const counts = `${sends} sends, ${acked.size} acknowledged, ${truth.length} found, ${refused} refused with 503 ` +
+    `and retried, ${pages.length} catch-up pages checked (${badPages} wrong), ${connections.length} reader ` +
+    `sessions, ${outOfOrder.length} pushes out of order`;
+  assert.equal(acked.size, sends, `every message acknowledged once (${counts})`);
   assert.deepEqual([...truth].sort(), [...acked].sort(), "the database holds each acknowledged message once");
-  assert.equal(badPages, 0, "every after= page is exactly the history after it");
+  assert.equal(badPages, 0, `every after= page is exactly the history after it (${counts})`);
   assert.deepEqual(outOfOrder, [], "every connection got pushes in id order");
   assert.deepEqual(seen, truth, "the reader saw exactly the history, in order, nothing twice");
+  return { counts, target };
+}
+
+async function allThreeListening() {
+  for (const node of alive()) {
+    await eventually(`${node.name} to hear the others`, async () => (await metric(node, "palaver_cluster_nodes")) === 2, 60_000);
+  }
+}
+
+/** Pause nemesis (issue 20, item 0): one node at a time is frozen with SIGSTOP for longer than
+ * the others wait before they take it for dead, then resumed. A frozen node may be anywhere in
+ * a batch: between its lease check and its insert is the case fencing is for. */
+test("catch-up stays exact while nodes are frozen for longer than the others wait", async () => {
+  const PAUSES = Number(process.env.PAUSES ?? 8);
+  for (const name of ["n1", "n2", "n3"]) if (!nodes[name].alive) await startNode(name);
+  await allThreeListening();
+  let pauses = 0;
+  const { counts } = await roamingRun("paused", {
+    sends: Number(process.env.PAUSE_SENDS ?? 3000),
+    senders: Number(process.env.PAUSE_SENDERS ?? 48),
+    rate: Number(process.env.PAUSE_RATE ?? 100),
+    nemesis: async (state) => {
+      const { frozen } = state;
+      await new Promise((r) => setTimeout(r, 2000));
+      while (pauses < PAUSES && !state.sendingDone) {
+        const node = pick(alive());
+        frozen.add(node.name);
+        node.child.kill("SIGSTOP");
+        await new Promise((r) => setTimeout(r, 3500 + Math.random() * 2500));
+        node.child.kill("SIGCONT");
+        frozen.delete(node.name);
+        pauses++;
+        await new Promise((r) => setTimeout(r, 1000 + Math.random() * 1000));
+      }
+    },
+  });
+  console.log(`pause nemesis: ${pauses} pauses, ${counts}`);
   assert.ok(pauses >= PAUSES, `only ${pauses} pauses`);
+});
+
+/** Clock nemesis (issue 20, item 4): n3 runs with its wall clock 30 s behind (libfaketime from
+ * Debian's `faketime`, LD_PRELOAD; the monotonic clock, which leases and timers use, is left
+ * alone), and part-way through the clock jumps forward to the true time, as an NTP step would. */
+test("catch-up stays exact while a node's clock is 30 s behind and then jumps forward", async (t) => {
+  const lib = process.env.FAKETIME_LIB ?? "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+  if (!existsSync(lib)) {
+    assert.ok(!process.env.CI, `CI must run the clock test: ${lib} is missing (apt-get install faketime)`);
+    t.skip(`*** SKIPPED: ${lib} is missing (apt-get install faketime) ***`);
+    return;
+  }
+  const clock = join(work, "n3.faketime");
+  writeFileSync(clock, "-30s");
+  await kill(nodes.n3);
+  await startNode("n3", {
+    LD_PRELOAD: lib,
+    FAKETIME_TIMESTAMP_FILE: clock,
+    FAKETIME_DONT_FAKE_MONOTONIC: "1",
+    FAKETIME_CACHE_DURATION: "1",
+  });
+  for (const name of ["n1", "n2"]) if (!nodes[name].alive) await startNode(name);
+  await allThreeListening();
+
+  // The skew is real: n3 stamps what it accepts with its own (slow) wall clock.
+  const alice = await newUser(nodes.n3, "skewed-alice");
+  const bob = await newUser(nodes.n1, "skewed-bob");
+  const stamped = await api(nodes.n3, "POST", "/api/chat/send", { token: alice.token, body: { recipient: bob.id, content: "what time is it?" } });
+  assert.equal(stamped.status, 200, JSON.stringify(stamped.body));
+  const [message] = await history(nodes.n1, bob);
+  const behind = Date.now() - Date.parse(message.sent_at);
+  assert.ok(behind > 25_000 && behind < 40_000, `n3's clock is ${behind} ms behind`);
+  // A token n3 issued (its iat and exp 30 s early) works on the others, as docs/cluster.md says.
+  assert.equal((await api(nodes.n2, "GET", "/api/chat/messages", { token: alice.token })).status, 200);
+
+  let jumpedAt;
+  const { counts } = await roamingRun("clock", {
+    sends: Number(process.env.CLOCK_SENDS ?? 1500),
+    senders: 48,
+    rate: 100,
+    nemesis: async () => {
+      await new Promise((r) => setTimeout(r, 6000));
+      writeFileSync(clock, "+0");
+      jumpedAt = Date.now();
+    },
+  });
+  assert.ok(jumpedAt, "the clock jumped during the run");
+  const after = await api(nodes.n3, "POST", "/api/chat/send", { token: alice.token, body: { recipient: bob.id, content: "and now?" } });
+  assert.equal(after.status, 200);
+  const last = (await history(nodes.n1, bob)).at(-1);
+  assert.ok(Math.abs(Date.now() - Date.parse(last.sent_at)) < 5_000, `after the jump: ${last.sent_at}`);
+  console.log(`clock nemesis: n3 ${behind} ms behind, then jumped forward; ${counts}`);
 });
