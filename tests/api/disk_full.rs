@@ -97,28 +97,16 @@ async fn send(
 }
 
 async fn history(client: &reqwest::Client, server: &Server, user: &Account) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut after = String::from("00000000-0000-0000-0000-000000000000");
-    loop {
-        let page: Value = client
-            .get(server.url(&format!("/api/chat/messages?after={after}&limit=200")))
-            .bearer_auth(&user.token)
-            .send()
-            .await
-            .expect("history")
-            .json()
-            .await
-            .expect("json");
-        let page = page.as_array().expect("a page").clone();
-        ids.extend(
-            page.iter()
-                .map(|m| m["id"].as_str().expect("id").to_owned()),
-        );
-        match page.last() {
-            Some(last) if page.len() == 200 => after = last["id"].as_str().expect("id").to_owned(),
-            _ => return ids,
-        }
-    }
+    let all = server.everything(client, user).await;
+    all.iter()
+        .map(|m| m["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// The id a `200` send answered with.
+async fn id_of(sent: reqwest::Response) -> String {
+    let body: Value = sent.json().await.expect("json");
+    body["id"].as_str().expect("id").to_owned()
 }
 
 async fn ready(client: &reqwest::Client, server: &Server) -> (StatusCode, Value) {
@@ -222,12 +210,7 @@ async fn full_disk(storage: &Storage, disk: &Tmpfs) {
     for n in 0..20 {
         let sent = send(&client, &server, &alice, &bob, &format!("before {n}")).await;
         assert_eq!(sent.status(), StatusCode::OK);
-        acked.push(
-            sent.json::<Value>().await.expect("json")["id"]
-                .as_str()
-                .expect("id")
-                .to_owned(),
-        );
+        acked.push(id_of(sent).await);
     }
     let (mut bob_ws, _) = tokio_tungstenite::connect_async(format!(
         "{}/ws?token={}",
@@ -246,12 +229,7 @@ async fn full_disk(storage: &Storage, disk: &Tmpfs) {
     for _ in 0..2000 {
         let sent = send(&client, &server, &alice, &bob, &text).await;
         if sent.status() == StatusCode::OK {
-            acked.push(
-                sent.json::<Value>().await.expect("json")["id"]
-                    .as_str()
-                    .expect("id")
-                    .to_owned(),
-            );
+            acked.push(id_of(sent).await);
             continue;
         }
         refused = Some(sent);
@@ -283,12 +261,7 @@ async fn full_disk(storage: &Storage, disk: &Tmpfs) {
     for _ in 0..5 {
         let sent = send(&client, &server, &alice, &bob, &text).await;
         match sent.status() {
-            StatusCode::OK => acked.push(
-                sent.json::<Value>().await.expect("json")["id"]
-                    .as_str()
-                    .expect("id")
-                    .to_owned(),
-            ),
+            StatusCode::OK => acked.push(id_of(sent).await),
             status => {
                 assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
                 refusals += 1;
@@ -340,12 +313,7 @@ async fn full_disk(storage: &Storage, disk: &Tmpfs) {
     assert_eq!(storage_full_gauge(&client, &server).await, 0.0);
     let sent = send(&client, &server, &alice, &bob, "after").await;
     assert_eq!(sent.status(), StatusCode::OK);
-    acked.push(
-        sent.json::<Value>().await.expect("json")["id"]
-            .as_str()
-            .expect("id")
-            .to_owned(),
-    );
+    acked.push(id_of(sent).await);
     // The log line for the end of the episode can trail the answer by a moment.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !log

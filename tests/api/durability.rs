@@ -35,31 +35,6 @@ async fn send(
     body["id"].as_str().map(str::to_owned)
 }
 
-async fn everything(client: &reqwest::Client, server: &Server, user: &Account) -> Vec<Value> {
-    let mut all: Vec<Value> = Vec::new();
-    loop {
-        // Catch-up from the smallest id reads the whole history, oldest first.
-        let after = all
-            .last()
-            .and_then(|m| m["id"].as_str())
-            .unwrap_or("00000000-0000-0000-0000-000000000000");
-        let page: Vec<Value> = client
-            .get(server.url(&format!("/api/chat/messages?limit=200&after={after}")))
-            .bearer_auth(&user.token)
-            .send()
-            .await
-            .expect("history")
-            .json()
-            .await
-            .expect("json");
-        let done = page.len() < 200;
-        all.extend(page);
-        if done {
-            return all;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_sends_survive_kill_9_and_retries_store_nothing_twice() {
     let storage = Storage::new();
@@ -115,7 +90,7 @@ async fn acknowledged_sends_survive_kill_9_and_retries_store_nothing_twice() {
     );
 
     let server = Server::start(&storage, &env);
-    let stored = everything(&client, &server, &bob).await;
+    let stored = server.everything(&client, &bob).await;
     let stored_ids: HashMap<&str, &str> = stored
         .iter()
         .map(|m| {
@@ -147,7 +122,7 @@ async fn acknowledged_sends_survive_kill_9_and_retries_store_nothing_twice() {
             }
         }
     }
-    let after = everything(&client, &server, &bob).await;
+    let after = server.everything(&client, &bob).await;
     let contents: HashSet<&str> = after.iter().filter_map(|m| m["content"].as_str()).collect();
     assert_eq!(
         after.len(),

@@ -389,24 +389,17 @@ async fn a_plugin_that_keeps_failing_is_benched_then_comes_back_by_itself() {
     };
     let calls = async || stub.received_requests().await.map_or(0, |r| r.len());
     // Users see whether it answers; the operator also sees why not.
+    let named = |list: &Value| -> Value {
+        list.as_array()
+            .expect("plugins")
+            .iter()
+            .find(|p| p["name"] == "flaky")
+            .expect("flaky")
+            .clone()
+    };
     let flaky = async || -> Value {
-        let listed = app.get("/api/plugins", &alice.token).await;
-        let public = listed
-            .body
-            .as_array()
-            .expect("plugins")
-            .iter()
-            .find(|p| p["name"] == "flaky")
-            .expect("flaky")
-            .clone();
-        let report = app.operator_get("/plugins").await;
-        let report = report
-            .as_array()
-            .expect("plugins")
-            .iter()
-            .find(|p| p["name"] == "flaky")
-            .expect("flaky")
-            .clone();
+        let public = named(&app.get("/api/plugins", &alice.token).await.body);
+        let report = named(&app.operator_get("/plugins").await);
         // The bench can end between the two reads: only what never changes is compared.
         assert!(public.get("last_error").is_none(), "{public}");
         report

@@ -145,6 +145,36 @@ impl Server {
         }
     }
 
+    /// Every message `user` can see, oldest first, paged through as a client catches up.
+    pub async fn everything(
+        &self,
+        client: &reqwest::Client,
+        user: &Account,
+    ) -> Vec<serde_json::Value> {
+        let mut all: Vec<serde_json::Value> = Vec::new();
+        loop {
+            // Catch-up from the smallest id reads the whole history, oldest first.
+            let after = all
+                .last()
+                .and_then(|m| m["id"].as_str())
+                .unwrap_or("00000000-0000-0000-0000-000000000000");
+            let page: Vec<serde_json::Value> = client
+                .get(self.url(&format!("/api/chat/messages?limit=200&after={after}")))
+                .bearer_auth(&user.token)
+                .send()
+                .await
+                .expect("history")
+                .json()
+                .await
+                .expect("json");
+            let done = page.len() < 200;
+            all.extend(page);
+            if done {
+                return all;
+            }
+        }
+    }
+
     /// SIGKILL: no draining, no flushing, nothing.
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");
