@@ -5,16 +5,28 @@
 //! be committed here again") is true when it is reported: that is what cluster readers build on.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::anyhow;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Addressed, FanOut, Sequencer, Unavailable};
-use crate::domain::{Content, ConversationId, IdempotencyKey, Message, MessageKind, UserId};
+use crate::domain::{
+    Content, ConversationId, IdempotencyKey, Message, MessageId, MessageKind, UserId,
+};
 use crate::store::{Inserted, NewMessage, Store, StoreError};
 
 /// The most messages stored in one database round trip.
 pub const MAX_BATCH: usize = 256;
+/// How often a writer whose insert got no answer asks the store whether it is settled.
+const SETTLE_EVERY: Duration = Duration::from_millis(250);
+
+/// A batch whose insert got no answer: nothing past `position` may be shown until the store
+/// has settled what of it is stored.
+struct Held {
+    candidates: Vec<Addressed>,
+    position: MessageId,
+}
 
 /// Where a message goes.
 #[derive(Clone, Debug)]
@@ -107,7 +119,45 @@ async fn write_and_push(
         tick
     });
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut held: Option<Held> = None;
+    let mut next_settle = tokio::time::Instant::now();
     loop {
+        // An insert got no answer: no position, no heartbeat, no new insert until the store
+        // knows what of it is stored (a cluster node silent for long is fenced by the others,
+        // which settles it too).
+        if held.is_some() {
+            tokio::select! {
+                received = pending.recv_many(&mut batch, MAX_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    for p in batch.drain(..) {
+                        let _ = p.reply.send(Err(StoreError::Unanswered.into()));
+                    }
+                }
+                _ = tokio::time::sleep_until(next_settle) => {
+                    match store.settle().await {
+                        Ok(ids) => {
+                            if let Some(lost) = held.take() {
+                                let stored: Vec<Addressed> = lost
+                                    .candidates
+                                    .into_iter()
+                                    .filter(|a| ids.contains(&a.message.id))
+                                    .collect();
+                                for a in &stored {
+                                    crate::metrics::message_stored(a.message.kind.as_str());
+                                }
+                                tracing::info!(stored = stored.len(), "the lost insert is settled");
+                                fanout.committed(stored, lost.position);
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "the lost insert is not settled yet"),
+                    }
+                    next_settle = tokio::time::Instant::now() + SETTLE_EVERY;
+                }
+            }
+            continue;
+        }
         let received = match heartbeat.as_mut() {
             None => pending.recv_many(&mut batch, MAX_BATCH).await,
             Some(tick) => tokio::select! {
@@ -172,10 +222,28 @@ async fn write_and_push(
             .last()
             .map_or_else(|| ids.next(), |new| new.message.id);
         let mut stored = Vec::with_capacity(messages.len());
-        let answers: Vec<Result<Delivered, DeliverError>> = match store
-            .insert_messages(&messages)
-            .await
-        {
+        let inserted = store.insert_messages(&messages).await;
+        if let Err(StoreError::Unanswered) = inserted {
+            // What of it is stored is pushed once known; the senders learn it by retrying
+            // with their idempotency keys.
+            held = Some(Held {
+                candidates: messages
+                    .into_iter()
+                    .zip(audiences)
+                    .map(|(new, audience)| Addressed {
+                        message: new.message,
+                        audience,
+                    })
+                    .collect(),
+                position,
+            });
+            next_settle = tokio::time::Instant::now();
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Unanswered.into()));
+            }
+            continue;
+        }
+        let answers: Vec<Result<Delivered, DeliverError>> = match inserted {
             Ok(outcomes) => messages
                 .into_iter()
                 .zip(outcomes)

@@ -81,6 +81,11 @@ pub enum StoreError {
     /// The database cannot be reached right now; the request may succeed later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A cluster writer's insert got no answer (the link broke or stalled mid-write): some of
+    /// it may be stored. The writer shows no position past it until [`Store::settle`] has
+    /// found out which.
+    #[error("database unavailable: the answer to a write was lost")]
+    Unanswered,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -89,7 +94,9 @@ impl StoreError {
     /// Counts real faults in the metrics ("email taken" and "unknown user" are answers).
     pub fn counted(self) -> Self {
         match &self {
-            StoreError::Unavailable(_) => crate::metrics::store_error("unavailable"),
+            StoreError::Unavailable(_) | StoreError::Unanswered => {
+                crate::metrics::store_error("unavailable")
+            }
             StoreError::Full => {
                 crate::metrics::store_error("full");
                 full::hit();
@@ -112,6 +119,7 @@ impl StoreError {
             StoreError::Fenced => StoreError::Fenced,
             StoreError::Full => StoreError::Full,
             StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
+            StoreError::Unanswered => StoreError::Unanswered,
             StoreError::Internal(cause) => StoreError::Internal(anyhow::anyhow!("{cause:#}")),
         }
     }
@@ -128,6 +136,8 @@ pub const STORAGE_FULL: &str = "The server's storage is full; please try again l
 /// How long clients are asked to wait then: freeing space takes an operator.
 pub const FULL_RETRY: RetryAfter = RetryAfter::from_secs(30);
 
+/// What clients are told while the database cannot be reached.
+pub const DATABASE_UNAVAILABLE: &str = "The database is unavailable; please try again shortly";
 /// How long clients are asked to wait when the database is unavailable.
 pub const UNAVAILABLE_RETRY: RetryAfter = RetryAfter::from_secs(5);
 
@@ -144,11 +154,10 @@ impl From<StoreError> for Failure {
             ),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "database unavailable");
-                Failure::unavailable(
-                    "The database is unavailable; please try again shortly",
-                    UNAVAILABLE_RETRY,
-                )
+                Failure::unavailable(DATABASE_UNAVAILABLE, UNAVAILABLE_RETRY)
             }
+            // Logged once by the writer, not once per message of the batch.
+            StoreError::Unanswered => Failure::unavailable(DATABASE_UNAVAILABLE, UNAVAILABLE_RETRY),
             StoreError::Internal(cause) => Failure::internal(format!("{cause:#}")),
         }
     }
@@ -175,6 +184,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         batch: &[NewMessage],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError>;
+    /// After `insert_messages` failed with [`StoreError::Unanswered`]: makes sure the unanswered
+    /// insert can no longer land (whenever it reaches the database), then returns the ids of
+    /// that batch's messages that are stored. `Err` while the database cannot tell; try again.
+    /// A store whose writes always get an answer has nothing to settle.
+    async fn settle(&self) -> Result<Vec<MessageId>, StoreError> {
+        Ok(Vec::new())
+    }
     /// The version current tokens must carry; `None` when the user does not exist.
     async fn token_version(&self, id: UserId) -> Result<Option<u64>, StoreError>;
     /// Moves the user's token version on, so every token issued before stops working, and

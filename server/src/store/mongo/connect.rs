@@ -94,6 +94,7 @@ impl MongoStore {
             members: database.collection("members"),
             database,
             writer: None,
+            untouched: std::sync::Mutex::default(),
         }
     }
     async fn create_indexes(&self) -> Result<(), MongoError> {

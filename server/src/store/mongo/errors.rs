@@ -82,6 +82,13 @@ pub(super) fn classify(err: MongoError) -> StoreError {
     error.counted()
 }
 
+/// The write was sent but its answer never came (the connection broke mid-operation): it may
+/// have been applied, in part, or be applied later. Failing to reach a server (selection, a
+/// cleared pool, DNS) happens before anything is sent.
+pub(super) fn is_unanswered(err: &MongoError) -> bool {
+    matches!(err.kind.as_ref(), ErrorKind::Io(_))
+}
+
 /// The position and reason of the one document an ordered `insertMany` refused (the ones before
 /// it are stored), unless the failure was the database's rather than the document's.
 pub(super) fn refused_one(err: &MongoError) -> Option<(usize, String)> {

@@ -20,10 +20,13 @@
 
 use std::sync::Mutex;
 
+use std::collections::HashSet;
+
 use mongodb::bson::{Document, doc};
 
 use super::MongoStore;
-use super::errors::{classify, is_duplicate_key};
+use super::errors::{all, classify, is_duplicate_key};
+use crate::domain::{Message, MessageId};
 use crate::store::StoreError;
 
 /// Every this many slots the writer deletes its older tokens.
@@ -41,6 +44,19 @@ pub(super) struct Slot {
 pub(super) struct Writer {
     pub node: String,
     next: Mutex<Slot>,
+    /// An insert that got no answer, until [`MongoStore::settle_unanswered`] settles it.
+    unanswered: Mutex<Option<Unanswered>>,
+}
+
+/// An insert whose answer was lost: it may still land, whole or in part, until its slot is
+/// taken.
+#[derive(Clone)]
+pub(super) struct Unanswered {
+    pub at: Slot,
+    /// Stored by earlier inserts of the same batch (answered).
+    pub stored: Vec<Message>,
+    /// In the unanswered insert.
+    pub unsure: Vec<Message>,
 }
 
 impl Writer {
@@ -51,7 +67,12 @@ impl Writer {
                 epoch: new_epoch(),
                 slot: 1,
             }),
+            unanswered: Mutex::new(None),
         }
+    }
+
+    pub fn unanswered(&self, lost: Unanswered) {
+        *crate::sync::lock(&self.unanswered) = Some(lost);
     }
 
     pub fn epoch(&self) -> u64 {
@@ -135,6 +156,52 @@ impl MongoStore {
         }
     }
 
+    /// Settles this node's unanswered insert, if any (see `Store::settle`). Its token's slot is
+    /// taken first: by a void token of ours if the insert has not landed (then it never can),
+    /// or already by its own token (it landed) or by another node's fence (it never can). Only
+    /// then is what it stored read, so the answer is final.
+    pub(super) async fn settle_unanswered(&self) -> Result<Vec<MessageId>, StoreError> {
+        let Some(writer) = &self.writer else {
+            return Ok(Vec::new());
+        };
+        let Some(lost) = crate::sync::lock(&writer.unanswered).clone() else {
+            return Ok(Vec::new());
+        };
+        let at = lost.at;
+        let void = doc! { "_id": token_id(&writer.node, at), "slot": at.slot as i64, "void": true };
+        match self.raw_messages().insert_one(void).await {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(classify(e)),
+        }
+        let fenced = self.is_fence(&writer.node, at).await?;
+        let ids: Vec<String> = lost.unsure.iter().map(|m| m.id.to_string()).collect();
+        let found: Vec<Document> = all(self
+            .raw_messages()
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 })
+            .await)
+        .await?;
+        let found: HashSet<&str> = found.iter().filter_map(|d| d.get_str("_id").ok()).collect();
+        let stored: Vec<&Message> = lost
+            .stored
+            .iter()
+            .chain(
+                lost.unsure
+                    .iter()
+                    .filter(|m| found.contains(m.id.to_string().as_str())),
+            )
+            .collect();
+        self.touch_all(stored.iter().copied()).await;
+        if fenced {
+            writer.refenced(at);
+        } else {
+            writer.filled(at);
+        }
+        *crate::sync::lock(&writer.unanswered) = None;
+        Ok(stored.iter().map(|m| m.id).collect())
+    }
+
     /// After this returns `Ok`, writer `node` can store nothing more under `epoch`.
     pub(super) async fn fence_writer(&self, node: &str, epoch: u64) -> Result<(), StoreError> {
         // Each round either places the fence or finds a token the writer placed meanwhile; a
@@ -172,7 +239,9 @@ mod tests {
     use super::*;
     use crate::config::{MongoSettings, MongoUri};
     use crate::domain::{Content, Email, Message, MessageId, MessageKind, MessagePage, UserId};
+    use crate::store::mongo::documents::MessageDoc;
     use crate::store::{ClusterLog, Inserted, NewMessage, NewUser, Store};
+    use mongodb::bson;
 
     fn new_message(sender: UserId, recipient: UserId, text: &str) -> NewMessage {
         NewMessage {
@@ -273,6 +342,117 @@ mod tests {
                 .len(),
             1
         );
+        other.database().drop().await.expect("drop");
+    }
+
+    /// What the lost insert would have sent: its token, then `messages`, in order.
+    async fn arrives(store: &MongoStore, at: Slot, messages: &[&NewMessage]) -> bool {
+        let writer = store.writer.as_ref().expect("a cluster writer");
+        let mut docs = vec![writer.token(at)];
+        for new in messages {
+            let doc = MessageDoc {
+                origin: Some(writer.node.clone()),
+                ..MessageDoc::from(*new)
+            };
+            docs.push(bson::to_document(&doc).expect("bson"));
+        }
+        store
+            .raw_messages()
+            .insert_many(docs)
+            .ordered(true)
+            .await
+            .is_ok()
+    }
+
+    /// An insert whose answer was lost is settled exactly: what landed is reported stored,
+    /// and what had not landed can never land afterwards, nor after a fence.
+    #[tokio::test]
+    async fn an_insert_whose_answer_was_lost_is_settled_for_good() {
+        let Some(uri) = test_mongodb_uri() else {
+            return;
+        };
+        let settings = MongoSettings {
+            uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
+            database: Some(fresh_database_name()),
+        };
+        let store = MongoStore::connect(&settings)
+            .await
+            .expect("connect")
+            .with_origin("n1".to_owned());
+        let other = MongoStore::connect(&settings).await.expect("connect");
+        let (a, b) = (UserId::new(), UserId::new());
+        for (id, local) in [(a, "a"), (b, "b")] {
+            let email = Email::parse(&format!("{local}@example.com")).expect("email");
+            let user = NewUser {
+                id,
+                email,
+                password_hash: "$argon2id$x".to_owned(),
+            };
+            other.create_user(user).await.expect("user");
+        }
+        let writer = store.writer.as_ref().expect("a cluster writer");
+        let lose = |at: Slot, unsure: &[&NewMessage]| {
+            writer.unanswered(Unanswered {
+                at,
+                stored: Vec::new(),
+                unsure: unsure.iter().map(|new| new.message.clone()).collect(),
+            });
+        };
+        assert_eq!(
+            store.settle().await.expect("settle"),
+            [],
+            "nothing to settle"
+        );
+
+        // It landed: the token and the messages are there; the writer goes on after it.
+        let (m1, m2) = (new_message(a, b, "landed 1"), new_message(a, b, "landed 2"));
+        let at = writer.next();
+        assert!(arrives(&store, at, &[&m1, &m2]).await);
+        lose(at, &[&m1, &m2]);
+        assert_eq!(
+            store.settle().await.expect("settle"),
+            [m1.message.id, m2.message.id]
+        );
+        assert_eq!(writer.next().slot, at.slot + 1);
+        assert_eq!(
+            store.conversations_of(a, None, 10).await.expect("list")[0]
+                .last_message
+                .as_ref()
+                .map(|m| m.id),
+            Some(m2.message.id),
+            "the conversation shows what landed"
+        );
+
+        // It had not landed: settled as nothing stored, and it cannot land any more.
+        let m3 = new_message(a, b, "late");
+        let at = writer.next();
+        lose(at, &[&m3]);
+        assert_eq!(store.settle().await.expect("settle"), []);
+        assert!(
+            !arrives(&store, at, &[&m3]).await,
+            "the late insert is refused"
+        );
+        assert!(send(&store, a, b, "next").await, "the writer carries on");
+
+        // Fenced by another node before it landed: nothing stored, a new epoch.
+        let m4 = new_message(a, b, "fenced");
+        let at = writer.next();
+        other.fence("n1", at.epoch).await.expect("fence");
+        lose(at, &[&m4]);
+        assert_eq!(store.settle().await.expect("settle"), []);
+        assert!(!arrives(&store, at, &[&m4]).await);
+        assert_ne!(writer.epoch(), at.epoch, "a new epoch");
+        assert!(send(&store, a, b, "rejoined").await);
+
+        let nil = MessageId::from(uuid::Uuid::nil());
+        let stored: Vec<_> = other
+            .stored_by("n1", nil, None)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+        assert_eq!(stored, ["landed 1", "landed 2", "next", "rejoined"]);
         other.database().drop().await.expect("drop");
     }
 }

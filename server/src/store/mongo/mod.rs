@@ -34,7 +34,12 @@ use crate::domain::{
 };
 use conversations::{ConversationDoc, MemberDoc};
 use documents::{MessageDoc, UserDoc};
-use errors::{all, classify, corrupt, is_duplicate_key, is_out_of_space, refused_one};
+use errors::{
+    all, classify, corrupt, describe, is_duplicate_key, is_out_of_space, is_unanswered, refused_one,
+};
+
+/// How long an insert may go unanswered before the writer takes its answer for lost.
+const WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct MongoStore {
     database: Database,
@@ -45,6 +50,9 @@ pub struct MongoStore {
     /// This node's writer in a cluster: its name, kept on every message it stores, and its
     /// fencing epoch (see `fencing.rs`).
     writer: Option<fencing::Writer>,
+    /// Stored messages whose conversation could not be brought up to date (the database went
+    /// away right after the insert), retried before the next insert. `touch` is idempotent.
+    untouched: std::sync::Mutex<Vec<Message>>,
 }
 
 impl MongoStore {
@@ -66,6 +74,30 @@ impl MongoStore {
             writer.filled(at);
             self.prune_tokens(&writer.node, at).await;
         }
+    }
+
+    /// Each stored message's conversation exists and shows it as its latest activity (the
+    /// newest per conversation is enough: ids grow), along with any left from before. A
+    /// failure never turns a stored message into a failed send: it is kept and retried.
+    async fn touch_all(&self, stored: impl Iterator<Item = &Message>) {
+        let mut latest: HashMap<ConversationId, Message> = HashMap::new();
+        let earlier = std::mem::take(&mut *crate::sync::lock(&self.untouched));
+        for message in earlier.into_iter().chain(stored.cloned()) {
+            match latest.get(&message.conversation) {
+                Some(newer) if newer.id >= message.id => {}
+                _ => {
+                    latest.insert(message.conversation, message);
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        for message in latest.into_values() {
+            if let Err(e) = self.touch(&message).await {
+                tracing::debug!(error = %e, "a conversation's latest activity waits for the next insert");
+                failed.push(message);
+            }
+        }
+        crate::sync::lock(&self.untouched).extend(failed);
     }
 
     async fn find_messages(&self, filter: Document) -> Result<Vec<Message>, StoreError> {
@@ -243,6 +275,7 @@ impl Store for MongoStore {
         &self,
         batch: &[NewMessage],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
+        self.touch_all(std::iter::empty()).await;
         let mut outcomes: Vec<Option<Result<Inserted, StoreError>>> =
             (0..batch.len()).map(|_| None).collect();
         let scoped: Vec<Option<String>> = batch
@@ -310,15 +343,33 @@ impl Store for MongoStore {
                 docs.push(bson::to_document(&doc).map_err(|e| StoreError::Internal(e.into()))?);
             }
             let skip = usize::from(token.is_some());
-            let failure = match self.raw_messages().insert_many(docs).ordered(true).await {
-                Ok(_) => {
+            let messages = self.raw_messages();
+            let inserting = messages.insert_many(docs).ordered(true);
+            let failure = match tokio::time::timeout(WRITE_DEADLINE, inserting).await {
+                Ok(Ok(_)) => {
                     self.filled(token).await;
                     for &i in rest {
                         outcomes[i] = Some(Ok(Inserted::Stored));
                     }
                     break;
                 }
-                Err(e) => e,
+                Ok(Err(e)) => Some(e),
+                // A stalled link: the driver would wait for as long as the TCP connection lives.
+                Err(_) => None,
+            };
+            let unanswered = failure.as_ref().is_none_or(is_unanswered);
+            if let (true, Some((writer, at))) = (unanswered, token) {
+                let error = failure
+                    .as_ref()
+                    .map_or("no answer in time".to_owned(), describe);
+                return Err(lost_answer(writer, at, batch, &outcomes, rest, &error));
+            }
+            let Some(failure) = failure else {
+                let err = StoreError::Unavailable("the database did not answer in time".into());
+                for &i in rest {
+                    outcomes[i] = Some(Err(err.duplicate()));
+                }
+                break;
             };
             match (refused_one(&failure), token) {
                 // Not this document's fault: nothing more can be stored now.
@@ -331,7 +382,15 @@ impl Store for MongoStore {
                 }
                 // The token's slot is taken: nothing of this insert is stored.
                 (Some((0, _)), Some((writer, at))) => {
-                    if self.is_fence(&writer.node, at).await? {
+                    let fenced = match self.is_fence(&writer.node, at).await {
+                        Ok(fenced) => fenced,
+                        // Earlier inserts of this batch may be stored: settle it.
+                        Err(e) => {
+                            let error = e.to_string();
+                            return Err(lost_answer(writer, at, batch, &outcomes, rest, &error));
+                        }
+                    };
+                    if fenced {
                         tracing::warn!(
                             "this node was taken for dead by the cluster; its writes are refused \
                              until it is heard again"
@@ -387,22 +446,20 @@ impl Store for MongoStore {
                 None => Err(StoreError::Internal(anyhow!("message outcome missing"))),
             });
         }
-        // Each stored message's direct conversation exists and shows it as its latest activity
-        // (the last of the batch per conversation is enough: ids grow).
-        let mut latest: HashMap<ConversationId, &Message> = HashMap::new();
-        for (index, outcome) in outcomes.iter().enumerate() {
-            if let Some(Ok(Inserted::Stored)) = outcome {
-                let message = &batch[index].message;
-                latest.insert(message.conversation, message);
-            }
-        }
-        for message in latest.into_values() {
-            self.touch(message).await?;
-        }
+        let stored = outcomes
+            .iter()
+            .zip(batch)
+            .filter(|(outcome, _)| matches!(outcome, Some(Ok(Inserted::Stored))))
+            .map(|(_, new)| &new.message);
+        self.touch_all(stored).await;
         Ok(outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(StoreError::Internal(anyhow!("outcome missing")))))
             .collect())
+    }
+
+    async fn settle(&self) -> Result<Vec<MessageId>, StoreError> {
+        self.settle_unanswered().await
     }
 
     async fn token_version(&self, id: UserId) -> Result<Option<u64>, StoreError> {
@@ -637,6 +694,32 @@ impl Store for MongoStore {
 }
 
 /// `_id` in `(after, upto]`, either end open when `None` (ids sort as text).
+/// Records a cluster writer's insert in slot `at` whose outcome is unknown, for
+/// [`Store::settle`]: what earlier inserts of `batch` stored, and what `rest` may have.
+fn lost_answer(
+    writer: &fencing::Writer,
+    at: fencing::Slot,
+    batch: &[NewMessage],
+    outcomes: &[Option<Result<Inserted, StoreError>>],
+    rest: &[usize],
+    error: &str,
+) -> StoreError {
+    writer.unanswered(fencing::Unanswered {
+        at,
+        stored: (0..batch.len())
+            .filter(|&i| matches!(outcomes[i], Some(Ok(Inserted::Stored))))
+            .map(|i| batch[i].message.clone())
+            .collect(),
+        unsure: rest.iter().map(|&i| batch[i].message.clone()).collect(),
+    });
+    tracing::warn!(
+        error,
+        "the database's answer to an insert was lost; this node shows nothing new until it \
+         knows what was stored"
+    );
+    StoreError::Unanswered.counted()
+}
+
 fn id_range(after: Option<MessageId>, upto: Option<MessageId>) -> Document {
     let mut range = Document::new();
     if let Some(after) = after {
