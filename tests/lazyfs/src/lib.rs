@@ -40,10 +40,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
 };
 
 /// The unit in which unsynced data is kept.
@@ -124,7 +124,10 @@ pub fn mount_or_skip(backing: &Path, mountpoint: &Path, what: &str) -> Option<Mo
         Ok(mount) => Some(mount),
         Err(e) => {
             let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!in_ci, "CI must run {what}, but the lazy FUSE mount failed: {e}");
+            assert!(
+                !in_ci,
+                "CI must run {what}, but the lazy FUSE mount failed: {e}"
+            );
             eprintln!(
                 "\n*** SKIPPED {what}: cannot mount the lazy FUSE file system ({e}); \
                  run as root with /dev/fuse (or install fuse3) ***\n"
@@ -701,9 +704,7 @@ impl Filesystem for Lazy {
             if atime.is_some() || mtime.is_some() {
                 let times = [timespec(atime), timespec(mtime)];
                 let path = c_path(&full)?;
-                cvt(unsafe {
-                    libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0)
-                })?;
+                cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) })?;
             }
             if let Some(size) = size {
                 state.truncate(ino, size)?;

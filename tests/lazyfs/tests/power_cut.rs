@@ -55,11 +55,18 @@ fn a_power_cut_keeps_what_was_fsynced_and_nothing_else() {
 
     let dropped = mount.power_cut();
     assert!(dropped.total() >= 2 * PAGE, "{dropped:?}");
-    assert_eq!(std::fs::metadata(backing.path().join("a")).unwrap().len(), 5000);
+    assert_eq!(
+        std::fs::metadata(backing.path().join("a")).unwrap().len(),
+        5000
+    );
 
     let mount = mount_or_skip(backing.path(), mountpoint.path(), "the lazyfs test").unwrap();
     assert_eq!(read(&a), synced, "exactly what was fsynced");
-    assert_eq!(read(&b), b"", "B's name survived (metadata is durable), its data did not");
+    assert_eq!(
+        read(&b),
+        b"",
+        "B's name survived (metadata is durable), its data did not"
+    );
     assert!(mountpoint.path().join("d").is_dir());
 
     // A clean unmount writes everything back.
