@@ -193,6 +193,9 @@ impl Mount {
         if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
             // The kernel sends DESTROY or ENODEV; the session thread ends.
             let _ = session.join();
+        } else if io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+            // Not root: fuser goes through `fusermount3 -u`.
+            let _ = session.umount_and_join();
         } else {
             // Busy: detach it; the session ends when the last user closes its files.
             unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
@@ -693,7 +696,13 @@ impl Filesystem for Lazy {
         let mut state = self.state();
         let result = (|| {
             let ino = ino.0;
-            let full = state.full(&state.rel(ino)?);
+            // Metadata by path; the size alone also works on a file already unlinked.
+            let full = match state.rel(ino) {
+                Ok(rel) => state.full(&rel),
+                Err(e) if mode.is_some() || uid.is_some() || gid.is_some() => return Err(e),
+                Err(e) if atime.is_some() || mtime.is_some() => return Err(e),
+                Err(_) => PathBuf::new(),
+            };
             if let Some(mode) = mode {
                 std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode & 0o7777))
                     .map_err(errno)?;
