@@ -21,6 +21,7 @@ mod moderation;
 mod persistence;
 mod personas;
 mod plugins;
+mod power_cut;
 mod process;
 mod realtime;
 mod responder;

@@ -59,6 +59,11 @@ impl Server {
         Self::launch(storage, &[], None)
     }
 
+    /// As `start_without_secret`, plus `env`.
+    pub fn start_keeping_secret(storage: &Storage, env: &[(&str, &str)]) -> Self {
+        Self::launch(storage, env, None)
+    }
+
     fn launch(storage: &Storage, env: &[(&str, &str)], secret: Option<&str>) -> Self {
         let mut command = Command::new(BINARY);
         command
