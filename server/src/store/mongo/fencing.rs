@@ -24,8 +24,8 @@ use std::collections::HashSet;
 
 use mongodb::bson::{Document, doc};
 
-use super::MongoStore;
 use super::errors::{all, classify, is_duplicate_key};
+use super::{MongoStore, WRITE_DEADLINE, within};
 use crate::domain::{Message, MessageId};
 use crate::store::StoreError;
 
@@ -169,19 +169,24 @@ impl MongoStore {
         };
         let at = lost.at;
         let void = doc! { "_id": token_id(&writer.node, at), "slot": at.slot as i64, "void": true };
-        match self.raw_messages().insert_one(void).await {
-            Ok(_) => {}
-            Err(e) if is_duplicate_key(&e) => {}
-            Err(e) => return Err(classify(e)),
-        }
-        let fenced = self.is_fence(&writer.node, at).await?;
-        let ids: Vec<String> = lost.unsure.iter().map(|m| m.id.to_string()).collect();
-        let found: Vec<Document> = all(self
-            .raw_messages()
-            .find(doc! { "_id": { "$in": ids } })
-            .projection(doc! { "_id": 1 })
-            .await)
+        // Each step may go unanswered too (a void token landing late only takes the slot, as
+        // meant); the writer asks again.
+        within(WRITE_DEADLINE, async {
+            match self.raw_messages().insert_one(void).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_duplicate_key(&e) => Ok(()),
+                Err(e) => Err(classify(e)),
+            }
+        })
         .await?;
+        let fenced = within(WRITE_DEADLINE, self.is_fence(&writer.node, at)).await?;
+        let ids: Vec<String> = lost.unsure.iter().map(|m| m.id.to_string()).collect();
+        let messages = self.raw_messages();
+        let finding = messages
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 });
+        let found: Vec<Document> =
+            within(WRITE_DEADLINE, async { all(finding.await).await }).await?;
         let found: HashSet<&str> = found.iter().filter_map(|d| d.get_str("_id").ok()).collect();
         let stored: Vec<&Message> = lost
             .stored

@@ -18,6 +18,7 @@ mod errors;
 mod fencing;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::anyhow;
 use async_trait::async_trait;
@@ -38,8 +39,25 @@ use errors::{
     all, classify, corrupt, describe, is_duplicate_key, is_out_of_space, is_unanswered, refused_one,
 };
 
-/// How long an insert may go unanswered before the writer takes its answer for lost.
-const WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the writer waits for any answer (an insert, the reads before it) before it takes
+/// the answer for lost: a stalled link would otherwise hold it for as long as the TCP
+/// connection lives.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long `/readyz` waits for the database's answer: a load balancer's probe must not hang.
+const PING_DEADLINE: Duration = Duration::from_secs(2);
+
+/// `op`, or `Unavailable` once `deadline` has passed without an answer.
+async fn within<T>(
+    deadline: Duration,
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, op)
+        .await
+        .unwrap_or_else(|_| {
+            let detail = format!("no answer within {} s", deadline.as_secs());
+            Err(StoreError::Unavailable(detail).counted())
+        })
+}
 
 pub struct MongoStore {
     database: Database,
@@ -72,7 +90,8 @@ impl MongoStore {
     async fn filled(&self, token: Option<(&fencing::Writer, fencing::Slot)>) {
         if let Some((writer, at)) = token {
             writer.filled(at);
-            self.prune_tokens(&writer.node, at).await;
+            // A prune that cannot finish is retried by the next one.
+            let _ = tokio::time::timeout(WRITE_DEADLINE, self.prune_tokens(&writer.node, at)).await;
         }
     }
 
@@ -92,7 +111,7 @@ impl MongoStore {
         }
         let mut failed = Vec::new();
         for message in latest.into_values() {
-            if let Err(e) = self.touch(&message).await {
+            if let Err(e) = within(WRITE_DEADLINE, self.touch(&message)).await {
                 tracing::debug!(error = %e, "a conversation's latest activity waits for the next insert");
                 failed.push(message);
             }
@@ -286,7 +305,7 @@ impl Store for MongoStore {
                     .map(|k| k.scoped(new.message.sender))
             })
             .collect();
-        let earlier = self.earlier_sends(scoped.iter().flatten()).await?;
+        let earlier = within(WRITE_DEADLINE, self.earlier_sends(scoped.iter().flatten())).await?;
         // A key seen twice in one batch: the later send answers with the earlier one's result.
         let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
         let mut replays_in_batch = Vec::new();
@@ -307,9 +326,13 @@ impl Store for MongoStore {
         }
         // No foreign keys here: a message whose sender or recipient is gone fails alone, as
         // it does on SQLite, for the price of one lookup per batch.
-        let existing = self.existing_users(&to_insert, batch).await?;
+        let existing = within(WRITE_DEADLINE, self.existing_users(&to_insert, batch)).await?;
         // A group message is stored only while its sender is in the group.
-        let in_groups = self.memberships_of_senders(&to_insert, batch).await?;
+        let in_groups = within(
+            WRITE_DEADLINE,
+            self.memberships_of_senders(&to_insert, batch),
+        )
+        .await?;
         to_insert.retain(|&index| {
             let message = &batch[index].message;
             let known = existing.contains(&message.sender.to_string())
@@ -672,10 +695,13 @@ impl Store for MongoStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.database
-            .run_command(doc! { "ping": 1 })
-            .await
-            .map_err(classify)?;
+        within(PING_DEADLINE, async {
+            self.database
+                .run_command(doc! { "ping": 1 })
+                .await
+                .map_err(classify)
+        })
+        .await?;
         if super::full::is_full() {
             // A small write, to learn whether the server has space again.
             self.database
