@@ -251,6 +251,19 @@ impl Server {
         Ok(server)
     }
 
+    /// The server's CPU time so far (user + system, all threads), from `/proc/<pid>/stat`.
+    fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
+        // Fields after the command name (which may hold spaces, so split after its ')'):
+        // utime and stime are the 14th and 15th fields of the line, 12th and 13th here.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (ticks > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / ticks as f64))
+    }
+
     fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
         status
@@ -480,6 +493,8 @@ struct Run {
     p95: f64,
     p99: f64,
     max: f64,
+    /// Server CPU time over the run per delivered message, in µs.
+    cpu_per_message: Option<f64>,
 }
 
 /// Who sends to whom for the k-th message: spread over all pairs, never to oneself.
@@ -546,6 +561,7 @@ impl Bench<'_> {
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
         let start = tokio::time::Instant::now();
         let start_us = self.recorder.now_us();
+        let cpu_before = self.server.cpu_time();
         let mut in_flight = Vec::new();
         for k in 0..total {
             tokio::time::sleep_until(start + interval * k as u32).await;
@@ -558,7 +574,7 @@ impl Bench<'_> {
             format!("{} at {rate}/s", transport.name()),
             total,
             &failed,
-            start_us,
+            (start_us, cpu_before),
         )
         .await
     }
@@ -569,6 +585,7 @@ impl Bench<'_> {
         let failed = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(AtomicU64::new(0));
         let start_us = self.recorder.now_us();
+        let cpu_before = self.server.cpu_time();
         let stop = Instant::now() + Duration::from_secs(seconds);
         let workers = concurrency.min(self.users.len());
         // Acks left over from a fixed-rate run would let a worker run ahead of the server.
@@ -623,13 +640,20 @@ impl Bench<'_> {
             format!("{} max, {workers} senders", transport.name()),
             total,
             &failed,
-            start_us,
+            (start_us, cpu_before),
         )
         .await
     }
 
-    /// Waits (bounded) for the last pushes, then summarises.
-    async fn finish(&self, label: String, sent: u64, failed: &AtomicU64, start_us: u64) -> Run {
+    /// Waits (bounded) for the last pushes, then summarises. `started`: when the run began, on
+    /// the recorder's clock, and the server's CPU time then.
+    async fn finish(
+        &self,
+        label: String,
+        sent: u64,
+        failed: &AtomicU64,
+        (start_us, cpu_before): (u64, Option<Duration>),
+    ) -> Run {
         let failed = failed.load(Ordering::Relaxed);
         let expected = sent.saturating_sub(failed);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -638,6 +662,12 @@ impl Bench<'_> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let delivered = self.recorder.delivered.load(Ordering::SeqCst);
+        let cpu_per_message = match (cpu_before, self.server.cpu_time()) {
+            (Some(before), Some(after)) if delivered > 0 => {
+                Some((after - before).as_secs_f64() * 1e6 / delivered as f64)
+            }
+            _ => None,
+        };
         let elapsed_s = (self
             .recorder
             .last_delivery_us
@@ -665,6 +695,7 @@ impl Bench<'_> {
             p95: ms(h.value_at_quantile(0.95)),
             p99: ms(h.value_at_quantile(0.99)),
             max: ms(h.max()),
+            cpu_per_message,
         }
     }
 }
@@ -738,15 +769,31 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
 
     println!();
     println!(
-        "{:<28} {:>8} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "run", "sent", "delivered", "failed", "msg/s", "p50 ms", "p95 ms", "p99 ms", "max ms"
+        "{:<28} {:>8} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>11}",
+        "run",
+        "sent",
+        "delivered",
+        "failed",
+        "msg/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "CPU µs/msg"
     );
     for r in &runs {
+        let cpu = r
+            .cpu_per_message
+            .map_or("n/a".to_owned(), |us| format!("{us:.0}"));
         println!(
-            "{:<28} {:>8} {:>9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            r.label, r.sent, r.delivered, r.failed, r.throughput, r.p50, r.p95, r.p99, r.max
+            "{:<28} {:>8} {:>9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>11}",
+            r.label, r.sent, r.delivered, r.failed, r.throughput, r.p50, r.p95, r.p99, r.max, cpu
         );
     }
+    println!(
+        "(CPU µs/msg: the server's user + system CPU time over the run, from /proc/<pid>/stat, \
+         per delivered message; one process's, so for a cluster only --pid's node)"
+    );
     if let Some(rss) = server.rss_kib() {
         println!("server RSS after the runs: {:.1} MiB", rss as f64 / 1024.0);
     }

@@ -23,6 +23,7 @@ pub const MODERATION_VERDICTS: &str = "palaver_moderation_verdicts_total";
 pub const MODERATION_DURATION: &str = "palaver_moderation_duration_seconds";
 pub const RATE_LIMITED: &str = "palaver_rate_limited_total";
 pub const STORE_ERRORS: &str = "palaver_store_errors_total";
+pub const STORE_ROUND_TRIPS: &str = "palaver_store_round_trips_total";
 pub const CLUSTER_NODES: &str = "palaver_cluster_nodes";
 pub const STORAGE_FULL: &str = "palaver_storage_full";
 pub const CLUSTER_RECOVERED: &str = "palaver_cluster_recovered_messages_total";
@@ -116,6 +117,10 @@ fn describe() {
     describe_counter!(
         STORE_ERRORS,
         "Database operations that failed (unavailable or internal), by kind."
+    );
+    describe_counter!(
+        STORE_ROUND_TRIPS,
+        "Round trips to SQLite's connection pool (embedded store), by store operation."
     );
     describe_gauge!(
         CLUSTER_NODES,
@@ -252,6 +257,11 @@ pub fn rate_limited(limit: &'static str) {
 
 pub fn store_error(kind: &'static str) {
     counter!(STORE_ERRORS, "kind" => kind).increment(1);
+}
+
+/// One round trip to the embedded store's pool; `operation` is a store method's name.
+pub fn store_round_trip(operation: &'static str) {
+    counter!(STORE_ROUND_TRIPS, "operation" => operation).increment(1);
 }
 
 /// `count` other nodes are heard now.

@@ -380,3 +380,85 @@ async fn without_metrics_addr_nothing_listens_and_the_api_has_no_metrics_route()
 fn uuid_like() -> &'static str {
     "0193a5f2-0000-7000-8000-000000000000"
 }
+
+/// The perf guard (issue 21): not a timing test but a count. One HTTP send and its push cost
+/// a fixed number of round trips to the store, by operation; a change that adds a database hop
+/// to the send path fails here and names it.
+#[tokio::test]
+async fn one_send_and_its_push_cost_a_fixed_number_of_store_round_trips() {
+    let storage = Storage::new();
+    let server = Server::start(&storage, &[("METRICS_ADDR", "127.0.0.1:0")]);
+    let client = reqwest::Client::new();
+    let ada = server.account(&client, "ada").await.token;
+    let grace = server.account(&client, "grace").await;
+    let url = format!(
+        "{}/ws?token={}",
+        server.base.replace("http://", "ws://"),
+        grace.token
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("grace's socket");
+    let send = |content: &'static str| {
+        let body = json!({"recipient": grace.id, "content": content});
+        call(
+            &client,
+            &server,
+            reqwest::Method::POST,
+            "/api/chat/send",
+            Some(&ada),
+            Some(body),
+        )
+    };
+    async fn push_of(
+        socket: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        content: &str,
+    ) {
+        while let Some(frame) = socket.next().await {
+            let frame = frame.expect("frame");
+            let Ok(text) = frame.to_text() else { continue };
+            let Ok(value) = serde_json::from_str::<Value>(text) else {
+                continue;
+            };
+            if value["type"] == "message" && value["message"]["content"] == content {
+                return;
+            }
+        }
+        panic!("the socket closed before {content} arrived");
+    }
+    let round_trips = |scrape: &Scrape| -> BTreeMap<String, f64> {
+        scrape
+            .0
+            .iter()
+            .filter(|(name, _, _)| name == "palaver_store_round_trips_total")
+            .map(|(_, labels, value)| (labels["operation"].clone(), *value))
+            .collect()
+    };
+
+    // The first send warms what is cached (the sender's token version).
+    assert_eq!(send("warm-up").await.0, StatusCode::OK);
+    push_of(&mut socket, "warm-up").await;
+    let (before, _) = scrape(&client, &server).await;
+    assert_eq!(send("counted").await.0, StatusCode::OK);
+    push_of(&mut socket, "counted").await;
+    let (after, _) = scrape(&client, &server).await;
+
+    let (before, after) = (round_trips(&before), round_trips(&after));
+    let mut spent: BTreeMap<&str, f64> = BTreeMap::new();
+    for (operation, count) in &after {
+        let delta = count - before.get(operation).copied().unwrap_or(0.0);
+        // The sender's token version is cached for 5 s (auth::sessions::CACHE_TTL): a slow
+        // machine may look it up again, which is not the send path's cost.
+        if delta > 0.0 && operation != "token_version" {
+            spent.insert(operation, delta);
+        }
+    }
+    let expected = BTreeMap::from([("insert_messages", 1.0), ("user_by_id", 1.0)]);
+    assert_eq!(
+        spent, expected,
+        "store round trips for one HTTP send and its push, by operation (left: now; right: \
+         the budget): a new hop on the send path shows up here"
+    );
+}

@@ -208,7 +208,7 @@ impl SqliteStore {
             .to_path_buf();
         let store = Self { pool, dir };
         store
-            .with_conn(migrate)
+            .with_conn("migrate", migrate)
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
         tokio::spawn(checkpoint_periodically(store.pool.clone()));
@@ -230,11 +230,14 @@ impl SqliteStore {
         room
     }
 
-    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// One round trip to SQLite's connection pool, counted under `operation` (the store method:
+    /// the perf guard in tests/api/metrics.rs counts them per send).
+    async fn with_conn<T, F>(&self, operation: &'static str, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        crate::metrics::store_round_trip(operation);
         let conn = self
             .pool
             .get()
@@ -514,7 +517,7 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("create_user", move |conn| {
             let inserted = conn.execute(
                 "INSERT INTO users (id, email, password_hash, status, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -540,7 +543,7 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("user_by_id", move |conn| {
             conn.query_row(
                 "SELECT id, email, status FROM users WHERE id = ?1",
                 [id.to_string()],
@@ -554,7 +557,7 @@ impl Store for SqliteStore {
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         let email = email.clone();
-        self.with_conn(move |conn| {
+        self.with_conn("user_by_email", move |conn| {
             conn.query_row(
                 "SELECT id, email, status FROM users WHERE email = ?1",
                 [email.as_str()],
@@ -569,7 +572,7 @@ impl Store for SqliteStore {
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
         let ids = serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
             .map_err(|e| StoreError::Internal(e.into()))?;
-        self.with_conn(move |conn| {
+        self.with_conn("users_by_ids", move |conn| {
             conn.prepare_cached(
                 "SELECT id, email, status FROM users WHERE id IN (SELECT value FROM json_each(?1))",
             )
@@ -580,7 +583,7 @@ impl Store for SqliteStore {
     }
 
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("message", move |conn| {
             conn.query_row(
                 "SELECT id, sender, recipient, content, sent_at, kind, conversation, idempotency FROM messages WHERE id = ?1",
                 [id.to_string()],
@@ -594,7 +597,7 @@ impl Store for SqliteStore {
 
     async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError> {
         let email = email.clone();
-        self.with_conn(move |conn| {
+        self.with_conn("credentials_by_email", move |conn| {
             conn.query_row(
                 "SELECT id, email, status, password_hash, token_version FROM users
                  WHERE email = ?1",
@@ -614,7 +617,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_status(&self, id: UserId, status: Status) -> Result<Option<Status>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("set_status", move |conn| {
             let tx = write_transaction(conn)?;
             let previous = tx
                 .query_row(
@@ -642,7 +645,7 @@ impl Store for SqliteStore {
         batch: &[NewMessage],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
         let batch = batch.to_vec();
-        let outcomes = self.with_conn(move |conn| {
+        let outcomes = self.with_conn("insert_messages", move |conn| {
             let cutoff = rfc3339(Utc::now() - IDEMPOTENCY_WINDOW);
             // One transaction, so a batch costs one fsync however many messages it holds. A
             // failed INSERT undoes only itself (SQLite's statements are atomic and foreign keys
@@ -762,7 +765,7 @@ impl Store for SqliteStore {
     }
 
     async fn token_version(&self, id: UserId) -> Result<Option<u64>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("token_version", move |conn| {
             conn.query_row(
                 "SELECT token_version FROM users WHERE id = ?1",
                 [id.to_string()],
@@ -780,7 +783,7 @@ impl Store for SqliteStore {
         id: UserId,
         new_password_hash: Option<String>,
     ) -> Result<Option<u64>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("revoke_tokens", move |conn| {
             conn.query_row(
                 "UPDATE users SET token_version = token_version + 1,
                                   password_hash = coalesce(?2, password_hash)
@@ -796,7 +799,7 @@ impl Store for SqliteStore {
     }
 
     async fn password_hash(&self, id: UserId) -> Result<Option<String>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("password_hash", move |conn| {
             conn.query_row(
                 "SELECT password_hash FROM users WHERE id = ?1",
                 [id.to_string()],
@@ -809,7 +812,7 @@ impl Store for SqliteStore {
     }
 
     async fn responder_choice(&self, id: UserId) -> Result<Option<ResponderChoice>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("responder_choice", move |conn| {
             let stored: Option<Option<String>> = conn
                 .query_row(
                     "SELECT responder FROM users WHERE id = ?1",
@@ -836,7 +839,7 @@ impl Store for SqliteStore {
         choice: &ResponderChoice,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(choice).map_err(|e| StoreError::Internal(e.into()))?;
-        self.with_conn(move |conn| {
+        self.with_conn("set_responder_choice", move |conn| {
             let updated = conn
                 .execute(
                     "UPDATE users SET responder = ?1 WHERE id = ?2",
@@ -849,7 +852,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("delete_user", move |conn| {
             let id = id.to_string();
             let tx = write_transaction(conn)?;
             tx.execute(
@@ -880,7 +883,7 @@ impl Store for SqliteStore {
     }
 
     async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("conversation_peers", move |conn| {
             let mut query = conn
                 .prepare_cached(
                     "SELECT recipient FROM messages WHERE sender = ?1 AND recipient != ?1
@@ -909,7 +912,7 @@ impl Store for SqliteStore {
         page: &MessagePage,
     ) -> Result<Vec<Message>, StoreError> {
         let page = page.clone();
-        self.with_conn(move |conn| {
+        self.with_conn("list_messages", move |conn| {
             let mut sql = String::from(
                 "SELECT id, sender, recipient, content, sent_at, kind, conversation, idempotency FROM messages WHERE ",
             );
@@ -971,7 +974,7 @@ impl Store for SqliteStore {
 
     async fn create_conversation(&self, conversation: &Conversation) -> Result<(), StoreError> {
         let conversation = conversation.clone();
-        self.with_conn(move |conn| {
+        self.with_conn("create_conversation", move |conn| {
             let tx = write_transaction(conn)?;
             let id = conversation.id.to_string();
             tx.execute(
@@ -998,13 +1001,15 @@ impl Store for SqliteStore {
     }
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
-        self.with_conn(move |conn| load_conversation(conn, &id.to_string()).map_err(internal))
-            .await
+        self.with_conn("conversation", move |conn| {
+            load_conversation(conn, &id.to_string()).map_err(internal)
+        })
+        .await
     }
 
     async fn set_title(&self, id: ConversationId, title: &Title) -> Result<bool, StoreError> {
         let title = title.clone();
-        self.with_conn(move |conn| {
+        self.with_conn("set_title", move |conn| {
             conn.execute(
                 "UPDATE conversations SET title = ?1 WHERE id = ?2 AND kind = 'group'",
                 (title.as_str(), id.to_string()),
@@ -1017,13 +1022,13 @@ impl Store for SqliteStore {
 
     async fn add_member(&self, id: ConversationId, member: &Member) -> Result<bool, StoreError> {
         let member = member.clone();
-        self.with_conn(
-            move |conn| match insert_member(conn, &id.to_string(), &member) {
+        self.with_conn("add_member", move |conn| {
+            match insert_member(conn, &id.to_string(), &member) {
                 Ok(added) => Ok(added),
                 Err(e) if is_foreign_key_violation(&e) => Err(StoreError::UnknownUser),
                 Err(e) => Err(internal(e)),
-            },
-        )
+            }
+        })
         .await
     }
 
@@ -1032,7 +1037,7 @@ impl Store for SqliteStore {
         id: ConversationId,
         user: UserId,
     ) -> Result<Option<Conversation>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("remove_member", move |conn| {
             let tx = write_transaction(conn)?;
             let id = id.to_string();
             let Some(before) = load_conversation(&tx, &id).map_err(internal)? else {
@@ -1058,7 +1063,7 @@ impl Store for SqliteStore {
         before: Option<MessageId>,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("conversations_of", move |conn| {
             let user = user.to_string();
             let rows: Vec<(String, String, Option<String>)> = conn
                 .prepare_cached(
@@ -1122,7 +1127,7 @@ impl Store for SqliteStore {
         user: UserId,
         upto: MessageId,
     ) -> Result<Option<MessageId>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_conn("mark_read", move |conn| {
             let mark: Option<String> = conn
                 .query_row(
                     "UPDATE members SET read_upto = max(coalesce(read_upto, ''), ?3)
@@ -1145,7 +1150,9 @@ impl Store for SqliteStore {
         if super::full::is_full() && !self.space_back() {
             return Err(StoreError::Full);
         }
-        self.with_conn(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
-            .await
+        self.with_conn("ping", |conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal)
+        })
+        .await
     }
 }
