@@ -114,8 +114,10 @@ impl Streamed {
                 self.text.push_str(piece);
             }
         }
+        // Trimmed at both ends, as the final answer is: each text shown is then a prefix of
+        // the reply (a trailing space of the last piece is not).
         if self.text.len() > before && !self.text.trim().is_empty() {
-            progress(self.text.trim_start());
+            progress(self.text.trim());
         }
         Ok(())
     }
