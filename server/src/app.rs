@@ -15,7 +15,7 @@ use crate::cluster::{Cluster, Parts as ClusterParts};
 use crate::config::Config;
 use crate::conversations::Conversations;
 use crate::limits::Limits;
-use crate::messaging::{BusyRecipients, FanOut, Messaging, Sequencer, Writer};
+use crate::messaging::{BusyRecipients, FanOut, Messaging, Recipients, Sequencer, Writer};
 use crate::metrics::MetricsServer;
 use crate::realtime::{ConnectionCaps, Hub, Live, LocalFanOut, socketio};
 use crate::responder::{Moderation, Responder, watch_plugins_dir};
@@ -72,6 +72,7 @@ impl Application {
         let limits = Arc::new(Limits::new(&config.limits));
         let ids = Arc::new(Sequencer::new());
         let local: Arc<dyn FanOut> = LocalFanOut::new(hub.clone());
+        let recipients = Arc::new(Recipients::default());
         let (fanout, orphans): (Arc<dyn FanOut>, _) = match (&config.cluster, cluster_log) {
             (None, _) => (local, None),
             (Some(settings), Some(log)) => {
@@ -83,6 +84,7 @@ impl Application {
                     ids: ids.clone(),
                     orphans,
                     responder_timeout: config.responder.timeout,
+                    recipients: recipients.clone(),
                 };
                 (Cluster::join(settings, parts).await?, Some(orphaned))
             }
@@ -116,6 +118,7 @@ impl Application {
             responder.clone(),
             moderation,
             limits.clone(),
+            recipients,
         ));
         let plugins_host = responder.plugins().clone();
         if let Some(dir) = &config.responder.plugins_dir {

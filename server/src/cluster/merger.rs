@@ -180,6 +180,7 @@ impl Merger {
             .iter()
             .filter_map(|p| UserId::parse(p).ok())
             .collect();
+        self.parts.recipients.status_changed(user, status);
         self.parts.local.status_changed(user, status, peers);
     }
 

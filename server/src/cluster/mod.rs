@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ClusterSettings;
 use crate::domain::{ConversationId, Message, MessageId, MessageKind, Status, UserId};
-use crate::messaging::{Addressed, FanOut, Notice, Sequencer, Unavailable};
+use crate::messaging::{Addressed, FanOut, Notice, Recipients, Sequencer, Unavailable};
 use crate::store::{ClusterLog, Store};
 
 /// How often an idle writer publishes its position. Pushes from other nodes wait up to about
@@ -253,6 +253,8 @@ pub struct Parts {
     pub orphans: mpsc::UnboundedSender<Message>,
     /// The responder's deadline, to know how far back a dead node's owed answers can be.
     pub responder_timeout: Duration,
+    /// What sends know of their recipients: other nodes' status changes update it.
+    pub recipients: Arc<Recipients>,
 }
 
 impl Cluster {

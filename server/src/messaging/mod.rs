@@ -10,6 +10,7 @@
 
 mod moderation;
 mod notice;
+mod recipients;
 mod sequencer;
 mod view;
 mod writer;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 pub use moderation::{Destination, Draft, Moderator, NoModeration, Review};
 pub use notice::Notice;
+pub use recipients::Recipients;
 pub(crate) use sequencer::random_u64;
 pub use sequencer::{Sequencer, first_id_since};
 pub use view::MessageView;
@@ -178,6 +180,7 @@ pub struct Messaging {
     moderator: Arc<dyn Moderator>,
     outcomes: moderation::OutcomeMemo,
     limits: Arc<Limits>,
+    recipients: Arc<Recipients>,
 }
 
 impl Messaging {
@@ -188,6 +191,7 @@ impl Messaging {
         busy: Arc<dyn BusyRecipients>,
         moderator: Arc<dyn Moderator>,
         limits: Arc<Limits>,
+        recipients: Arc<Recipients>,
     ) -> Self {
         Self {
             store,
@@ -197,6 +201,7 @@ impl Messaging {
             moderator,
             outcomes: moderation::OutcomeMemo::default(),
             limits,
+            recipients,
         }
     }
 
@@ -286,8 +291,16 @@ impl Messaging {
                 members.clone().find(|u| *u != sender).unwrap_or(sender)
             }
         };
-        let Some(recipient) = self.store.user_by_id(recipient).await? else {
-            return Err(SendError::RecipientNotFound);
+        let recipient = match self.recipients.get(recipient) {
+            Some(known) => known,
+            None => {
+                let asked = Instant::now();
+                let Some(found) = self.store.user_by_id(recipient).await? else {
+                    return Err(SendError::RecipientNotFound);
+                };
+                self.recipients.remember(found.clone(), asked);
+                found
+            }
         };
         let destination = match &request.to {
             SendTo::Recipient(_) => Destination::User(recipient.id),
@@ -364,6 +377,7 @@ impl Messaging {
         let Some(previous) = self.store.set_status(user, status).await? else {
             return Ok(false);
         };
+        self.recipients.status_changed(user, status);
         if previous != status {
             let peers = self.store.conversation_peers(user).await?;
             self.fanout.status_changed(user, status, peers);
