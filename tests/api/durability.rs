@@ -4,36 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use reqwest::StatusCode;
-use serde_json::{Value, json};
-
-use crate::process::{Account, Server, Storage};
+use crate::process::{Server, Storage, send};
 
 const SENDERS: usize = 8;
 const PER_SENDER: usize = 40;
-
-/// Sends `content` with `content` as its idempotency key; `Some(id)` once acknowledged.
-async fn send(
-    client: &reqwest::Client,
-    server: &str,
-    from: &Account,
-    to: &str,
-    content: &str,
-) -> Option<String> {
-    let response = client
-        .post(format!("{server}/api/chat/send"))
-        .bearer_auth(&from.token)
-        .header("Idempotency-Key", content)
-        .json(&json!({"recipient": to, "content": content}))
-        .send()
-        .await
-        .ok()?;
-    if response.status() != StatusCode::OK {
-        return None;
-    }
-    let body: Value = response.json().await.ok()?;
-    body["id"].as_str().map(str::to_owned)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_sends_survive_kill_9_and_retries_store_nothing_twice() {

@@ -19,39 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palaver_lazyfs::{Dropped, Mount, mount_or_skip};
-use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::process::{Account, Server, Storage};
+use crate::process::{Account, Server, Storage, send};
 
 const SENDERS: usize = 8;
 /// Acknowledged sends before the cut, at least.
 const ENOUGH: usize = 120;
 const WAL: &str = "palaver.db-wal";
 const WHAT: &str = "the power-cut test";
-
-/// Sends `content` with `content` as its idempotency key; `Some(id)` once acknowledged.
-async fn send(
-    client: &reqwest::Client,
-    server: &str,
-    from: &Account,
-    to: &str,
-    content: &str,
-) -> Option<String> {
-    let response = client
-        .post(format!("{server}/api/chat/send"))
-        .bearer_auth(&from.token)
-        .header("Idempotency-Key", content)
-        .json(&json!({"recipient": to, "content": content}))
-        .send()
-        .await
-        .ok()?;
-    if response.status() != StatusCode::OK {
-        return None;
-    }
-    let body: Value = response.json().await.ok()?;
-    body["id"].as_str().map(str::to_owned)
-}
 
 struct Acked {
     content: String,

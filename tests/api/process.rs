@@ -202,6 +202,29 @@ impl Drop for Server {
     }
 }
 
+/// Sends `content` from `from` to `to` with `content` as its idempotency key; `Some(id)` once acknowledged.
+pub async fn send(
+    client: &reqwest::Client,
+    server: &str,
+    from: &Account,
+    to: &str,
+    content: &str,
+) -> Option<String> {
+    let response = client
+        .post(format!("{server}/api/chat/send"))
+        .bearer_auth(&from.token)
+        .header("Idempotency-Key", content)
+        .json(&serde_json::json!({"recipient": to, "content": content}))
+        .send()
+        .await
+        .ok()?;
+    if response.status() != reqwest::StatusCode::OK {
+        return None;
+    }
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["id"].as_str().map(str::to_owned)
+}
+
 pub fn strip_ansi(line: &str) -> String {
     let mut out = String::new();
     let mut chars = line.chars();
