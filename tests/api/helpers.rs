@@ -330,7 +330,7 @@ impl TestApp {
         match &self.mongodb {
             None => {
                 let db = self.data_dir.path().join("palaver.db");
-                let conn = deadpool_sqlite::rusqlite::Connection::open(db).expect("open db");
+                let conn = rusqlite::Connection::open(db).expect("open db");
                 let mut query = conn
                     .prepare("SELECT password_hash FROM users")
                     .expect("query");

@@ -156,7 +156,7 @@ async fn load_and_cut(
 /// `PRAGMA integrity_check` and the number of messages of the database as the cut left it, on
 /// a copy (opening it runs SQLite's recovery, which must not happen before the server's own).
 fn integrity(backing: &Path) -> (String, i64) {
-    use deadpool_sqlite::rusqlite::Connection;
+    use rusqlite::Connection;
     let copy = tempfile::tempdir().expect("tempdir");
     for name in ["palaver.db", WAL] {
         if backing.join(name).exists() {

@@ -1,16 +1,19 @@
-//! The embedded default: one SQLite file in WAL mode, reached through a small connection pool
-//! whose calls run on tokio's blocking threads, never on the async workers.
+//! The embedded default: one SQLite file in WAL mode, reached through connections that each
+//! live on a thread of their own (one writer, a few readers: `threads`), never on the async
+//! workers.
+
+mod threads;
 
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use deadpool_sqlite::rusqlite::{
+use rusqlite::{
     self, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
     params_from_iter,
 };
-use deadpool_sqlite::{Config, Hook, HookError, Pool, Runtime};
+use threads::{Access, Chores, Threads};
 
 use super::{Credentials, Inserted, NewMessage, NewUser, Store, StoreError, User};
 use crate::config::SqliteSynchronous;
@@ -175,7 +178,7 @@ fn connection_pragmas(synchronous: SqliteSynchronous) -> String {
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct SqliteStore {
-    pool: Pool,
+    threads: Threads,
     /// The database's directory, whose file system `refine` asks for free space.
     dir: std::path::PathBuf,
 }
@@ -184,36 +187,45 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub async fn open(path: &Path, synchronous: SqliteSynchronous) -> anyhow::Result<Self> {
         make_private(path).with_context(|| format!("securing {}", path.display()))?;
-        let pragmas = connection_pragmas(synchronous);
-        let pool_size = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
-        let pool = Config::new(path)
-            .builder(Runtime::Tokio1)
-            .context("configuring the SQLite pool")?
-            .max_size(pool_size)
-            .post_create(Hook::async_fn(move |conn, _| {
-                let pragmas = pragmas.clone();
-                Box::pin(async move {
-                    conn.interact(move |conn| conn.execute_batch(&pragmas))
-                        .await
-                        .map_err(|e| HookError::message(e.to_string()))?
-                        .map_err(HookError::Backend)
+        let owned = path.to_path_buf();
+        let (writer, readers, chores) = tokio::task::spawn_blocking(move || {
+            let pragmas = connection_pragmas(synchronous);
+            let open = || -> anyhow::Result<Connection> {
+                let conn = Connection::open(&owned)?;
+                conn.execute_batch(&pragmas)?;
+                Ok(conn)
+            };
+            // The schema first, so readers never see a half-migrated one.
+            let mut writer = open()?;
+            migrate(&mut writer)?;
+            let readers = (0..reader_count())
+                .map(|_| {
+                    let reader = open()?;
+                    reader.pragma_update(None, "query_only", true)?;
+                    Ok(reader)
                 })
-            }))
-            .build()
-            .context("creating the SQLite pool")?;
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::Ok((writer, readers, open()?))
+        })
+        .await
+        .context("opening SQLite")?
+        .with_context(|| format!("opening the database {}", path.display()))?;
+        // Statements the writer prepares stay cached for its whole life; the default (16) is
+        // fewer than a send and the account calls use between them.
+        writer.set_prepared_statement_cache_capacity(64);
+        let chores = Chores {
+            conn: chores,
+            every: CHECKPOINT_INTERVAL,
+            run: checkpoint,
+        };
+        let threads = Threads::start(writer, readers, chores).context("starting SQLite threads")?;
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let store = Self { pool, dir };
-        store
-            .with_conn("migrate", migrate)
-            .await
-            .with_context(|| format!("opening the database {}", path.display()))?;
-        tokio::spawn(checkpoint_periodically(store.pool.clone()));
         tracing::info!(path = %path.display(), "storing in SQLite");
-        Ok(store)
+        Ok(Self { threads, dir })
     }
 
     /// Ends a full-disk episode once the file system has room again, and says whether it has.
@@ -230,23 +242,39 @@ impl SqliteStore {
         room
     }
 
-    /// One round trip to SQLite's connection pool, counted under `operation` (the store method:
-    /// the perf guard in tests/api/metrics.rs counts them per send).
-    async fn with_conn<T, F>(&self, operation: &'static str, f: F) -> Result<T, StoreError>
+    /// One round trip to the writer thread, counted under `operation` (the store method: the
+    /// perf guard in tests/api/metrics.rs counts them per send).
+    async fn write<T, F>(&self, operation: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.round_trip(Access::Write, operation, f).await
+    }
+
+    /// One round trip to a reader thread, counted like [`Self::write`].
+    async fn read<T, F>(&self, operation: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.round_trip(Access::Read, operation, f).await
+    }
+
+    async fn round_trip<T, F>(
+        &self,
+        access: Access,
+        operation: &'static str,
+        f: F,
+    ) -> Result<T, StoreError>
     where
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         crate::metrics::store_round_trip(operation);
-        let conn = self
-            .pool
-            .get()
+        self.threads
+            .run(access, f)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()).counted())?;
-        conn.interact(f)
-            .await
-            .map_err(|e| StoreError::Internal(anyhow!("SQLite task failed: {e}")))
-            .and_then(|result| result)
             .map_err(|e| refine(e, &self.dir).counted())
     }
 }
@@ -276,34 +304,21 @@ fn make_private(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// PASSIVE checkpoints never block writers or readers; they run until the store is dropped.
-async fn checkpoint_periodically(pool: Pool) {
-    let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        if pool.is_closed() {
-            break;
-        }
-        let Ok(conn) = pool.get().await else { continue };
-        let checkpoint = conn
-            .interact(|conn| conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
-            .await;
-        if let Ok(Err(e)) = checkpoint {
-            match internal(e) {
-                // The WAL keeps everything meanwhile. Client writes decide the episode (the WAL
-                // may still have room when the database file cannot grow).
-                StoreError::Full => tracing::debug!("WAL checkpoint failed: the disk is full"),
-                e => tracing::warn!(error = %e, "WAL checkpoint failed"),
-            }
-        }
-    }
+/// Reader connections: enough for history requests to overlap on every core, and at least two
+/// so one slow read never queues the others behind it.
+fn reader_count() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 8))
 }
 
-impl Drop for SqliteStore {
-    /// Closes the pool for every clone, which also ends the checkpoint task.
-    fn drop(&mut self) {
-        self.pool.close();
+/// A PASSIVE checkpoint never blocks writers or readers; it runs until the store is dropped.
+fn checkpoint(conn: &mut Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        match internal(e) {
+            // The WAL keeps everything meanwhile. Client writes decide the episode (the WAL
+            // may still have room when the database file cannot grow).
+            StoreError::Full => tracing::debug!("WAL checkpoint failed: the disk is full"),
+            e => tracing::warn!(error = %e, "WAL checkpoint failed"),
+        }
     }
 }
 
@@ -517,7 +532,7 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
-        self.with_conn("create_user", move |conn| {
+        self.write("create_user", move |conn| {
             let inserted = conn.execute(
                 "INSERT INTO users (id, email, password_hash, status, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -543,7 +558,7 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.with_conn("user_by_id", move |conn| {
+        self.read("user_by_id", move |conn| {
             conn.query_row(
                 "SELECT id, email, status FROM users WHERE id = ?1",
                 [id.to_string()],
@@ -557,7 +572,7 @@ impl Store for SqliteStore {
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         let email = email.clone();
-        self.with_conn("user_by_email", move |conn| {
+        self.read("user_by_email", move |conn| {
             conn.query_row(
                 "SELECT id, email, status FROM users WHERE email = ?1",
                 [email.as_str()],
@@ -572,7 +587,7 @@ impl Store for SqliteStore {
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
         let ids = serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
             .map_err(|e| StoreError::Internal(e.into()))?;
-        self.with_conn("users_by_ids", move |conn| {
+        self.read("users_by_ids", move |conn| {
             conn.prepare_cached(
                 "SELECT id, email, status FROM users WHERE id IN (SELECT value FROM json_each(?1))",
             )
@@ -583,7 +598,7 @@ impl Store for SqliteStore {
     }
 
     async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
-        self.with_conn("message", move |conn| {
+        self.read("message", move |conn| {
             conn.query_row(
                 "SELECT id, sender, recipient, content, sent_at, kind, conversation, idempotency FROM messages WHERE id = ?1",
                 [id.to_string()],
@@ -597,7 +612,7 @@ impl Store for SqliteStore {
 
     async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError> {
         let email = email.clone();
-        self.with_conn("credentials_by_email", move |conn| {
+        self.read("credentials_by_email", move |conn| {
             conn.query_row(
                 "SELECT id, email, status, password_hash, token_version FROM users
                  WHERE email = ?1",
@@ -617,7 +632,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_status(&self, id: UserId, status: Status) -> Result<Option<Status>, StoreError> {
-        self.with_conn("set_status", move |conn| {
+        self.write("set_status", move |conn| {
             let tx = write_transaction(conn)?;
             let previous = tx
                 .query_row(
@@ -645,7 +660,7 @@ impl Store for SqliteStore {
         batch: &[NewMessage],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
         let batch = batch.to_vec();
-        let outcomes = self.with_conn("insert_messages", move |conn| {
+        let outcomes = self.write("insert_messages", move |conn| {
             let cutoff = rfc3339(Utc::now() - IDEMPOTENCY_WINDOW);
             // One transaction, so a batch costs one fsync however many messages it holds. A
             // failed INSERT undoes only itself (SQLite's statements are atomic and foreign keys
@@ -765,7 +780,7 @@ impl Store for SqliteStore {
     }
 
     async fn token_version(&self, id: UserId) -> Result<Option<u64>, StoreError> {
-        self.with_conn("token_version", move |conn| {
+        self.read("token_version", move |conn| {
             conn.query_row(
                 "SELECT token_version FROM users WHERE id = ?1",
                 [id.to_string()],
@@ -783,7 +798,7 @@ impl Store for SqliteStore {
         id: UserId,
         new_password_hash: Option<String>,
     ) -> Result<Option<u64>, StoreError> {
-        self.with_conn("revoke_tokens", move |conn| {
+        self.write("revoke_tokens", move |conn| {
             conn.query_row(
                 "UPDATE users SET token_version = token_version + 1,
                                   password_hash = coalesce(?2, password_hash)
@@ -799,7 +814,7 @@ impl Store for SqliteStore {
     }
 
     async fn password_hash(&self, id: UserId) -> Result<Option<String>, StoreError> {
-        self.with_conn("password_hash", move |conn| {
+        self.read("password_hash", move |conn| {
             conn.query_row(
                 "SELECT password_hash FROM users WHERE id = ?1",
                 [id.to_string()],
@@ -812,7 +827,7 @@ impl Store for SqliteStore {
     }
 
     async fn responder_choice(&self, id: UserId) -> Result<Option<ResponderChoice>, StoreError> {
-        self.with_conn("responder_choice", move |conn| {
+        self.read("responder_choice", move |conn| {
             let stored: Option<Option<String>> = conn
                 .query_row(
                     "SELECT responder FROM users WHERE id = ?1",
@@ -839,7 +854,7 @@ impl Store for SqliteStore {
         choice: &ResponderChoice,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(choice).map_err(|e| StoreError::Internal(e.into()))?;
-        self.with_conn("set_responder_choice", move |conn| {
+        self.write("set_responder_choice", move |conn| {
             let updated = conn
                 .execute(
                     "UPDATE users SET responder = ?1 WHERE id = ?2",
@@ -852,7 +867,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
-        self.with_conn("delete_user", move |conn| {
+        self.write("delete_user", move |conn| {
             let id = id.to_string();
             let tx = write_transaction(conn)?;
             tx.execute(
@@ -883,7 +898,7 @@ impl Store for SqliteStore {
     }
 
     async fn conversation_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
-        self.with_conn("conversation_peers", move |conn| {
+        self.read("conversation_peers", move |conn| {
             let mut query = conn
                 .prepare_cached(
                     "SELECT recipient FROM messages WHERE sender = ?1 AND recipient != ?1
@@ -912,7 +927,7 @@ impl Store for SqliteStore {
         page: &MessagePage,
     ) -> Result<Vec<Message>, StoreError> {
         let page = page.clone();
-        self.with_conn("list_messages", move |conn| {
+        self.read("list_messages", move |conn| {
             let mut sql = String::from(
                 "SELECT id, sender, recipient, content, sent_at, kind, conversation, idempotency FROM messages WHERE ",
             );
@@ -974,7 +989,7 @@ impl Store for SqliteStore {
 
     async fn create_conversation(&self, conversation: &Conversation) -> Result<(), StoreError> {
         let conversation = conversation.clone();
-        self.with_conn("create_conversation", move |conn| {
+        self.write("create_conversation", move |conn| {
             let tx = write_transaction(conn)?;
             let id = conversation.id.to_string();
             tx.execute(
@@ -1001,7 +1016,7 @@ impl Store for SqliteStore {
     }
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
-        self.with_conn("conversation", move |conn| {
+        self.read("conversation", move |conn| {
             load_conversation(conn, &id.to_string()).map_err(internal)
         })
         .await
@@ -1009,7 +1024,7 @@ impl Store for SqliteStore {
 
     async fn set_title(&self, id: ConversationId, title: &Title) -> Result<bool, StoreError> {
         let title = title.clone();
-        self.with_conn("set_title", move |conn| {
+        self.write("set_title", move |conn| {
             conn.execute(
                 "UPDATE conversations SET title = ?1 WHERE id = ?2 AND kind = 'group'",
                 (title.as_str(), id.to_string()),
@@ -1022,7 +1037,7 @@ impl Store for SqliteStore {
 
     async fn add_member(&self, id: ConversationId, member: &Member) -> Result<bool, StoreError> {
         let member = member.clone();
-        self.with_conn("add_member", move |conn| {
+        self.write("add_member", move |conn| {
             match insert_member(conn, &id.to_string(), &member) {
                 Ok(added) => Ok(added),
                 Err(e) if is_foreign_key_violation(&e) => Err(StoreError::UnknownUser),
@@ -1037,7 +1052,7 @@ impl Store for SqliteStore {
         id: ConversationId,
         user: UserId,
     ) -> Result<Option<Conversation>, StoreError> {
-        self.with_conn("remove_member", move |conn| {
+        self.write("remove_member", move |conn| {
             let tx = write_transaction(conn)?;
             let id = id.to_string();
             let Some(before) = load_conversation(&tx, &id).map_err(internal)? else {
@@ -1063,7 +1078,7 @@ impl Store for SqliteStore {
         before: Option<MessageId>,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        self.with_conn("conversations_of", move |conn| {
+        self.read("conversations_of", move |conn| {
             let user = user.to_string();
             let rows: Vec<(String, String, Option<String>)> = conn
                 .prepare_cached(
@@ -1127,7 +1142,7 @@ impl Store for SqliteStore {
         user: UserId,
         upto: MessageId,
     ) -> Result<Option<MessageId>, StoreError> {
-        self.with_conn("mark_read", move |conn| {
+        self.write("mark_read", move |conn| {
             let mark: Option<String> = conn
                 .query_row(
                     "UPDATE members SET read_upto = max(coalesce(read_upto, ''), ?3)
@@ -1150,7 +1165,7 @@ impl Store for SqliteStore {
         if super::full::is_full() && !self.space_back() {
             return Err(StoreError::Full);
         }
-        self.with_conn("ping", |conn| {
+        self.read("ping", |conn| {
             conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal)
         })
         .await
