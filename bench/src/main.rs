@@ -700,6 +700,77 @@ impl Bench<'_> {
     }
 }
 
+/// Closed-loop history reads: what a client scrolling back costs.
+struct HistoryRun {
+    label: String,
+    requests: u64,
+    failed: u64,
+    rate: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+    cpu_per_request: Option<f64>,
+}
+
+impl Bench<'_> {
+    /// `concurrency` readers, each asking for its newest 50 messages again as soon as the last
+    /// answer arrived (the users hold thousands after the send runs).
+    async fn history(&self, concurrency: usize, seconds: u64) -> HistoryRun {
+        let workers = concurrency.min(self.users.len());
+        let cpu_before = self.server.cpu_time();
+        let started = Instant::now();
+        let stop = started + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for worker in 0..workers {
+            let http = self.http.clone();
+            let url = format!("{}/api/chat/messages?limit=50", self.server.node(worker));
+            let token = self.users[worker].token.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Histogram::<u64>::new(3).expect("histogram bounds are valid");
+                let mut failed = 0u64;
+                while Instant::now() < stop {
+                    let asked = Instant::now();
+                    let ok = match http.get(&url).bearer_auth(&token).send().await {
+                        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                        _ => false,
+                    };
+                    let _ = latencies.record(asked.elapsed().as_micros() as u64);
+                    failed += u64::from(!ok);
+                }
+                (latencies, failed)
+            }));
+        }
+        let mut latencies = Histogram::<u64>::new(3).expect("histogram bounds are valid");
+        let mut failed = 0;
+        for task in tasks {
+            if let Ok((h, f)) = task.await {
+                let _ = latencies.add(h);
+                failed += f;
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let requests = latencies.len();
+        let ms = |v: u64| v as f64 / 1000.0;
+        HistoryRun {
+            label: format!("history, {workers} readers"),
+            requests,
+            failed,
+            rate: requests as f64 / elapsed,
+            p50: ms(latencies.value_at_quantile(0.50)),
+            p95: ms(latencies.value_at_quantile(0.95)),
+            p99: ms(latencies.value_at_quantile(0.99)),
+            max: ms(latencies.max()),
+            cpu_per_request: match (cpu_before, self.server.cpu_time()) {
+                (Some(before), Some(after)) if requests > 0 => {
+                    Some((after - before).as_secs_f64() * 1e6 / requests as f64)
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
 /// With `moderated`, only the fixed-rate runs, once the server's moderator is loaded.
 async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::Result<()> {
     if args.users < 2 {
@@ -767,6 +838,12 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
         }
     }
 
+    let history = if moderated {
+        None
+    } else {
+        Some(bench.history(args.concurrency, args.seconds).await)
+    };
+
     println!();
     println!(
         "{:<28} {:>8} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>11}",
@@ -794,6 +871,29 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
         "(CPU µs/msg: the server's user + system CPU time over the run, from /proc/<pid>/stat, \
          per delivered message; one process's, so for a cluster only --pid's node)"
     );
+    if let Some(h) = history {
+        println!();
+        println!(
+            "{:<28} {:>8} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>11}",
+            "history run",
+            "requests",
+            "failed",
+            "req/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "CPU µs/req"
+        );
+        let cpu = h
+            .cpu_per_request
+            .map_or("n/a".to_owned(), |us| format!("{us:.0}"));
+        println!(
+            "{:<28} {:>8} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>11}",
+            h.label, h.requests, h.failed, h.rate, h.p50, h.p95, h.p99, h.max, cpu
+        );
+        println!("(each request: GET /api/chat/messages?limit=50 as one of the senders above)");
+    }
     if let Some(rss) = server.rss_kib() {
         println!("server RSS after the runs: {:.1} MiB", rss as f64 / 1024.0);
     }

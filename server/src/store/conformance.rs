@@ -842,6 +842,80 @@ async fn group_messages_reach_members_only_while_they_are_members(store: Arc<dyn
     assert_eq!(page(&store, b, everything).await, Vec::<MessageId>::new());
 }
 
+/// History merges direct and group messages in id order, page by page both ways, for a user in
+/// a few groups and one in more than the SQLite store reads one by one.
+async fn history_merges_direct_and_group_messages_in_id_order(store: Arc<dyn Store>) {
+    for group_count in [3, 70] {
+        let (a, b, c) = (
+            user(&store, &format!("a{group_count}")).await,
+            user(&store, &format!("b{group_count}")).await,
+            user(&store, &format!("c{group_count}")).await,
+        );
+        let mut groups = Vec::new();
+        for i in 0..group_count {
+            let group = Conversation::new_group(title(&format!("G{i}")), a, &[b]);
+            store.create_conversation(&group).await.expect("create");
+            groups.push(group.id);
+        }
+        let elsewhere = Conversation::new_group(title("without a"), b, &[c]);
+        store.create_conversation(&elsewhere).await.expect("create");
+        let content = |text: String| crate::domain::Content::parse(text).expect("content");
+        let mut sent = Vec::new();
+        for i in 0..(2 * group_count) {
+            let message = match i % 4 {
+                0 => messages(&[(a, b)]).remove(0),
+                1 => messages(&[(c, a)]).remove(0),
+                2 => Message::to_group(b, elsewhere.id, content(format!("not for a {i}"))),
+                _ => Message::to_group(b, groups[i % group_count], content(format!("g {i}"))),
+            };
+            insert(&store, std::slice::from_ref(&message)).await;
+            sent.push(message);
+        }
+        let seen: Vec<MessageId> = sent
+            .iter()
+            .filter(|m| m.conversation != elsewhere.id)
+            .map(|m| m.id)
+            .collect();
+
+        let mut back = Vec::new();
+        let mut before = None;
+        loop {
+            let got = page(
+                &store,
+                a,
+                MessagePage {
+                    before,
+                    limit: 7,
+                    ..MessagePage::default()
+                },
+            )
+            .await;
+            let Some(&oldest) = got.first() else { break };
+            back.splice(0..0, got);
+            before = Some(oldest);
+        }
+        assert_eq!(back, seen, "scrolling back in {group_count} groups");
+
+        let mut forward = Vec::new();
+        let mut after = Some(seen[0]);
+        while let Some(cursor) = after {
+            let got = page(
+                &store,
+                a,
+                MessagePage {
+                    after: Some(cursor),
+                    limit: 7,
+                    ..MessagePage::default()
+                },
+            )
+            .await;
+            after = got.last().copied();
+            forward.extend(got);
+        }
+        assert_eq!(forward, seen[1..], "catching up in {group_count} groups");
+    }
+}
+
 async fn deleting_a_user_takes_them_out_of_every_conversation(store: Arc<dyn Store>) {
     let (a, b) = (user(&store, "a").await, user(&store, "b").await);
     insert(&store, &messages(&[(a, b)])).await;
@@ -944,6 +1018,7 @@ macro_rules! every_check {
                 the_conversation_list_counts_unread_and_pages_by_activity,
                 deleting_a_user_takes_them_out_of_every_conversation,
                 group_messages_reach_members_only_while_they_are_members,
+                history_merges_direct_and_group_messages_in_id_order,
                 answers_pings,
             );
         )*
