@@ -1,3 +1,4 @@
+use super::payload::SerdeJson;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Query};
@@ -38,7 +39,7 @@ impl ChatApi {
         after: Query<Option<UuidText>>,
         /// Page size, 1 to 200 (default 50).
         limit: Query<Option<PageLimit>>,
-    ) -> Result<Json<Vec<MessageView>>, ApiError> {
+    ) -> Result<SerdeJson<Vec<MessageView>>, ApiError> {
         let with = parse_optional("with", with.0.map(|t| t.0), UserId::parse)?;
         let page = MessagePage::new(
             with.map(|peer| ConversationId::direct(user, peer)),
@@ -52,7 +53,9 @@ impl ChatApi {
             return Err(ApiError::not_found(crate::store::USER_NOT_FOUND));
         }
         let messages = state.messaging.history(user, page).await?;
-        Ok(Json(messages.into_iter().map(MessageView::from).collect()))
+        Ok(SerdeJson(
+            messages.into_iter().map(MessageView::from).collect(),
+        ))
     }
 
     /// Send a message

@@ -1,3 +1,4 @@
+use super::payload::SerdeJson;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -381,7 +382,7 @@ impl ConversationsApi {
         after: Query<Option<UuidText>>,
         /// Page size, 1 to 200 (default 50).
         limit: Query<Option<PageLimit>>,
-    ) -> Result<Json<Vec<MessageView>>, ApiError> {
+    ) -> Result<SerdeJson<Vec<MessageView>>, ApiError> {
         let conversation = state.conversations.get(user, &id.0).await?;
         let page = MessagePage::new(
             Some(conversation.id),
@@ -390,7 +391,9 @@ impl ConversationsApi {
             limit.0.map(|l| l.0),
         )?;
         let messages = state.messaging.history(user, page).await?;
-        Ok(Json(messages.into_iter().map(MessageView::from).collect()))
+        Ok(SerdeJson(
+            messages.into_iter().map(MessageView::from).collect(),
+        ))
     }
 
     /// Send to a conversation

@@ -8,6 +8,7 @@ pub mod error;
 mod health;
 pub mod middleware;
 pub(crate) mod models;
+mod payload;
 pub mod plugins;
 mod schema;
 pub mod security;
