@@ -166,7 +166,7 @@ pub(crate) struct Server {
     urls: Vec<String>,
     pid: Option<u32>,
     child: Option<tokio::process::Child>,
-    _data_dir: Option<tempfile::TempDir>,
+    data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -187,7 +187,7 @@ impl Server {
                 urls: targets,
                 pid: args.pid,
                 child: None,
-                _data_dir: None,
+                data_dir: None,
             });
         }
         let binary = match &args.server_bin {
@@ -228,7 +228,7 @@ impl Server {
             url,
             pid: child.id(),
             child: Some(child),
-            _data_dir: Some(data_dir),
+            data_dir: Some(data_dir),
         };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -262,6 +262,12 @@ impl Server {
         // SAFETY: sysconf only reads a configuration value.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         (ticks > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / ticks as f64))
+    }
+
+    /// The SQLite WAL's size on disk, for a server the bench started.
+    fn wal_bytes(&self) -> Option<u64> {
+        let wal = self.data_dir.as_ref()?.path().join("palaver.db-wal");
+        Some(std::fs::metadata(wal).ok()?.len())
     }
 
     fn rss_kib(&self) -> Option<u64> {
@@ -896,6 +902,12 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
     }
     if let Some(rss) = server.rss_kib() {
         println!("server RSS after the runs: {:.1} MiB", rss as f64 / 1024.0);
+    }
+    if let Some(wal) = server.wal_bytes() {
+        println!(
+            "SQLite WAL after the runs: {:.1} MiB",
+            wal as f64 / 1048576.0
+        );
     }
     println!();
     Ok(())

@@ -35,11 +35,13 @@ pub(super) struct Threads {
     _stop: Sender<()>,
 }
 
-/// Background work on a connection of its own, off the writer's path.
+/// Background work on a connection of its own, off the writer's path: `run` every `every`,
+/// and when it returns true, `then_on_writer` on the writer's connection, between its writes.
 pub(super) struct Chores {
     pub(super) conn: Connection,
     pub(super) every: Duration,
-    pub(super) run: fn(&mut Connection),
+    pub(super) run: fn(&mut Connection) -> bool,
+    pub(super) then_on_writer: fn(&mut Connection),
 }
 
 impl Threads {
@@ -60,12 +62,16 @@ impl Threads {
             mut conn,
             every,
             run,
+            then_on_writer,
         } = chores;
+        let writer = write_queue.clone();
         std::thread::Builder::new()
             .name("sqlite-chores".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    run(&mut conn);
+                    if run(&mut conn) {
+                        let _ = writer.send(Box::new(then_on_writer));
+                    }
                 }
             })?;
         Ok(Self {
