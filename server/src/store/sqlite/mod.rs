@@ -327,33 +327,49 @@ fn reader_count() -> usize {
 /// A PASSIVE checkpoint never blocks writers or readers, but under a steady stream of commits
 /// it never catches up either: SQLite starts the WAL over only when a write begins with every
 /// frame copied back, so the WAL grew without bound (3.5 GB after palaver-bench's runs, and
-/// every read slowed down with it). So when the WAL is past `WAL_RESTART_FRAMES`, the writer
-/// itself checkpoints what is left between two of its transactions (a few milliseconds: this
-/// pass already copied the rest), and its next write starts the WAL over. True then.
+/// every read slowed down with it). So once the WAL is past `WAL_RESTART_FRAMES`, passes repeat
+/// (each copies what was written during the one before) until little is left, and the writer
+/// copies that little between two of its transactions; its next write starts the WAL over.
+/// True when the writer should take its turn.
 fn checkpoint(conn: &mut Connection) -> bool {
-    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-        row.get::<_, i64>(1)
-    }) {
-        Ok(frames) => frames >= WAL_RESTART_FRAMES,
-        Err(e) => {
-            match internal(e) {
-                // The WAL keeps everything meanwhile. Client writes decide the episode (the
-                // WAL may still have room when the database file cannot grow).
-                StoreError::Full => tracing::debug!("WAL checkpoint failed: the disk is full"),
-                e => tracing::warn!(error = %e, "WAL checkpoint failed"),
+    for _ in 0..CHECKPOINT_PASSES {
+        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match pass {
+            Ok((frames, _)) if frames < WAL_RESTART_FRAMES => return false,
+            Ok((frames, copied)) if frames - copied <= WRITER_FRAMES => return true,
+            Ok(_) => {}
+            Err(e) => {
+                match internal(e) {
+                    // The WAL keeps everything meanwhile. Client writes decide the episode
+                    // (the WAL may still have room when the database file cannot grow).
+                    StoreError::Full => tracing::debug!("WAL checkpoint failed: the disk is full"),
+                    e => tracing::warn!(error = %e, "WAL checkpoint failed"),
+                }
+                return false;
             }
-            false
         }
     }
+    // Writes outpace the copying: the writer pays for the rest rather than the WAL growing.
+    true
 }
 
-/// The writer's part of [`checkpoint`].
+/// The writer's part of [`checkpoint`]: it holds the writes back for as long as it takes.
 fn finish_checkpoint(conn: &mut Connection) {
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        tracing::debug!(error = %e, "the writer's WAL checkpoint failed");
+    let started = std::time::Instant::now();
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        Ok(()) => {
+            tracing::debug!(elapsed = ?started.elapsed(), "the writer finished a WAL checkpoint")
+        }
+        Err(e) => tracing::debug!(error = %e, "the writer's WAL checkpoint failed"),
     }
 }
 
+/// Background passes before the writer takes its turn.
+const CHECKPOINT_PASSES: usize = 4;
+/// Few enough frames for the writer to copy without a noticeable pause.
+const WRITER_FRAMES: i64 = 256;
 /// 4,096 frames: 16 MiB of 4 KiB pages.
 const WAL_RESTART_FRAMES: i64 = 4096;
 
