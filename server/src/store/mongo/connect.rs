@@ -87,14 +87,21 @@ impl MongoStore {
     }
 
     fn new(database: Database) -> Self {
+        let conversations = database.collection("conversations");
+        let members = database.collection("members");
+        let messages = database.collection("messages");
         Self {
             users: database.collection("users"),
-            messages: database.collection("messages"),
-            conversations: database.collection("conversations"),
-            members: database.collection("members"),
+            touches: super::touches::Touches::start(
+                conversations.clone(),
+                members.clone(),
+                messages.clone(),
+            ),
+            messages,
+            conversations,
+            members,
             database,
             writer: None,
-            untouched: std::sync::Mutex::default(),
         }
     }
     async fn create_indexes(&self) -> Result<(), MongoError> {

@@ -5,6 +5,7 @@
 //! (a membership is removed before the handover; a group is deleted after its last member).
 
 use chrono::{DateTime, Utc};
+use mongodb::Collection;
 use mongodb::bson::{self, Bson, doc};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::MongoStore;
 use super::documents::MessageDoc;
 use super::errors::{all, classify, corrupt};
+use super::touches::Touch;
 use crate::domain::{
     Conversation, ConversationId, ConversationKind, ConversationSummary, Member, Message,
     MessageId, Role, Title, UserId,
@@ -96,64 +98,6 @@ impl MongoStore {
         Ok(found.into_iter().map(|m| m.id).collect())
     }
 
-    /// A stored message's conversation shows it as its latest activity; a direct one is
-    /// created with both people in it if it did not exist.
-    pub(super) async fn touch(&self, message: &Message) -> Result<(), StoreError> {
-        let id = message.conversation.to_string();
-        let Some(recipient) = message.recipient else {
-            self.conversations
-                .update_one(
-                    doc! { "_id": &id },
-                    doc! { "$max": { "activity": message.id.to_string() } },
-                )
-                .await
-                .map_err(classify)?;
-            return Ok(());
-        };
-        self.conversations
-            .update_one(
-                doc! { "_id": &id },
-                doc! {
-                    "$setOnInsert": {
-                        "kind": ConversationKind::Direct.as_str(),
-                        "created_at": millis(message.sent_at),
-                    },
-                    "$max": { "activity": message.id.to_string() },
-                },
-            )
-            .upsert(true)
-            .await
-            .map_err(classify)?;
-        for user in [message.sender, recipient] {
-            let member = Member {
-                user,
-                role: Role::Member,
-            };
-            self.join(&id, &member).await?;
-        }
-        Ok(())
-    }
-
-    /// Makes `member` a member unless they are one already (true: they were not).
-    async fn join(&self, conversation: &str, member: &Member) -> Result<bool, StoreError> {
-        let doc = member_doc(conversation, member);
-        let upserted = self
-            .members
-            .update_one(
-                doc! { "_id": &doc.id },
-                doc! { "$setOnInsert": {
-                    "conversation": &doc.conversation,
-                    "user": &doc.user,
-                    "role": &doc.role,
-                    "joined": &doc.joined,
-                } },
-            )
-            .upsert(true)
-            .await
-            .map_err(classify)?;
-        Ok(upserted.upserted_id.is_some())
-    }
-
     pub(super) async fn insert_conversation(
         &self,
         conversation: &Conversation,
@@ -193,6 +137,7 @@ impl MongoStore {
         &self,
         id: &str,
     ) -> Result<Option<Conversation>, StoreError> {
+        self.touches.settled().await;
         let Some(head) = self
             .conversations
             .find_one(doc! { "_id": id })
@@ -258,7 +203,7 @@ impl MongoStore {
         {
             return Err(StoreError::UnknownUser);
         }
-        self.join(id, member).await
+        join(&self.members, id, member).await
     }
 
     /// See `Store::remove_member`; false when `user` was not a member.
@@ -304,6 +249,7 @@ impl MongoStore {
 
     /// Every conversation `user` is in: their direct ones go, the groups lose them.
     pub(super) async fn leave_all(&self, user: &str) -> Result<(), StoreError> {
+        self.touches.settled().await;
         let memberships: Vec<MemberDoc> =
             all(self.members.find(doc! { "user": user }).await).await?;
         for membership in memberships {
@@ -333,6 +279,7 @@ impl MongoStore {
         before: Option<MessageId>,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.touches.settled().await;
         let me = user.to_string();
         let memberships: Vec<MemberDoc> =
             all(self.members.find(doc! { "user": &me }).await).await?;
@@ -399,6 +346,7 @@ impl MongoStore {
         user: &str,
         upto: MessageId,
     ) -> Result<Option<MessageId>, StoreError> {
+        self.touches.settled().await;
         let upto = upto.to_string();
         let after = self
             .members
@@ -441,7 +389,8 @@ impl MongoStore {
             let Some(last) = last else { continue };
             // The conversation and its members first: a crash part-way leaves messages that the
             // next start still finds by their old key.
-            self.touch(&Message::try_from(last)?).await?;
+            let last = Touch::of(&Message::try_from(last)?).retried();
+            touch(&self.conversations, &self.members, &last).await?;
             let id = ConversationId::direct(a, b).to_string();
             self.messages
                 .update_many(
@@ -453,6 +402,76 @@ impl MongoStore {
         }
         Ok(())
     }
+}
+
+/// A stored message's conversation shows it as its latest activity; a direct one is created
+/// with both people in it if it did not exist. Its members are added when this creates it, or
+/// when `touch.join` says an earlier try may have created it and failed after: every later
+/// message costs one round trip, not three.
+pub(super) async fn touch(
+    conversations: &Collection<ConversationDoc>,
+    members: &Collection<MemberDoc>,
+    touch: &Touch,
+) -> Result<(), StoreError> {
+    let id = touch.conversation.to_string();
+    let Some(pair) = touch.direct else {
+        conversations
+            .update_one(
+                doc! { "_id": &id },
+                doc! { "$max": { "activity": touch.id.to_string() } },
+            )
+            .await
+            .map_err(classify)?;
+        return Ok(());
+    };
+    let touched = conversations
+        .update_one(
+            doc! { "_id": &id },
+            doc! {
+                "$setOnInsert": {
+                    "kind": ConversationKind::Direct.as_str(),
+                    "created_at": millis(touch.sent_at),
+                },
+                "$max": { "activity": touch.id.to_string() },
+            },
+        )
+        .upsert(true)
+        .await
+        .map_err(classify)?;
+    if touched.upserted_id.is_none() && !touch.join {
+        return Ok(());
+    }
+    for user in pair {
+        let member = Member {
+            user,
+            role: Role::Member,
+        };
+        join(members, &id, &member).await?;
+    }
+    Ok(())
+}
+
+/// Makes `member` a member unless they are one already (true: they were not).
+async fn join(
+    members: &Collection<MemberDoc>,
+    conversation: &str,
+    member: &Member,
+) -> Result<bool, StoreError> {
+    let doc = member_doc(conversation, member);
+    let upserted = members
+        .update_one(
+            doc! { "_id": &doc.id },
+            doc! { "$setOnInsert": {
+                "conversation": &doc.conversation,
+                "user": &doc.user,
+                "role": &doc.role,
+                "joined": &doc.joined,
+            } },
+        )
+        .upsert(true)
+        .await
+        .map_err(classify)?;
+    Ok(upserted.upserted_id.is_some())
 }
 
 #[cfg(test)]

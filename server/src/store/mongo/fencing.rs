@@ -197,7 +197,7 @@ impl MongoStore {
                     .filter(|m| found.contains(m.id.to_string().as_str())),
             )
             .collect();
-        self.touch_all(stored.iter().copied()).await;
+        self.touches.add(stored.iter().copied());
         if fenced {
             writer.refenced(at);
         } else {

@@ -16,6 +16,7 @@ mod conversations;
 mod documents;
 mod errors;
 mod fencing;
+mod touches;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -68,9 +69,8 @@ pub struct MongoStore {
     /// This node's writer in a cluster: its name, kept on every message it stores, and its
     /// fencing epoch (see `fencing.rs`).
     writer: Option<fencing::Writer>,
-    /// Stored messages whose conversation could not be brought up to date (the database went
-    /// away right after the insert), retried before the next insert. `touch` is idempotent.
-    untouched: std::sync::Mutex<Vec<Message>>,
+    /// Stored messages' conversations, brought up to date off the way to "sent".
+    touches: touches::Touches,
 }
 
 impl MongoStore {
@@ -93,30 +93,6 @@ impl MongoStore {
             // A prune that cannot finish is retried by the next one.
             let _ = tokio::time::timeout(WRITE_DEADLINE, self.prune_tokens(&writer.node, at)).await;
         }
-    }
-
-    /// Each stored message's conversation exists and shows it as its latest activity (the
-    /// newest per conversation is enough: ids grow), along with any left from before. A
-    /// failure never turns a stored message into a failed send: it is kept and retried.
-    async fn touch_all(&self, stored: impl Iterator<Item = &Message>) {
-        let mut latest: HashMap<ConversationId, Message> = HashMap::new();
-        let earlier = std::mem::take(&mut *crate::sync::lock(&self.untouched));
-        for message in earlier.into_iter().chain(stored.cloned()) {
-            match latest.get(&message.conversation) {
-                Some(newer) if newer.id >= message.id => {}
-                _ => {
-                    latest.insert(message.conversation, message);
-                }
-            }
-        }
-        let mut failed = Vec::new();
-        for message in latest.into_values() {
-            if let Err(e) = within(WRITE_DEADLINE, self.touch(&message)).await {
-                tracing::debug!(error = %e, "a conversation's latest activity waits for the next insert");
-                failed.push(message);
-            }
-        }
-        crate::sync::lock(&self.untouched).extend(failed);
     }
 
     async fn find_messages(&self, filter: Document) -> Result<Vec<Message>, StoreError> {
@@ -294,7 +270,6 @@ impl Store for MongoStore {
         &self,
         batch: &[NewMessage],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
-        self.touch_all(std::iter::empty()).await;
         let mut outcomes: Vec<Option<Result<Inserted, StoreError>>> =
             (0..batch.len()).map(|_| None).collect();
         let scoped: Vec<Option<String>> = batch
@@ -474,7 +449,7 @@ impl Store for MongoStore {
             .zip(batch)
             .filter(|(outcome, _)| matches!(outcome, Some(Ok(Inserted::Stored))))
             .map(|(_, new)| &new.message);
-        self.touch_all(stored).await;
+        self.touches.add(stored);
         Ok(outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(StoreError::Internal(anyhow!("outcome missing")))))
