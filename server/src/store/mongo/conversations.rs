@@ -133,17 +133,45 @@ impl MongoStore {
         Ok(())
     }
 
+    async fn head(&self, id: &str) -> Result<Option<ConversationDoc>, StoreError> {
+        self.conversations
+            .find_one(doc! { "_id": id })
+            .await
+            .map_err(classify)
+    }
+
+    /// A direct conversation exists from its first message, but another cluster node (or a
+    /// failing database) may not have touched it yet: touch it from its newest message now
+    /// (true: there was one). Costs one indexed read for an id that names nothing.
+    async fn touch_from_messages(&self, id: &str) -> Result<bool, StoreError> {
+        let newest = self
+            .messages
+            .find_one(doc! { "conversation": id })
+            .sort(doc! { "_id": -1 })
+            .await
+            .map_err(classify)?;
+        let Some(newest) = newest else {
+            return Ok(false);
+        };
+        let newest = Touch::of(&Message::try_from(newest)?).retried();
+        if newest.direct.is_none() {
+            // A group is created whole, before its first message: it was deleted.
+            return Ok(false);
+        }
+        touch(&self.conversations, &self.members, &newest).await?;
+        Ok(true)
+    }
+
     pub(super) async fn load_conversation(
         &self,
         id: &str,
     ) -> Result<Option<Conversation>, StoreError> {
         self.touches.settled().await;
-        let Some(head) = self
-            .conversations
-            .find_one(doc! { "_id": id })
-            .await
-            .map_err(classify)?
-        else {
+        let mut head = self.head(id).await?;
+        if head.is_none() && self.touch_from_messages(id).await? {
+            head = self.head(id).await?;
+        }
+        let Some(head) = head else {
             return Ok(None);
         };
         let members: Vec<MemberDoc> = all(self
@@ -483,6 +511,61 @@ mod tests {
     use crate::config::{MongoSettings, MongoUri};
     use crate::domain::MessagePage;
     use crate::store::Store;
+
+    /// Another node stored a pair's first message and has not touched its conversation yet:
+    /// reading the conversation here finds it anyway, with both members, so a read mark works.
+    #[tokio::test]
+    async fn a_direct_conversation_not_yet_touched_is_found_from_its_messages() {
+        let Some(uri) = test_mongodb_uri() else {
+            return;
+        };
+        let settings = MongoSettings {
+            uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
+            database: Some(fresh_database_name()),
+        };
+        let store = MongoStore::connect(&settings).await.expect("connect");
+        let (a, b) = (UserId::new(), UserId::new());
+        for (id, email) in [(a, "a@example.com"), (b, "b@example.com")] {
+            store
+                .create_user(crate::store::NewUser {
+                    id,
+                    email: crate::domain::Email::parse(email).expect("email"),
+                    password_hash: "$argon2id$x".into(),
+                })
+                .await
+                .expect("user");
+        }
+        let conversation = ConversationId::direct(a, b);
+        assert!(
+            store
+                .conversation(conversation)
+                .await
+                .expect("read")
+                .is_none()
+        );
+        let id = MessageId::new();
+        store
+            .database()
+            .collection::<Document>("messages")
+            .insert_one(doc! {
+                "_id": id.to_string(), "sender": a.to_string(), "recipient": b.to_string(),
+                "participants": [a.to_string(), b.to_string()],
+                "conversation": conversation.to_string(), "content": "from another node",
+                "sent_at": bson::DateTime::now(), "kind": "user",
+            })
+            .await
+            .expect("message");
+
+        let found = store
+            .conversation(conversation)
+            .await
+            .expect("read")
+            .expect("the pair's conversation exists from its first message");
+        assert_eq!(found.members.len(), 2);
+        let mark = store.mark_read(conversation, b, id).await.expect("mark");
+        assert_eq!(mark, Some(id));
+        store.database().drop().await.expect("drop");
+    }
 
     /// Documents as the release before conversation ids wrote them: the messages' conversation
     /// is the pair's key, and there are no conversation or member documents.
