@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::anyhow;
 use mongodb::bson::{Document, doc};
 use mongodb::error::Error as MongoError;
+use mongodb::event::EventHandler;
+use mongodb::event::command::CommandEvent;
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Database, IndexModel};
 
@@ -30,6 +32,14 @@ impl MongoStore {
     /// Connects, checks the server answers and creates the indexes (idempotently). Fails within
     /// a few seconds with an error that names `MONGODB_URI` and never shows its password.
     pub async fn connect(settings: &MongoSettings) -> anyhow::Result<Self> {
+        Self::connect_observed(settings, None).await
+    }
+
+    /// `connect`, with `commands` told of every command the driver sends (tests count them).
+    pub(super) async fn connect_observed(
+        settings: &MongoSettings,
+        commands: Option<EventHandler<CommandEvent>>,
+    ) -> anyhow::Result<Self> {
         let uri = &settings.uri;
         let connecting = async {
             let mut options = ClientOptions::parse(uri.expose()).await?;
@@ -40,6 +50,7 @@ impl MongoStore {
             );
             options.connect_timeout = Some(options.connect_timeout.unwrap_or(CONNECT_TIMEOUT));
             options.app_name.get_or_insert_with(|| "palaver".to_owned());
+            options.command_event_handler = commands;
             // A send is answered once it is durable: journaled on a majority, unless the
             // operator chose another write concern in the URI.
             options.write_concern.get_or_insert_with(|| {

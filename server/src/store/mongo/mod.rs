@@ -764,3 +764,99 @@ impl ClusterLog for MongoStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use mongodb::event::EventHandler;
+    use mongodb::event::command::CommandEvent;
+    use palaver_test_support::{fresh_database_name, test_mongodb_uri};
+
+    use super::*;
+    use crate::config::{MongoSettings, MongoUri};
+    use crate::domain::{Content, MessageKind};
+
+    type Commands = Arc<Mutex<Vec<String>>>;
+
+    /// `<command> <collection>` of each command the driver sends, in order.
+    fn recorder() -> (Commands, EventHandler<CommandEvent>) {
+        let seen: Commands = Arc::default();
+        let sink = seen.clone();
+        let handler = EventHandler::callback(move |event: CommandEvent| {
+            if let CommandEvent::Started(started) = event {
+                let target = started
+                    .command
+                    .get_str(&started.command_name)
+                    .unwrap_or_default();
+                crate::sync::lock(&sink).push(format!("{} {target}", started.command_name));
+            }
+        });
+        (seen, handler)
+    }
+
+    fn taken(seen: &Commands) -> Vec<String> {
+        std::mem::take(&mut *crate::sync::lock(seen))
+    }
+
+    /// The MongoDB perf guard (issue 21), a count like tests/api/metrics.rs's for the store:
+    /// the commands one send costs on the way to "sent", and the one touch after it. A change
+    /// that puts a database hop on the send path, or back in front of the answer, fails here
+    /// and names it.
+    #[tokio::test]
+    async fn one_send_costs_two_commands_before_sent_and_one_touch_after() {
+        let Some(uri) = test_mongodb_uri() else {
+            return;
+        };
+        let settings = MongoSettings {
+            uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
+            database: Some(fresh_database_name()),
+        };
+        let (seen, handler) = recorder();
+        let store = MongoStore::connect_observed(&settings, Some(handler))
+            .await
+            .expect("connect");
+        let (ada, grace) = (UserId::new(), UserId::new());
+        for (id, email) in [(ada, "ada@example.com"), (grace, "grace@example.com")] {
+            let user = NewUser {
+                id,
+                email: Email::parse(email).expect("email"),
+                password_hash: "$argon2id$x".into(),
+            };
+            store.create_user(user).await.expect("user");
+        }
+        let send = |text: &str| NewMessage {
+            message: Message::new(
+                ada,
+                grace,
+                Content::parse(text.to_owned()).expect("content"),
+                MessageKind::User,
+            ),
+            idempotency_key: None,
+            awaits_reply: false,
+        };
+        // The pair's first message creates their conversation and its members.
+        let stored = |outcomes: Vec<Result<Inserted, StoreError>>| {
+            let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("stored")).collect();
+            assert_eq!(outcomes, vec![Inserted::Stored]);
+        };
+        stored(store.insert_messages(&[send("first")]).await.expect("send"));
+        store.touches.settled().await;
+        taken(&seen);
+
+        stored(store.insert_messages(&[send("next")]).await.expect("send"));
+        let before_sent = taken(&seen);
+        store.touches.settled().await;
+        let after_sent = taken(&seen);
+        assert_eq!(
+            (before_sent, after_sent),
+            (
+                vec!["find users".to_owned(), "insert messages".to_owned()],
+                vec!["update conversations".to_owned()],
+            ),
+            "MongoDB commands for one send (left: now; right: the budget): before the answer, \
+             the existence check and the insert; after it, one touch of an existing conversation"
+        );
+        store.database().drop().await.expect("drop");
+    }
+}

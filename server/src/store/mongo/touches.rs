@@ -5,8 +5,12 @@
 //! update on its own (FerretDB) those updates cost more than the insert, and done before the
 //! answer they held every send behind them (about 50 msg/s where the insert alone did 500). So
 //! the writer hands them to one task here, which keeps the newest per conversation and applies
-//! them in passes: under load a pass covers many messages of each conversation, and the cost
-//! follows the number of active conversations, not the message rate.
+//! them in passes, one at a time: under load a pass covers many messages of each conversation,
+//! and the cost follows the number of active conversations, not the message rate.
+//!
+//! In a cluster, another node reads what this one touched a pass later: its conversation list
+//! can lag by that much, and a direct conversation it reads before the touch is found from its
+//! messages (`touch_from_messages`).
 //!
 //! What readers see: every read of conversations or memberships first waits (`settled`, at most
 //! [`SETTLE_DEADLINE`]) until each touch queued before it has been tried, so a sender who lists
@@ -20,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::TryStreamExt;
 use mongodb::Collection;
 use mongodb::bson::doc;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -39,9 +43,6 @@ pub(super) const SETTLE_DEADLINE: Duration = Duration::from_secs(2);
 /// How far before the newest message the start-up repair looks. A pass takes well under this
 /// unless the database is failing, and touching a conversation again changes nothing.
 pub(super) const REPAIR_WINDOW: Duration = Duration::from_secs(60);
-/// Touches in flight at once: round trips overlap on a real MongoDB; FerretDB takes them in
-/// turn either way.
-const PARALLEL: usize = 8;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 
@@ -191,21 +192,23 @@ impl Task {
         }
     }
 
-    /// Applies these touches, a few at a time; returns the ones that failed.
+    /// Applies these touches one at a time; returns the ones that failed. One at a time
+    /// because they share the database with the message writer: on FerretDB, 8 in flight
+    /// took p99 at 500 msg/s from 33 to 260 ms and halved the writer's peak rate (measured
+    /// with palaver-bench, see docs/decisions.md), and coalescing absorbs what waits.
     async fn pass(&self, touches: impl Iterator<Item = Touch>) -> Vec<(Touch, StoreError)> {
-        stream::iter(touches)
-            .map(|t| async move {
-                let applied = within(
-                    WRITE_DEADLINE,
-                    touch(&self.conversations, &self.members, &t),
-                )
-                .await;
-                applied.err().map(|e| (t, e))
-            })
-            .buffer_unordered(PARALLEL)
-            .filter_map(std::future::ready)
-            .collect()
-            .await
+        let mut failed = Vec::new();
+        for t in touches {
+            let applied = within(
+                WRITE_DEADLINE,
+                touch(&self.conversations, &self.members, &t),
+            )
+            .await;
+            if let Err(e) = applied {
+                failed.push((t, e));
+            }
+        }
+        failed
     }
 
     /// Queues every conversation with a message in the [`REPAIR_WINDOW`] before the newest,
