@@ -505,10 +505,8 @@ async fn join(
 #[cfg(test)]
 mod tests {
     use mongodb::bson::Document;
-    use palaver_test_support::{fresh_database_name, test_mongodb_uri};
 
     use super::*;
-    use crate::config::{MongoSettings, MongoUri};
     use crate::domain::MessagePage;
     use crate::store::Store;
 
@@ -516,12 +514,8 @@ mod tests {
     /// reading the conversation here finds it anyway, with both members, so a read mark works.
     #[tokio::test]
     async fn a_direct_conversation_not_yet_touched_is_found_from_its_messages() {
-        let Some(uri) = test_mongodb_uri() else {
+        let Some((_, settings)) = crate::store::mongo::fresh_test_settings() else {
             return;
-        };
-        let settings = MongoSettings {
-            uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
-            database: Some(fresh_database_name()),
         };
         let store = MongoStore::connect(&settings).await.expect("connect");
         let (a, b) = (UserId::new(), UserId::new());
@@ -571,12 +565,8 @@ mod tests {
     /// is the pair's key, and there are no conversation or member documents.
     #[tokio::test]
     async fn messages_from_before_conversation_ids_get_them_on_connect() {
-        let Some(uri) = test_mongodb_uri() else {
+        let Some((uri, settings)) = crate::store::mongo::fresh_test_settings() else {
             return;
-        };
-        let settings = MongoSettings {
-            uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
-            database: Some(fresh_database_name()),
         };
         let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
         let database = client.database(settings.database.as_deref().expect("name"));

@@ -239,10 +239,8 @@ impl MongoStore {
 
 #[cfg(test)]
 mod tests {
-    use palaver_test_support::{fresh_database_name, test_mongodb_uri};
 
     use super::*;
-    use crate::config::{MongoSettings, MongoUri};
     use crate::domain::{Content, Email, Message, MessageId, MessageKind, MessagePage, UserId};
     use crate::store::mongo::documents::MessageDoc;
     use crate::store::{ClusterLog, Inserted, NewMessage, NewUser, Store};
@@ -278,12 +276,8 @@ mod tests {
     /// insert arrives; it carries on under a new epoch; the tokens never show as messages.
     #[tokio::test]
     async fn a_fenced_writer_stores_nothing_more_under_its_epoch() {
-        let Some(uri) = test_mongodb_uri() else {
+        let Some((_, settings)) = crate::store::mongo::fresh_test_settings() else {
             return;
-        };
-        let settings = MongoSettings {
-            uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
-            database: Some(fresh_database_name()),
         };
         let writer = MongoStore::connect(&settings)
             .await
@@ -373,12 +367,8 @@ mod tests {
     /// and what had not landed can never land afterwards, nor after a fence.
     #[tokio::test]
     async fn an_insert_whose_answer_was_lost_is_settled_for_good() {
-        let Some(uri) = test_mongodb_uri() else {
+        let Some((_, settings)) = crate::store::mongo::fresh_test_settings() else {
             return;
-        };
-        let settings = MongoSettings {
-            uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
-            database: Some(fresh_database_name()),
         };
         let store = MongoStore::connect(&settings)
             .await

@@ -765,16 +765,26 @@ impl ClusterLog for MongoStore {
     }
 }
 
+/// `TEST_MONGODB_URI` and settings for a fresh database on it; `None` when it is unset (the
+/// MongoDB tests then pass without running, as on a machine without one).
+#[cfg(test)]
+fn fresh_test_settings() -> Option<(String, crate::config::MongoSettings)> {
+    let uri = palaver_test_support::test_mongodb_uri()?;
+    let settings = crate::config::MongoSettings {
+        uri: crate::config::MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
+        database: Some(palaver_test_support::fresh_database_name()),
+    };
+    Some((uri, settings))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
     use mongodb::event::EventHandler;
     use mongodb::event::command::CommandEvent;
-    use palaver_test_support::{fresh_database_name, test_mongodb_uri};
 
     use super::*;
-    use crate::config::{MongoSettings, MongoUri};
     use crate::domain::{Content, MessageKind};
 
     type Commands = Arc<Mutex<Vec<String>>>;
@@ -805,12 +815,8 @@ mod tests {
     /// and names it.
     #[tokio::test]
     async fn one_send_costs_two_commands_before_sent_and_one_touch_after() {
-        let Some(uri) = test_mongodb_uri() else {
+        let Some((_, settings)) = super::fresh_test_settings() else {
             return;
-        };
-        let settings = MongoSettings {
-            uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
-            database: Some(fresh_database_name()),
         };
         let (seen, handler) = recorder();
         let store = MongoStore::connect_observed(&settings, Some(handler))

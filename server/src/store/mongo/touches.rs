@@ -268,10 +268,8 @@ fn keep(pending: &mut HashMap<ConversationId, Touch>, touch: Touch) {
 #[cfg(test)]
 mod tests {
     use mongodb::bson::{self, Document};
-    use palaver_test_support::{fresh_database_name, test_mongodb_uri};
 
     use super::*;
-    use crate::config::{MongoSettings, MongoUri};
     use crate::store::Store;
     use crate::store::mongo::MongoStore;
 
@@ -279,12 +277,8 @@ mod tests {
     /// start touches those of the last minute (members included) and reads wait for it.
     #[tokio::test]
     async fn conversations_a_stopped_run_left_untouched_are_touched_at_the_next_start() {
-        let Some(uri) = test_mongodb_uri() else {
+        let Some((uri, settings)) = crate::store::mongo::fresh_test_settings() else {
             return;
-        };
-        let settings = MongoSettings {
-            uri: MongoUri::parse(&uri).expect("TEST_MONGODB_URI is a MongoDB URI"),
-            database: Some(fresh_database_name()),
         };
         let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
         let database = client.database(settings.database.as_deref().expect("name"));
