@@ -34,6 +34,11 @@ impl ConversationId {
         Self(Uuid::new_v5(&DIRECT_NAMESPACE, &name))
     }
 
+    /// Whether this is the id of a direct conversation (a UUIDv5; groups' are UUIDv7).
+    pub fn is_direct(&self) -> bool {
+        self.0.get_version_num() == 5
+    }
+
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         Uuid::try_parse(raw.trim())
             .map(Self)
@@ -223,6 +228,8 @@ mod tests {
         assert_ne!(ConversationId::direct(a, b), ConversationId::direct(a, c));
         let id = ConversationId::direct(a, b);
         assert_eq!(ConversationId::parse(&id.to_string()), Ok(id));
+        assert!(id.is_direct());
+        assert!(!ConversationId::new_group().is_direct());
     }
 
     #[test]

@@ -166,7 +166,11 @@ impl MongoStore {
         &self,
         id: &str,
     ) -> Result<Option<Conversation>, StoreError> {
-        self.touches.settled().await;
+        // Only a direct conversation's head and members come from touches: a group send (or
+        // the cluster's recovery of one) does not queue behind them.
+        if ConversationId::parse(id).is_ok_and(|c| c.is_direct()) {
+            self.touches.settled().await;
+        }
         let mut head = self.head(id).await?;
         if head.is_none() && self.touch_from_messages(id).await? {
             head = self.head(id).await?;
