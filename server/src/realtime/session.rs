@@ -34,7 +34,7 @@ pub trait Sink: Send {
     /// Hands a push to the client; an error ends the session (gone, or too slow to keep up).
     fn push(&mut self, push: &Push) -> impl Future<Output = Result<(), Ending>> + Send;
     /// Tells the client why the session ended, where there is someone to tell.
-    fn close(self, ending: Ending) -> impl Future<Output = ()> + Send;
+    fn close(&mut self, ending: Ending) -> impl Future<Output = ()> + Send;
 }
 
 enum Work<D> {

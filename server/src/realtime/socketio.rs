@@ -240,7 +240,7 @@ impl Sink for SocketIoSink {
         })
     }
 
-    async fn close(self, ending: Ending) {
+    async fn close(&mut self, ending: Ending) {
         match ending {
             Ending::Gone => {}
             Ending::Evicted(Eviction::Revoked) => {
@@ -250,7 +250,7 @@ impl Sink for SocketIoSink {
                 end_session(&self.socket, "token expired: log in again and reconnect");
             }
             Ending::Evicted(_) | Ending::Idle | Ending::TooBig => {
-                let _ = self.socket.disconnect();
+                let _ = self.socket.clone().disconnect();
             }
         }
     }

@@ -1,7 +1,8 @@
 //! `GET /ws`: the plain WebSocket framing of the socket protocol (`protocol.rs`): JSON text
 //! frames with a `"type"`. See docs/realtime.md.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -12,7 +13,6 @@ use poem::web::websocket::{
 use poem::{IntoResponse, Request, handler};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use super::hub::{Push, Subscription};
 use super::protocol::{self, Reply, ServerFrame};
@@ -25,15 +25,14 @@ use crate::failure::{Failure, RetryAfter};
 
 /// The subprotocol a browser offers alongside its token: `new WebSocket(url, ["palaver", token])`.
 pub const SUBPROTOCOL: &str = "palaver";
+/// See the WebSocket config in [`websocket`].
+const READ_BUFFER: usize = 1024;
 /// How long a client refused for too many connections is asked to wait.
 const CONNECTION_RETRY: Duration = Duration::from_secs(30);
 /// A client gets this long to read our close frame before the connection is dropped. A slow
 /// consumer's close frame waits behind everything already in its socket buffers, so this is
 /// generous: dropping earlier would leave the client a bare FIN instead of 1013.
 const CLOSE_GRACE: Duration = Duration::from_secs(30);
-/// Answers (`sent`/`error`) waiting to be written; a client that sends without reading
-/// stops being read once this fills.
-const REPLY_QUEUE: usize = 32;
 
 #[derive(Deserialize)]
 struct TokenQuery {
@@ -83,7 +82,9 @@ pub async fn websocket(
     let live = live.0.clone();
     let settings = settings.0.clone();
     let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        // Every connection keeps this much zeroed and resident while it waits for a frame.
+        // Client frames are a few hundred bytes; a bigger one grows the buffer for itself.
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(crate::config::MAX_BODY_BYTES))
         .max_frame_size(Some(crate::config::MAX_BODY_BYTES));
@@ -93,40 +94,94 @@ pub async fn websocket(
         .on_upgrade(move |socket| session(socket, subscription, live, settings, caller)))
 }
 
-/// What the reader hands the writer: an answer to write, or a reason to close.
+/// What the connection must write on its own account.
 enum Duty {
     Write(String),
     Ping,
 }
 
-/// `/ws`'s write side: pushes and replies as JSON text frames, pings on a timer, and the close
-/// frame. The reader task answers client frames through `replies`.
+/// An answer being worked out for the client's last frame. Boxed, so an idle connection holds
+/// a pointer and not the whole send path's state.
+type Answering = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+/// One `/ws` connection, read and written by one task: client frames are read and answered
+/// one at a time (pushes keep flowing while an answer is worked out), pushes and replies go
+/// out as JSON text frames, pings on a timer, and the close frame at the end.
+///
+/// Why one task and not a reader task beside a writer: the second task, its reply queue and
+/// the lock between the socket's halves cost about 3.5 KiB per idle connection, and every
+/// frame a client sent took a wake-up more to be answered.
 struct WsSink {
-    sink: futures_util::stream::SplitSink<WebSocketStream, Frame>,
-    replies: mpsc::Receiver<Result<String, Ending>>,
-    reader: tokio::task::JoinHandle<()>,
+    socket: WebSocketStream,
+    live: Live,
+    user: UserId,
+    /// At most one: frames are answered in the order they came, as the client sent them.
+    answering: Option<Answering>,
     ping: tokio::time::Interval,
-    last_heard: Arc<std::sync::Mutex<Instant>>,
+    last_heard: Instant,
     idle_timeout: Duration,
+}
+
+impl WsSink {
+    /// What a frame from the client asks of us, if anything.
+    fn take(&mut self, frame: Frame) -> Result<Option<Duty>, Ending> {
+        self.last_heard = Instant::now();
+        match frame {
+            Frame::Text(text) => {
+                let live = self.live.clone();
+                let user = self.user;
+                self.answering = Some(Box::pin(async move { answer(&live, user, &text).await }));
+                Ok(None)
+            }
+            Frame::Binary(_) => Ok(Some(Duty::Write(
+                ServerFrame::reply(
+                    &Value::Null,
+                    &Reply::Refused(Failure::bad_request(
+                        "binary frames are not supported; send JSON text frames",
+                    )),
+                )
+                .to_text(),
+            ))),
+            Frame::Close(_) => Err(Ending::Gone),
+            Frame::Ping(_) | Frame::Pong(_) => Ok(None),
+        }
+    }
 }
 
 impl Sink for WsSink {
     type Duty = Duty;
 
+    // Cancel-safe: it is dropped whenever a push comes first, so everything it waits on lives
+    // in `self` (the answer in flight, the socket's read half, the ping timer).
     async fn next_duty(&mut self) -> Result<Duty, Ending> {
-        tokio::select! {
-            reply = self.replies.recv() => match reply {
-                Some(Ok(text)) => Ok(Duty::Write(text)),
-                Some(Err(ending)) => Err(ending),
-                None => Err(Ending::Gone), // the reader ended: the client closed or vanished
-            },
-            _ = self.ping.tick() => {
-                let quiet_for = crate::sync::lock(&self.last_heard).elapsed();
-                if quiet_for > self.idle_timeout {
-                    Err(Ending::Idle)
-                } else {
-                    Ok(Duty::Ping)
+        loop {
+            let duty = tokio::select! {
+                answered = async {
+                    match self.answering.as_mut() {
+                        Some(answering) => answering.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.answering = None;
+                    answered.map(Duty::Write)
                 }
+                read = self.socket.next(), if self.answering.is_none() => match read {
+                    Some(Ok(frame)) => self.take(frame)?,
+                    // tungstenite refuses an oversized frame from its header, before
+                    // buffering it.
+                    Some(Err(e)) if is_over_the_size_limit(&e) => return Err(Ending::TooBig),
+                    // The client closed or vanished.
+                    Some(Err(_)) | None => return Err(Ending::Gone),
+                },
+                _ = self.ping.tick() => {
+                    if self.last_heard.elapsed() > self.idle_timeout {
+                        return Err(Ending::Idle);
+                    }
+                    Some(Duty::Ping)
+                }
+            };
+            if let Some(duty) = duty {
+                return Ok(duty);
             }
         }
     }
@@ -136,22 +191,19 @@ impl Sink for WsSink {
             Duty::Write(text) => Frame::Text(text),
             Duty::Ping => Frame::Ping(Vec::new()),
         };
-        self.sink.send(frame).await.map_err(|_| Ending::Gone)
+        self.socket.send(frame).await.map_err(|_| Ending::Gone)
     }
 
     async fn push(&mut self, push: &Push) -> Result<(), Ending> {
-        self.sink
+        self.socket
             .send(Frame::Text(push.frame.clone()))
             .await
             .map_err(|_| Ending::Gone)
     }
 
-    async fn close(mut self, ending: Ending) {
+    async fn close(&mut self, ending: Ending) {
         let (code, reason): (CloseCode, String) = match ending {
-            Ending::Gone => {
-                self.reader.abort();
-                return;
-            }
+            Ending::Gone => return,
             Ending::Evicted(reason) => (reason.close_code().into(), reason.explain().to_owned()),
             Ending::Expired => (
                 CLOSE_EXPIRED.into(),
@@ -166,82 +218,32 @@ impl Sink for WsSink {
                 ),
             ),
         };
-        let close = self.sink.send(Frame::Close(Some((code, reason))));
+        let close = self.socket.send(Frame::Close(Some((code, reason))));
         let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
-        self.reader.abort();
     }
 }
 
-/// One connection: a reader task answers client frames; the session loop writes pushes,
-/// answers and pings, and closes the connection when it ends.
-async fn session(
+/// One connection, one task: see [`WsSink`]. Not an `async fn`: its arguments would stay in
+/// the task's state beside the sink built from them, for the connection's whole life.
+fn session(
     socket: WebSocketStream,
     subscription: Subscription,
     live: Live,
     settings: RealtimeSettings,
     caller: Caller,
-) {
-    let (sink, stream) = socket.split();
-    let (replies, pending_replies) = mpsc::channel(REPLY_QUEUE);
-    let last_heard = Arc::new(std::sync::Mutex::new(Instant::now()));
-    let reader = tokio::spawn(read_frames(
-        stream,
-        live,
-        subscription.user,
-        replies,
-        last_heard.clone(),
-    ));
-    let mut ping = tokio::time::interval(settings.ping_interval);
-    ping.tick().await;
+) -> impl Future<Output = ()> + Send {
+    let period = settings.ping_interval;
+    let ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let sink = WsSink {
-        sink,
-        replies: pending_replies,
-        reader,
+        socket,
+        live,
+        user: subscription.user,
+        answering: None,
         ping,
-        last_heard,
+        last_heard: Instant::now(),
         idle_timeout: settings.idle_timeout,
     };
-    super::session::run("websocket", sink, subscription, caller).await;
-}
-
-async fn read_frames(
-    mut stream: futures_util::stream::SplitStream<WebSocketStream>,
-    live: Live,
-    user: UserId,
-    replies: mpsc::Sender<Result<String, Ending>>,
-    last_heard: Arc<std::sync::Mutex<Instant>>,
-) {
-    while let Some(read) = stream.next().await {
-        let frame = match read {
-            Ok(frame) => frame,
-            // tungstenite refuses an oversized frame from its header, before buffering it.
-            Err(e) if is_over_the_size_limit(&e) => {
-                let _ = replies.send(Err(Ending::TooBig)).await;
-                break;
-            }
-            Err(_) => break,
-        };
-        *crate::sync::lock(&last_heard) = Instant::now();
-        let reply = match frame {
-            Frame::Text(text) => answer(&live, user, &text).await,
-            Frame::Binary(_) => Some(
-                ServerFrame::reply(
-                    &Value::Null,
-                    &Reply::Refused(Failure::bad_request(
-                        "binary frames are not supported; send JSON text frames",
-                    )),
-                )
-                .to_text(),
-            ),
-            Frame::Close(_) => break,
-            Frame::Ping(_) | Frame::Pong(_) => None,
-        };
-        if let Some(reply) = reply
-            && replies.send(Ok(reply)).await.is_err()
-        {
-            break;
-        }
-    }
+    super::session::run("websocket", sink, subscription, caller)
 }
 
 /// A text frame in, its answer out (none for typing).
