@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
@@ -20,8 +21,9 @@ use crate::messaging::{MessageView, Notice};
 pub struct Push {
     /// The Socket.IO event name: "message", "status", or a notice's type.
     pub event: &'static str,
-    /// The Socket.IO payload.
-    pub data: Value,
+    /// The Socket.IO payload, as JSON text: socketioxide copies it into each socket's packet
+    /// instead of serializing a value again per socket (a group's push goes to every member).
+    pub data: Box<RawValue>,
     /// The WebSocket text frame: `{"type": event, ...}`.
     pub frame: String,
 }
@@ -30,7 +32,7 @@ impl Push {
     pub fn message(message: &MessageView) -> Self {
         Self {
             event: "message",
-            data: serde_json::to_value(message).unwrap_or_default(),
+            data: raw(message),
             frame: ServerFrame::Message { message }.to_text(),
         }
     }
@@ -44,7 +46,7 @@ impl Push {
         }
         Self {
             event: notice.kind(),
-            data,
+            data: raw(&data),
             frame,
         }
     }
@@ -52,10 +54,15 @@ impl Push {
     pub fn status(user: UserId, status: Status) -> Self {
         Self {
             event: "status",
-            data: json!({"user": user.to_string(), "status": status.as_str()}),
+            data: raw(&json!({"user": user.to_string(), "status": status.as_str()})),
             frame: ServerFrame::status(user, status).to_text(),
         }
     }
+}
+
+/// JSON text of what the server built itself: serializing it cannot fail (`null` if it ever did).
+fn raw<T: serde::Serialize>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_default()
 }
 
 /// Why a connection must end, told to its transport.
@@ -295,7 +302,7 @@ mod tests {
     fn push(n: u32) -> Push {
         Push {
             event: "message",
-            data: json!({"n": n}),
+            data: raw(&json!({"n": n})),
             frame: json!({"n": n}).to_string(),
         }
     }
@@ -309,12 +316,16 @@ mod tests {
         let mut other = hub.subscribe(bob).expect("room");
         hub.publish(&[alice, alice], push(1));
         assert_eq!(
-            phone.queue.try_recv().map(|p| p.data.clone()).ok(),
-            Some(json!({"n": 1}))
+            phone.queue.try_recv().map(|p| p.data.get().to_owned()).ok(),
+            Some(r#"{"n":1}"#.to_owned())
         );
         assert_eq!(
-            laptop.queue.try_recv().map(|p| p.data.clone()).ok(),
-            Some(json!({"n": 1}))
+            laptop
+                .queue
+                .try_recv()
+                .map(|p| p.data.get().to_owned())
+                .ok(),
+            Some(r#"{"n":1}"#.to_owned())
         );
         assert!(phone.queue.try_recv().is_err(), "delivered once");
         assert!(other.queue.try_recv().is_err());

@@ -233,7 +233,7 @@ impl Sink for SocketIoSink {
 
     async fn push(&mut self, push: &Push) -> Result<(), Ending> {
         // socketioxide's own per-socket buffer is bounded too: full means too slow.
-        self.socket.emit(push.event, &push.data).map_err(|_| {
+        self.socket.emit(push.event, &*push.data).map_err(|_| {
             tracing::warn!(user = ?self.socket.extensions.get::<UserId>(), "socket.io buffer full; disconnecting");
             crate::metrics::push_dropped();
             Ending::Evicted(Eviction::Overflow)
