@@ -777,6 +777,21 @@ impl Bench<'_> {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// When a run ran, on stderr: to cut a profile of the whole benchmark down to one run
+/// (`perf record -k realtime`, then `perf report --time <from>,<to>`).
+fn window(label: &str, started: f64) {
+    eprintln!(
+        "palaver-bench: {label}: {started:.3},{:.3} (unix s)",
+        unix_now()
+    );
+}
+
 /// With `moderated`, only the fixed-rate runs, once the server's moderator is loaded.
 async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::Result<()> {
     if args.users < 2 {
@@ -827,7 +842,9 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
     );
     let mut runs = Vec::new();
     for transport in [Transport::Http, Transport::WebSocket] {
+        let started = unix_now();
         runs.push(bench.fixed_rate(transport, args.rate, args.seconds).await);
+        window(&runs[runs.len() - 1].label, started);
     }
     for run in &mut runs {
         if moderated {
@@ -836,18 +853,23 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
     }
     if !moderated {
         for transport in [Transport::Http, Transport::WebSocket] {
+            let started = unix_now();
             runs.push(
                 bench
                     .max_rate(transport, args.concurrency, args.seconds)
                     .await,
             );
+            window(&runs[runs.len() - 1].label, started);
         }
     }
 
     let history = if moderated {
         None
     } else {
-        Some(bench.history(args.concurrency, args.seconds).await)
+        let started = unix_now();
+        let run = bench.history(args.concurrency, args.seconds).await;
+        window(&run.label, started);
+        Some(run)
     };
 
     println!();
