@@ -128,9 +128,7 @@ impl WsSink {
         self.last_heard = Instant::now();
         match frame {
             Frame::Text(text) => {
-                let live = self.live.clone();
-                let user = self.user;
-                self.answering = Some(Box::pin(async move { answer(&live, user, &text).await }));
+                self.answering = Some(Box::pin(answer(self.live.clone(), self.user, text)));
                 Ok(None)
             }
             Frame::Binary(_) => Ok(Some(Duty::Write(
@@ -246,12 +244,13 @@ fn session(
     super::session::run("websocket", sink, subscription, caller)
 }
 
-/// A text frame in, its answer out (none for typing).
-async fn answer(live: &Live, user: UserId, text: &str) -> Option<String> {
-    let frame = serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+/// A text frame in, its answer out (none for typing). Owns what it uses: it is boxed and kept
+/// in the connection while pushes are written.
+async fn answer(live: Live, user: UserId, text: String) -> Option<String> {
+    let frame = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
     let client_id = frame.get("client_id").cloned().unwrap_or(Value::Null);
     let reply = match protocol::parse(frame, "frame") {
-        Ok(frame) => protocol::handle(live, user, frame).await,
+        Ok(frame) => protocol::handle(&live, user, frame).await,
         Err(refused) => Reply::Refused(refused),
     };
     (!matches!(reply, Reply::Quiet)).then(|| ServerFrame::reply(&client_id, &reply).to_text())

@@ -239,7 +239,6 @@ impl MongoStore {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::domain::{Content, Email, Message, MessageId, MessageKind, MessagePage, UserId};
     use crate::store::mongo::documents::MessageDoc;

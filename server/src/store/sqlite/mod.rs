@@ -128,8 +128,8 @@ const MIGRATIONS: &[Migration] = &[
 "#,
     ),
     // The same with the recipient in each entry. Without it, SQLite read every entry's row to
-    // test `recipient IS NOT NULL` (a fifth of a history request's CPU, issue 21), and
-    // `conversation_peers` read every sent message's row for its recipient.
+    // test `recipient IS NOT NULL` (a page's worth of rows more per history request, on top of
+    // the page's own), and `conversation_peers` read every sent message's row for its recipient.
     Migration::Sql(
         r#"
     DROP INDEX messages_direct_by_sender;
@@ -1385,8 +1385,8 @@ mod tests {
     /// A perf guard that cannot flake: the plan of a history page, not its time. Each branch
     /// must be answered from its index alone, so a page costs about `limit` index entries per
     /// branch and `limit` rows, however many messages the user has. A branch that reads rows
-    /// (an index that lost a column it tests) costs a row per entry: a fifth of a history
-    /// request's CPU in issue 21's profile.
+    /// (an index that lost a column it tests) costs a row per entry, up to twice the rows a
+    /// page needs.
     #[tokio::test]
     async fn a_history_page_reads_rows_only_for_the_page() {
         let dir = tempfile::tempdir().expect("tempdir");
