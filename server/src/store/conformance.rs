@@ -945,6 +945,73 @@ async fn deleting_a_user_takes_them_out_of_every_conversation(store: Arc<dyn Sto
     );
 }
 
+/// The newest page, read again after each kind of write that changes it, shows the change
+/// (the SQLite store keeps newest pages in memory: each read here fills it first).
+async fn the_newest_page_follows_every_write_that_changes_it(store: Arc<dyn Store>) {
+    let (a, b, c) = (
+        user(&store, "a").await,
+        user(&store, "b").await,
+        user(&store, "c").await,
+    );
+    let newest = MessagePage::default();
+    let content = |text: &str| crate::domain::Content::parse(text.to_owned()).expect("content");
+    let mut seen_by_b = Vec::new();
+    assert_eq!(page(&store, b, newest.clone()).await, seen_by_b);
+    assert_eq!(page(&store, a, newest.clone()).await, vec![]);
+
+    let direct = messages(&[(a, b)]);
+    insert(&store, &direct).await;
+    seen_by_b.push(direct[0].id);
+    assert_eq!(page(&store, b, newest.clone()).await, seen_by_b, "received");
+    assert_eq!(page(&store, a, newest.clone()).await, seen_by_b, "sent");
+
+    let mine = Conversation::new_group(title("with b"), c, &[b]);
+    store.create_conversation(&mine).await.expect("create");
+    let hello = Message::to_group(c, mine.id, content("hello b"));
+    insert(&store, std::slice::from_ref(&hello)).await;
+    seen_by_b.push(hello.id);
+    assert_eq!(
+        page(&store, b, newest.clone()).await,
+        seen_by_b,
+        "a group message"
+    );
+
+    let other = Conversation::new_group(title("before b"), c, &[]);
+    store.create_conversation(&other).await.expect("create");
+    let earlier = Message::to_group(c, other.id, content("said before b came"));
+    insert(&store, std::slice::from_ref(&earlier)).await;
+    assert_eq!(
+        page(&store, b, newest.clone()).await,
+        seen_by_b,
+        "not b's group"
+    );
+    let joined = Member {
+        user: b,
+        role: Role::Member,
+    };
+    assert!(store.add_member(other.id, &joined).await.expect("add"));
+    let mut with_other = seen_by_b.clone();
+    with_other.push(earlier.id);
+    assert_eq!(page(&store, b, newest.clone()).await, with_other, "joined");
+
+    store.remove_member(other.id, b).await.expect("remove");
+    assert_eq!(page(&store, b, newest.clone()).await, seen_by_b, "left");
+
+    assert!(store.delete_user(a).await.expect("delete"));
+    seen_by_b.remove(0);
+    assert_eq!(
+        page(&store, b, newest.clone()).await,
+        seen_by_b,
+        "sender deleted"
+    );
+    // Another page size is its own page.
+    let one = MessagePage {
+        limit: 1,
+        ..MessagePage::default()
+    };
+    assert_eq!(page(&store, b, one).await, vec![hello.id]);
+}
+
 async fn answers_pings(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
 }
@@ -1019,6 +1086,7 @@ macro_rules! every_check {
                 deleting_a_user_takes_them_out_of_every_conversation,
                 group_messages_reach_members_only_while_they_are_members,
                 history_merges_direct_and_group_messages_in_id_order,
+                the_newest_page_follows_every_write_that_changes_it,
                 answers_pings,
             );
         )*

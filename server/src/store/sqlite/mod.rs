@@ -2,13 +2,16 @@
 //! live on a thread of their own (one writer, a few readers: `threads`), never on the async
 //! workers.
 
+mod recent;
 mod threads;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
+use recent::{Key, RecentPages};
 use rusqlite::{
     self, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
     params_from_iter,
@@ -203,8 +206,14 @@ const WAL_SIZE_LIMIT: u64 = 256 << 20;
 /// How often the background task copies the WAL back into the database file.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Memory for the newest history pages of recently active readers (`recent`): about 1,500
+/// pages of 50 short messages.
+const RECENT_PAGES_BYTES: usize = 16 << 20;
+
 pub struct SqliteStore {
     threads: Threads,
+    /// Stamped by every write that can change someone's newest page, after its commit.
+    recent: Arc<RecentPages>,
     /// The database's directory, whose file system `refine` asks for free space.
     dir: std::path::PathBuf,
 }
@@ -252,7 +261,11 @@ impl SqliteStore {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         tracing::info!(path = %path.display(), "storing in SQLite");
-        Ok(Self { threads, dir })
+        Ok(Self {
+            threads,
+            recent: Arc::new(RecentPages::new(RECENT_PAGES_BYTES)),
+            dir,
+        })
     }
 
     /// Ends a full-disk episode once the file system has room again, and says whether it has.
@@ -810,6 +823,7 @@ impl Store for SqliteStore {
         batch: &[NewMessage],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
         let batch = batch.to_vec();
+        let recent = self.recent.clone();
         let outcomes = self.write("insert_messages", move |conn| {
             let cutoff = rfc3339(Utc::now() - IDEMPOTENCY_WINDOW);
             // One transaction, so a batch costs one fsync however many messages it holds. A
@@ -922,6 +936,13 @@ impl Store for SqliteStore {
                 }
             }
             tx.commit().map_err(internal)?;
+            let stored = batch.iter().zip(&outcomes).filter_map(|(new, outcome)| {
+                matches!(outcome, Ok(Inserted::Stored)).then_some(&new.message)
+            });
+            recent.changed(stored.flat_map(|message| match message.recipient {
+                Some(recipient) => [Some(Key::User(message.sender)), Some(Key::User(recipient))],
+                None => [Some(Key::Group(message.conversation)), None],
+            }).flatten());
             Ok(outcomes)
         })
         .await?;
@@ -1017,6 +1038,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        let recent = self.recent.clone();
         self.write("delete_user", move |conn| {
             let id = id.to_string();
             let tx = write_transaction(conn)?;
@@ -1042,6 +1064,8 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM users WHERE id = ?1", [&id])
                 .map_err(internal)?;
             tx.commit().map_err(internal)?;
+            // Their messages left every page they were in.
+            recent.changed_everything();
             Ok(deleted > 0)
         })
         .await
@@ -1076,10 +1100,22 @@ impl Store for SqliteStore {
         user: UserId,
         page: &MessagePage,
     ) -> Result<Vec<Message>, StoreError> {
+        // Only the newest page of everything is kept: what a client asks for on opening.
+        let newest = page.conversation.is_none()
+            && page.before.is_none()
+            && page.after.is_none()
+            && page.upto.is_none();
+        if newest && let Some(kept) = self.recent.get(user, page.limit) {
+            return Ok(kept.to_vec());
+        }
         let page = page.clone();
+        let recent = self.recent.clone();
         self.read("list_messages", move |conn| {
+            // Before the snapshot begins (at the first read, not at BEGIN).
+            let stamp = recent.now();
             // One snapshot for the user's groups and the messages.
             let tx = conn.transaction().map_err(internal)?;
+            let mut read_groups = None;
             let (sql, args) = match page.conversation {
                 Some(conversation) => history_query(
                     &page,
@@ -1099,6 +1135,12 @@ impl Store for SqliteStore {
                                 .collect()
                         })
                         .map_err(internal)?;
+                    read_groups = Some(
+                        groups
+                            .iter()
+                            .map(|g| ConversationId::parse(g))
+                            .collect::<Result<Vec<_>, _>>(),
+                    );
                     user_history_query(&page, user, groups)?
                 }
             };
@@ -1113,6 +1155,9 @@ impl Store for SqliteStore {
             if page.after.is_none() {
                 messages.reverse();
             }
+            if newest && let Some(Ok(groups)) = read_groups {
+                recent.put(user, page.limit, stamp, groups, messages.as_slice().into());
+            }
             Ok(messages)
         })
         .await
@@ -1120,6 +1165,7 @@ impl Store for SqliteStore {
 
     async fn create_conversation(&self, conversation: &Conversation) -> Result<(), StoreError> {
         let conversation = conversation.clone();
+        let recent = self.recent.clone();
         self.write("create_conversation", move |conn| {
             let tx = write_transaction(conn)?;
             let id = conversation.id.to_string();
@@ -1141,7 +1187,11 @@ impl Store for SqliteStore {
                     other => other.map_err(internal)?,
                 };
             }
-            tx.commit().map_err(internal)
+            tx.commit().map_err(internal)?;
+            // Each member's pages now read one group more.
+            let members = conversation.members.iter().map(|m| Key::User(m.user));
+            recent.changed(members.chain([Key::Group(conversation.id)]));
+            Ok(())
         })
         .await
     }
@@ -1168,9 +1218,14 @@ impl Store for SqliteStore {
 
     async fn add_member(&self, id: ConversationId, member: &Member) -> Result<bool, StoreError> {
         let member = member.clone();
+        let recent = self.recent.clone();
         self.write("add_member", move |conn| {
             match insert_member(conn, &id.to_string(), &member) {
-                Ok(added) => Ok(added),
+                Ok(added) => {
+                    // The group's history is theirs to read now.
+                    recent.changed([Key::User(member.user)]);
+                    Ok(added)
+                }
                 Err(e) if is_foreign_key_violation(&e) => Err(StoreError::UnknownUser),
                 Err(e) => Err(internal(e)),
             }
@@ -1183,8 +1238,10 @@ impl Store for SqliteStore {
         id: ConversationId,
         user: UserId,
     ) -> Result<Option<Conversation>, StoreError> {
+        let recent = self.recent.clone();
         self.write("remove_member", move |conn| {
             let tx = write_transaction(conn)?;
+            let group = id;
             let id = id.to_string();
             let Some(before) = load_conversation(&tx, &id).map_err(internal)? else {
                 return Ok(None);
@@ -1194,6 +1251,9 @@ impl Store for SqliteStore {
             }
             let after = load_conversation(&tx, &id).map_err(internal)?;
             tx.commit().map_err(internal)?;
+            // Their pages lose the group; a group its last member left is gone with its
+            // messages.
+            recent.changed([Key::User(user), Key::Group(group)]);
             // The last member out deleted the group: to the caller it is left with nobody.
             Ok(Some(after.unwrap_or(Conversation {
                 members: Vec::new(),
@@ -1319,6 +1379,86 @@ mod tests {
             .and_then(|mut wal| wal.read_exact(&mut header))
             .ok()?;
         header[16..20].try_into().ok()
+    }
+
+    /// Readers filling kept pages while sends commit never leave a page behind: right after
+    /// each send, both ends' newest pages end with it, however the readers' page fills
+    /// interleaved with the commit. Two pairs, so each user has exactly one writer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kept_pages_never_fall_behind_concurrent_sends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("palaver.db"), SqliteSynchronous::Normal)
+                .await
+                .expect("open"),
+        );
+        let mut users = Vec::new();
+        for name in ["a", "b", "c", "d"] {
+            let user = store
+                .create_user(NewUser {
+                    id: UserId::new(),
+                    email: Email::parse(&format!("{name}@example.com")).expect("email"),
+                    password_hash: "not a real hash".into(),
+                })
+                .await
+                .expect("user");
+            users.push(user.id);
+        }
+        let page = MessagePage {
+            limit: 5,
+            ..MessagePage::default()
+        };
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|reader| {
+                let (store, users, page, done) =
+                    (store.clone(), users.clone(), page.clone(), done.clone());
+                tokio::spawn(async move {
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        store
+                            .list_messages(users[reader], &page)
+                            .await
+                            .expect("read");
+                        // A kept page answers without awaiting anything.
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let senders: Vec<_> = [(0, 1), (2, 3)]
+            .into_iter()
+            .map(|(from, to)| {
+                let (store, users, page) = (store.clone(), users.clone(), page.clone());
+                tokio::spawn(async move {
+                    for i in 0..200 {
+                        let message = Message::new(
+                            users[from],
+                            users[to],
+                            Content::parse(format!("{from}.{i}")).expect("content"),
+                            MessageKind::User,
+                        );
+                        let id = message.id;
+                        let batch = [NewMessage {
+                            message,
+                            idempotency_key: None,
+                            awaits_reply: false,
+                        }];
+                        store.insert_messages(&batch).await.expect("insert");
+                        for user in [users[from], users[to]] {
+                            let newest = store.list_messages(user, &page).await.expect("read");
+                            assert_eq!(newest.last().map(|m| m.id), Some(id), "send {i}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.await.expect("sender");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            reader.await.expect("reader");
+        }
     }
 
     /// Under writes that never pause (senders always waiting on the writer), the WAL still
