@@ -706,7 +706,18 @@ impl Bench<'_> {
     }
 }
 
-/// Closed-loop history reads: what a client scrolling back costs.
+/// Which pages a history run asks for.
+#[derive(Clone, Copy)]
+enum Pages {
+    /// The newest page, again and again: what clients opening the app ask for (the embedded
+    /// store keeps these pages in memory).
+    Newest,
+    /// Page after page back through the user's history, then from the newest again: reads
+    /// that no kept page answers.
+    ScrollBack,
+}
+
+/// Closed-loop history reads: what a client reading history costs.
 struct HistoryRun {
     label: String,
     requests: u64,
@@ -720,9 +731,9 @@ struct HistoryRun {
 }
 
 impl Bench<'_> {
-    /// `concurrency` readers, each asking for its newest 50 messages again as soon as the last
+    /// `concurrency` readers, each asking for a page of 50 messages as soon as the last
     /// answer arrived (the users hold thousands after the send runs).
-    async fn history(&self, concurrency: usize, seconds: u64) -> HistoryRun {
+    async fn history(&self, concurrency: usize, seconds: u64, pages: Pages) -> HistoryRun {
         let workers = concurrency.min(self.users.len());
         let cpu_before = self.server.cpu_time();
         let started = Instant::now();
@@ -735,10 +746,27 @@ impl Bench<'_> {
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Histogram::<u64>::new(3).expect("histogram bounds are valid");
                 let mut failed = 0u64;
+                let mut before: Option<String> = None;
                 while Instant::now() < stop {
                     let asked = Instant::now();
-                    let ok = match http.get(&url).bearer_auth(&token).send().await {
-                        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    let page = match &before {
+                        Some(id) => format!("{url}&before={id}"),
+                        None => url.clone(),
+                    };
+                    let ok = match http.get(&page).bearer_auth(&token).send().await {
+                        Ok(r) if r.status().is_success() => match r.bytes().await {
+                            Ok(body) => {
+                                if let Pages::ScrollBack = pages {
+                                    // The oldest message of this page, or from the top again.
+                                    before =
+                                        serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+                                            v.get(0)?.get("id")?.as_str().map(str::to_owned)
+                                        });
+                                }
+                                true
+                            }
+                            Err(_) => false,
+                        },
                         _ => false,
                     };
                     let _ = latencies.record(asked.elapsed().as_micros() as u64);
@@ -759,7 +787,10 @@ impl Bench<'_> {
         let requests = latencies.len();
         let ms = |v: u64| v as f64 / 1000.0;
         HistoryRun {
-            label: format!("history, {workers} readers"),
+            label: match pages {
+                Pages::Newest => format!("newest page, {workers} readers"),
+                Pages::ScrollBack => format!("scrolling back, {workers} rdrs"),
+            },
             requests,
             failed,
             rate: requests as f64 / elapsed,
@@ -863,14 +894,15 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
         }
     }
 
-    let history = if moderated {
-        None
-    } else {
-        let started = unix_now();
-        let run = bench.history(args.concurrency, args.seconds).await;
-        window(&run.label, started);
-        Some(run)
-    };
+    let mut history = Vec::new();
+    if !moderated {
+        for pages in [Pages::Newest, Pages::ScrollBack] {
+            let started = unix_now();
+            let run = bench.history(args.concurrency, args.seconds, pages).await;
+            window(&run.label, started);
+            history.push(run);
+        }
+    }
 
     println!();
     println!(
@@ -899,7 +931,7 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
         "(CPU µs/msg: the server's user + system CPU time over the run, from /proc/<pid>/stat, \
          per delivered message; one process's, so for a cluster only --pid's node)"
     );
-    if let Some(h) = history {
+    if !history.is_empty() {
         println!();
         println!(
             "{:<28} {:>8} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>11}",
@@ -913,14 +945,19 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
             "max ms",
             "CPU µs/req"
         );
-        let cpu = h
-            .cpu_per_request
-            .map_or("n/a".to_owned(), |us| format!("{us:.0}"));
+        for h in &history {
+            let cpu = h
+                .cpu_per_request
+                .map_or("n/a".to_owned(), |us| format!("{us:.0}"));
+            println!(
+                "{:<28} {:>8} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>11}",
+                h.label, h.requests, h.failed, h.rate, h.p50, h.p95, h.p99, h.max, cpu
+            );
+        }
         println!(
-            "{:<28} {:>8} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>11}",
-            h.label, h.requests, h.failed, h.rate, h.p50, h.p95, h.p99, h.max, cpu
+            "(each request: GET /api/chat/messages?limit=50, scrolling back with &before=, as one \
+             of the senders above)"
         );
-        println!("(each request: GET /api/chat/messages?limit=50 as one of the senders above)");
     }
     if let Some(rss) = server.rss_kib() {
         println!("server RSS after the runs: {:.1} MiB", rss as f64 / 1024.0);
