@@ -463,3 +463,84 @@ async fn one_send_and_its_push_cost_a_fixed_number_of_store_round_trips() {
          the budget): a new hop on the send path shows up here"
     );
 }
+
+/// The store round trips `run` causes, by operation (the token-version lookup aside: it is
+/// cached for 5 s, and a slow machine may look it up again).
+async fn round_trips_of<F: std::future::Future<Output = ()>>(
+    client: &reqwest::Client,
+    server: &Server,
+    run: F,
+) -> BTreeMap<String, f64> {
+    let count = |scrape: Scrape| -> BTreeMap<String, f64> {
+        scrape
+            .0
+            .into_iter()
+            .filter(|(name, _, _)| name == "palaver_store_round_trips_total")
+            .map(|(_, labels, value)| (labels["operation"].clone(), value))
+            .collect()
+    };
+    let before = count(scrape(client, server).await.0);
+    run.await;
+    let after = count(scrape(client, server).await.0);
+    after
+        .into_iter()
+        .map(|(operation, n)| {
+            let spent = n - before.get(&operation).copied().unwrap_or(0.0);
+            (operation, spent)
+        })
+        .filter(|(operation, spent)| *spent > 0.0 && operation != "token_version")
+        .collect()
+}
+
+/// The perf guard for history (issue 21): the newest page, asked again with nothing new, is
+/// answered from memory; after a message arrives, it is read from the store once, and then
+/// from memory again.
+#[tokio::test]
+async fn the_newest_page_again_costs_no_store_round_trip() {
+    let storage = Storage::new();
+    let server = Server::start(&storage, &[("METRICS_ADDR", "127.0.0.1:0")]);
+    let client = reqwest::Client::new();
+    let ada = server.account(&client, "ada").await;
+    let grace = server.account(&client, "grace").await;
+    let newest = || async {
+        let (status, page) = call(
+            &client,
+            &server,
+            reqwest::Method::GET,
+            "/api/chat/messages?limit=50",
+            Some(&grace.token),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        page.as_array().expect("a page").len()
+    };
+    assert_eq!(newest().await, 0);
+    let again = round_trips_of(&client, &server, async {
+        assert_eq!(newest().await, 0);
+    })
+    .await;
+    assert_eq!(again, BTreeMap::new(), "the same newest page again");
+
+    let body = json!({"recipient": grace.id, "content": "news"});
+    let (status, _) = call(
+        &client,
+        &server,
+        reqwest::Method::POST,
+        "/api/chat/send",
+        Some(&ada.token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let after_news = round_trips_of(&client, &server, async {
+        assert_eq!(newest().await, 1, "the new message is on the page");
+        assert_eq!(newest().await, 1);
+    })
+    .await;
+    assert_eq!(
+        after_news,
+        BTreeMap::from([("list_messages".to_owned(), 1.0)]),
+        "one read after the news, then memory"
+    );
+}
