@@ -1403,6 +1403,23 @@ mod tests {
         header[16..20].try_into().ok()
     }
 
+    /// New accounts named `<name>@example.com`, their ids in order.
+    async fn users(store: &SqliteStore, names: &[&str]) -> Vec<UserId> {
+        let mut ids = Vec::new();
+        for name in names {
+            let user = store
+                .create_user(NewUser {
+                    id: UserId::new(),
+                    email: Email::parse(&format!("{name}@example.com")).expect("email"),
+                    password_hash: "not a real hash".into(),
+                })
+                .await
+                .expect("user");
+            ids.push(user.id);
+        }
+        ids
+    }
+
     /// Readers filling kept pages while sends commit never leave a page behind: right after
     /// each send, both ends' newest pages end with it, however the readers' page fills
     /// interleaved with the commit. Two pairs, so each user has exactly one writer.
@@ -1414,18 +1431,7 @@ mod tests {
                 .await
                 .expect("open"),
         );
-        let mut users = Vec::new();
-        for name in ["a", "b", "c", "d"] {
-            let user = store
-                .create_user(NewUser {
-                    id: UserId::new(),
-                    email: Email::parse(&format!("{name}@example.com")).expect("email"),
-                    password_hash: "not a real hash".into(),
-                })
-                .await
-                .expect("user");
-            users.push(user.id);
-        }
+        let users = users(&store, &["a", "b", "c", "d"]).await;
         let page = MessagePage {
             limit: 5,
             ..MessagePage::default()
@@ -1495,18 +1501,7 @@ mod tests {
                 .await
                 .expect("open"),
         );
-        let mut users = Vec::new();
-        for name in ["a", "b"] {
-            let user = store
-                .create_user(NewUser {
-                    id: UserId::new(),
-                    email: Email::parse(&format!("{name}@example.com")).expect("email"),
-                    password_hash: "not a real hash".into(),
-                })
-                .await
-                .expect("user");
-            users.push(user.id);
-        }
+        let users = users(&store, &["a", "b"]).await;
         let first = wal_salt(&db).expect("a WAL once something is written");
         // Generous: the chores thread looks every second and restarts past 16 MiB of WAL.
         let deadline = Instant::now() + Duration::from_secs(60);
