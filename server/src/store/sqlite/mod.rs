@@ -1539,19 +1539,32 @@ mod tests {
         }
     }
 
-    /// Deleting an account reads its messages by index, never by scanning every message.
-    #[tokio::test]
-    async fn deleting_an_account_scans_no_table() {
+    /// A database with the whole schema, and a connection of its own to it.
+    async fn migrated() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("palaver.db");
         SqliteStore::open(&db, SqliteSynchronous::Normal)
             .await
             .expect("open");
         let conn = Connection::open(&db).expect("open");
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {DELETE_USER_MESSAGES}"))
-            .and_then(|mut q| q.query_map(["someone"], |row| row.get(3))?.collect())
-            .expect("plan");
+        (dir, conn)
+    }
+
+    /// SQLite's plan for `sql`, one step per line.
+    fn plan(conn: &Connection, sql: &str, args: impl IntoIterator<Item = String>) -> Vec<String> {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .and_then(|mut q| {
+                q.query_map(params_from_iter(args), |row| row.get(3))?
+                    .collect()
+            })
+            .expect("plan")
+    }
+
+    /// Deleting an account reads its messages by index, never by scanning every message.
+    #[tokio::test]
+    async fn deleting_an_account_scans_no_table() {
+        let (_dir, conn) = migrated().await;
+        let plan = plan(&conn, DELETE_USER_MESSAGES, ["someone".to_owned()]);
         assert!(!plan.iter().any(|s| s.starts_with("SCAN")), "{plan:#?}");
         for index in [
             "messages_direct_by_sender (sender=?)",
@@ -1572,12 +1585,7 @@ mod tests {
     /// page needs.
     #[tokio::test]
     async fn a_history_page_reads_rows_only_for_the_page() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("palaver.db");
-        SqliteStore::open(&db, SqliteSynchronous::Normal)
-            .await
-            .expect("open");
-        let conn = Connection::open(&db).expect("open");
+        let (_dir, conn) = migrated().await;
         let newest = MessageId::new();
         let pages = [
             MessagePage::new(None, None, None, None).expect("page"),
@@ -1594,13 +1602,7 @@ mod tests {
                     .map(|_| ConversationId::new_group().to_string())
                     .collect();
                 let (sql, args) = user_history_query(&page, UserId::new(), groups).expect("query");
-                let plan: Vec<String> = conn
-                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                    .and_then(|mut q| {
-                        q.query_map(params_from_iter(args), |row| row.get(3))?
-                            .collect()
-                    })
-                    .expect("plan");
+                let plan = plan(&conn, &sql, args);
                 let reads: Vec<&String> = plan
                     .iter()
                     .filter(|step| {
