@@ -1162,12 +1162,12 @@ impl Store for SqliteStore {
                                 .collect()
                         })
                         .map_err(internal)?;
-                    read_groups = Some(
-                        groups
-                            .iter()
-                            .map(|g| ConversationId::parse(g))
-                            .collect::<Result<Vec<_>, _>>(),
-                    );
+                    // A page is kept only with the groups it read (all parse: the server wrote them).
+                    read_groups = groups
+                        .iter()
+                        .map(|g| ConversationId::parse(g))
+                        .collect::<Result<Vec<_>, _>>()
+                        .ok();
                     user_history_query(&page, user, groups)?
                 }
             };
@@ -1182,7 +1182,7 @@ impl Store for SqliteStore {
             if page.after.is_none() {
                 messages.reverse();
             }
-            if newest && let Some(Ok(groups)) = read_groups {
+            if newest && let Some(groups) = read_groups {
                 recent.put(user, page.limit, stamp, groups, messages.as_slice().into());
             }
             Ok(messages)
