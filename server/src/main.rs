@@ -46,7 +46,7 @@ fn serve() -> ExitCode {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match palaver::server::runtime(&config) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("palaver: cannot start the async runtime: {e}");
