@@ -7,6 +7,8 @@
 //! 2. Idle connections: the server's RSS with 0 / 1k / 5k / 10k open authenticated WebSockets.
 //! 3. Group fan-out: send → last member's push in a group of 1,000 all online, and what a
 //!    50-member group where everyone sends sustains (`groups.rs`).
+//! 4. The durable-commit floor: what the store's commit, and the disk writes under it, cost in
+//!    CPU on this machine with no server around them (`floor.rs`). It runs first.
 //!
 //! By default it starts `palaver` (next to this binary, so `cargo build --release` first) on a
 //! free port with a temporary data directory, and a fresh one for the idle phase. `--url`
@@ -64,6 +66,12 @@ struct Args {
     skip_responder: bool,
     #[arg(long)]
     skip_groups: bool,
+    /// Skip the durable-commit floor (`floor.rs`): what a commit costs with no server.
+    #[arg(long)]
+    skip_floor: bool,
+    /// Length of each durable-commit floor row.
+    #[arg(long, default_value_t = 3)]
+    floor_seconds: u64,
     /// Also run the fixed-rate runs on a server whose every send goes through the word-filter
     /// example moderator (MODERATION_PLUGINS), to show what moderation adds to a send.
     #[arg(long)]
@@ -108,6 +116,9 @@ async fn main() -> anyhow::Result<()> {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
     println!("palaver-bench: open-file limit {limit}");
 
+    if !args.skip_floor {
+        floor::commit_floor(&args).await?;
+    }
     if !args.skip_latency {
         let server = Server::start_or_target(&args).await?;
         latency_runs(&args, &server, false).await?;
@@ -154,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+mod floor;
 mod groups;
 mod responder;
 
@@ -501,6 +513,8 @@ struct Run {
     max: f64,
     /// Server CPU time over the run per delivered message, in µs.
     cpu_per_message: Option<f64>,
+    /// The same for this process: what generating the load took from the machine's cores.
+    generator_cpu_per_message: Option<f64>,
 }
 
 /// Who sends to whom for the k-th message: spread over all pairs, never to oneself.
@@ -567,7 +581,7 @@ impl Bench<'_> {
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
         let start = tokio::time::Instant::now();
         let start_us = self.recorder.now_us();
-        let cpu_before = self.server.cpu_time();
+        let cpu_before = (self.server.cpu_time(), own_cpu_time());
         let mut in_flight = Vec::new();
         for k in 0..total {
             tokio::time::sleep_until(start + interval * k as u32).await;
@@ -591,7 +605,7 @@ impl Bench<'_> {
         let failed = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(AtomicU64::new(0));
         let start_us = self.recorder.now_us();
-        let cpu_before = self.server.cpu_time();
+        let cpu_before = (self.server.cpu_time(), own_cpu_time());
         let stop = Instant::now() + Duration::from_secs(seconds);
         let workers = concurrency.min(self.users.len());
         // Acks left over from a fixed-rate run would let a worker run ahead of the server.
@@ -652,13 +666,13 @@ impl Bench<'_> {
     }
 
     /// Waits (bounded) for the last pushes, then summarises. `started`: when the run began, on
-    /// the recorder's clock, and the server's CPU time then.
+    /// the recorder's clock, and the server's and this process's CPU time then.
     async fn finish(
         &self,
         label: String,
         sent: u64,
         failed: &AtomicU64,
-        (start_us, cpu_before): (u64, Option<Duration>),
+        (start_us, (cpu_before, own_before)): (u64, (Option<Duration>, Duration)),
     ) -> Run {
         let failed = failed.load(Ordering::Relaxed);
         let expected = sent.saturating_sub(failed);
@@ -674,6 +688,8 @@ impl Bench<'_> {
             }
             _ => None,
         };
+        let generator_cpu_per_message = (delivered > 0)
+            .then(|| (own_cpu_time() - own_before).as_secs_f64() * 1e6 / delivered as f64);
         let elapsed_s = (self
             .recorder
             .last_delivery_us
@@ -702,6 +718,7 @@ impl Bench<'_> {
             p99: ms(h.value_at_quantile(0.99)),
             max: ms(h.max()),
             cpu_per_message,
+            generator_cpu_per_message,
         }
     }
 }
@@ -906,7 +923,7 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
 
     println!();
     println!(
-        "{:<28} {:>8} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>11}",
+        "{:<28} {:>8} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11}",
         "run",
         "sent",
         "delivered",
@@ -916,20 +933,30 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
         "p95 ms",
         "p99 ms",
         "max ms",
-        "CPU µs/msg"
+        "CPU µs/msg",
+        "bench µs/msg"
     );
+    let us = |v: Option<f64>| v.map_or("n/a".to_owned(), |us| format!("{us:.0}"));
     for r in &runs {
-        let cpu = r
-            .cpu_per_message
-            .map_or("n/a".to_owned(), |us| format!("{us:.0}"));
         println!(
-            "{:<28} {:>8} {:>9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>11}",
-            r.label, r.sent, r.delivered, r.failed, r.throughput, r.p50, r.p95, r.p99, r.max, cpu
+            "{:<28} {:>8} {:>9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>11} {:>11}",
+            r.label,
+            r.sent,
+            r.delivered,
+            r.failed,
+            r.throughput,
+            r.p50,
+            r.p95,
+            r.p99,
+            r.max,
+            us(r.cpu_per_message),
+            us(r.generator_cpu_per_message)
         );
     }
     println!(
         "(CPU µs/msg: the server's user + system CPU time over the run, from /proc/<pid>/stat, \
-         per delivered message; one process's, so for a cluster only --pid's node)"
+         per delivered message; one process's, so for a cluster only --pid's node. bench µs/msg: \
+         the same for this load generator, which shares the machine's cores with the server)"
     );
     if !history.is_empty() {
         println!();
@@ -970,6 +997,18 @@ async fn latency_runs(args: &Args, server: &Server, moderated: bool) -> anyhow::
     }
     println!();
     Ok(())
+}
+
+/// This process's CPU time so far (user + system, every thread).
+pub(crate) fn own_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 // ---------------------------------------------------------------------------------------------
